@@ -1,0 +1,52 @@
+# Two entry points on a fresh machine: `make up` (run rewardhub) and `make test` (run the suite).
+# Both create the virtualenv they need in .venv.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: up test lint typecheck bench install install-dev system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch==2.13.0 is pinned in pyproject.toml: pip takes the CPU wheel from the machine's wheelhouse.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+up: install
+	$(BIN)/rewardhub up
+
+# Browser tests drive Debian's Chromium through Playwright (no browser is ever downloaded);
+# the compose tests validate docker-compose.yml with Debian's docker-compose.
+SYSTEM_PACKAGES := /usr/bin/chromium:chromium /usr/bin/docker-compose:docker-compose
+system-deps:
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+	  test -x "$${entry%%:*}" || missing="$$missing $${entry##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "install Debian's$$missing (sudo apt-get install$$missing) for the browser and compose tests"; fi; fi
+
+lint: install-dev
+	$(BIN)/ruff check .
+
+typecheck: install-dev
+	$(BIN)/mypy services/common
+
+test: install-dev system-deps lint typecheck
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install-dev
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,171 @@
+"""The `rewardhub` command line."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from services.common.models import Role
+
+app = typer.Typer(help="rewardhub: rewards, labels and GRPO-family training for RLVR.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+projects_app = typer.Typer(help="Manage projects.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(projects_app, name="projects")
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _settings():
+    from services.common.settings import get_settings
+
+    return get_settings()
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run every service in one process on the embedded default (SQLite, in-process tasks)."""
+    import uvicorn
+
+    from rewardhub.embedded import bootstrap, build_embedded_app
+    from services.common.logging import configure_logging
+
+    settings = _settings()
+    configure_logging("embedded", settings.log_level, json_logs=False)
+    boot = bootstrap(settings)
+    application = build_embedded_app()
+    url = f"http://{host}:{port}"
+    console.print(f"[bold green]rewardhub[/] is up at [link={url}]{url}[/]  (API docs: {url}/docs)")
+    console.print(f"database: {settings.effective_database_url}")
+    if boot.admin_key and boot.newly_created:
+        console.print(f"first admin key (shown once, also saved to {boot.admin_key_file}):")
+        console.print(f"  [bold]{boot.admin_key}[/]")
+    elif boot.admin_key:
+        console.print(f"admin key (from {boot.admin_key_file}): [bold]{boot.admin_key}[/]")
+    else:
+        console.print("an admin key exists already; make another with `rewardhub keys create --role admin`")
+    console.print(f"default project id: {boot.project_id}")
+    console.print("Press Ctrl-C to stop.")
+    uvicorn.run(application, host=host, port=port, log_level=log_level, lifespan="on")
+    console.print("rewardhub stopped.")
+
+
+@app.command()
+def serve(
+    service: Annotated[str, typer.Argument(help="Service to run (gateway, verifier, ...).")],
+    host: Annotated[str, typer.Option()] = "0.0.0.0",
+    port: Annotated[int, typer.Option()] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Run one service on its own (the command each container runs in docker-compose and Helm)."""
+    import uvicorn
+
+    from rewardhub.service_map import SERVICES
+    from services.common.logging import configure_logging
+
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; known: {', '.join(sorted(SERVICES))}",
+                                 param_hint="SERVICE")
+    settings = _settings()
+    configure_logging(service, settings.log_level, settings.log_json)
+    os.environ["REWARDHUB_SERVICE"] = service
+    module, _, factory = SERVICES[service].partition(":")
+    uvicorn.run(f"{module}:{factory}", factory=True, host=host, port=port, workers=workers,
+                log_level=settings.log_level.lower(), access_log=False)
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated Celery queues.")] = "celery",
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo, threads.")] = "prefork",
+) -> None:
+    """Run a Celery worker against REDIS_URL."""
+    from services.common.logging import configure_logging
+    from services.common.tasks import celery_app
+
+    settings = _settings()
+    if not settings.redis_url:
+        raise typer.BadParameter("REDIS_URL is not set: a worker needs a broker (the embedded default "
+                                 "runs tasks in-process)", param_hint="REDIS_URL")
+    configure_logging("worker", settings.log_level, settings.log_json)
+    celery_app.worker_main(["worker", f"--queues={queues}", f"--concurrency={concurrency}",
+                            f"--pool={pool}", f"--loglevel={settings.log_level}"])
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Option(help="Target revision for upgrade.")] = "head",
+    downgrade_to: Annotated[str | None, typer.Option("--downgrade", help="Downgrade to this revision.")] = None,
+) -> None:
+    """Apply database migrations (production: run once before starting the services)."""
+    from services.common import migrate as migrations
+
+    settings = _settings()
+    if downgrade_to is not None:
+        migrations.downgrade(revision=downgrade_to)
+        console.print(f"downgraded {settings.effective_database_url} to {downgrade_to}")
+    else:
+        migrations.upgrade(revision=revision)
+        console.print(f"migrated {settings.effective_database_url} to {revision}")
+
+
+@projects_app.command("create")
+def projects_create(name: str, description: str = "") -> None:
+    """Create a project and print its id."""
+    from sqlalchemy import select
+
+    from services.common.db import session_scope
+    from services.common.models import Project
+
+    with session_scope() as session:
+        if session.scalar(select(Project.id).where(Project.name == name)):
+            raise typer.BadParameter(f"a project named {name!r} already exists", param_hint="NAME")
+        project = Project(name=name, description=description)
+        session.add(project)
+        session.flush()
+        typer.echo(project.id)
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[Role, typer.Option(help="admin, trainer or annotator.")],
+    project: Annotated[list[str] | None, typer.Option(help="Project name or id (repeatable).")] = None,
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    all_projects: Annotated[bool, typer.Option(help="Admin only: the key sees every project.")] = False,
+) -> None:
+    """Create an API key and print it (shown once; only its hash is stored)."""
+    from sqlalchemy import or_, select
+
+    from services.common.auth import create_api_key
+    from services.common.db import session_scope
+    from services.common.models import Project
+
+    if all_projects and role != Role.admin:
+        raise typer.BadParameter("--all-projects is for admin keys only", param_hint="--all-projects")
+    if not project and not all_projects:
+        raise typer.BadParameter("name at least one --project (or --all-projects for an admin key)",
+                                 param_hint="--project")
+    with session_scope() as session:
+        found = []
+        for ref in project or []:
+            match = session.scalar(select(Project).where(or_(Project.id == ref, Project.name == ref)))
+            if match is None:
+                raise typer.BadParameter(f"no project named or with id {ref!r}", param_hint="--project")
+            found.append(match)
+        _, clear = create_api_key(session, role=role, projects=found, name=name, all_projects=all_projects)
+    typer.echo(clear)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The embedded default: every service in one process, talking over in-process ASGI transports."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from rewardhub.service_map import SERVICES, build_service_app
+from services.common.auth import create_api_key
+from services.common.db import session_scope
+from services.common.migrate import upgrade
+from services.common.models import ApiKey, Project, Role
+from services.common.service_client import register_local_app
+from services.common.settings import Settings
+
+DEFAULT_PROJECT = "default"
+
+
+def build_embedded_app() -> FastAPI:
+    """The gateway at the root; each other service under /services/<name> and reachable in-process."""
+    apps = {name: build_service_app(name) for name in SERVICES}
+    for name, app in apps.items():
+        register_local_app(name, app)
+    root = apps["gateway"]
+    for name, app in apps.items():
+        if name != "gateway":
+            root.mount(f"/services/{name}", app)
+    return root
+
+
+@dataclass
+class Bootstrap:
+    admin_key: str | None
+    admin_key_file: Path
+    project_id: str
+    newly_created: bool
+
+
+def bootstrap(settings: Settings) -> Bootstrap:
+    """Migrate, then make sure a default project and a first admin key exist."""
+    upgrade()
+    key_file = settings.data_dir / "admin-key.txt"
+    with session_scope() as session:
+        project = session.scalar(select(Project).where(Project.name == DEFAULT_PROJECT))
+        if project is None:
+            project = Project(name=DEFAULT_PROJECT, description="Created by `rewardhub up`.")
+            session.add(project)
+            session.flush()
+        has_admin = session.scalar(
+            select(ApiKey.id).where(ApiKey.role == Role.admin, ApiKey.all_projects.is_(True),
+                                    ApiKey.revoked_at.is_(None)).limit(1)) is not None
+        if has_admin:
+            existing = key_file.read_text().strip() if key_file.exists() else None
+            return Bootstrap(existing, key_file, project.id, newly_created=False)
+        _, clear = create_api_key(session, role=Role.admin, all_projects=True, name="first admin")
+        project_id = project.id
+    # Owner-only file: the embedded default is a single-user install, and losing the key would
+    # lock the user out of their own data.
+    key_file.write_text(clear + "\n")
+    os.chmod(key_file, stat.S_IRUSR | stat.S_IWUSR)
+    return Bootstrap(clear, key_file, project_id, newly_created=True)

@@ -1,0 +1,148 @@
+"""API-key authentication and project scoping, shared by every service.
+
+Keys are random 256-bit tokens, so a single SHA-256 is a sound way to store them: unlike
+passwords they cannot be guessed, and a fast hash keeps the per-request check cheap.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.common.db import session_scope, utcnow
+from services.common.errors import Forbidden, NotFound, Unauthorized
+from services.common.models import ApiKey, Project, Role
+
+KEY_PREFIX = "rh_"
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller behind a request's API key."""
+
+    key_id: str
+    role: Role
+    all_projects: bool
+    project_ids: frozenset[str] = field(default_factory=frozenset)
+
+    def can_access(self, project_id: str) -> bool:
+        return self.all_projects or project_id in self.project_ids
+
+
+def create_api_key(session: Session, *, role: Role, projects: Iterable[Project] = (), name: str = "",
+                   all_projects: bool = False) -> tuple[ApiKey, str]:
+    """Store a new key (hashed) and return it with the clear key, which is shown only once."""
+    clear = generate_key()
+    key = ApiKey(name=name, prefix=clear[:10], key_hash=hash_key(clear), role=role,
+                 all_projects=all_projects, projects=list(projects))
+    session.add(key)
+    session.flush()
+    return key, clear
+
+
+def _bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() == "basic" and token:
+        # Tools that only take a URL (OpenRLHF's --remote_rm_url) can carry the key as the
+        # password of http://user:KEY@host/..., which HTTP clients send as Basic auth.
+        try:
+            _, _, password = base64.b64decode(token, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            password = ""
+        if password:
+            return password
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("missing or malformed Authorization header; expected 'Bearer <api key>'",
+                           field="Authorization")
+    return token
+
+
+# A short cache keeps the hot path (every reward call) off the database. Revocation in this
+# process takes effect at once (forget_key); in other processes within PRINCIPAL_TTL_S.
+PRINCIPAL_TTL_S = 2.0
+_principal_cache: dict[str, tuple[float, Principal]] = {}
+_cache_lock = threading.Lock()
+
+
+def forget_key(key_hash: str) -> None:
+    with _cache_lock:
+        _principal_cache.pop(key_hash, None)
+
+
+def _lookup(key_hash: str) -> Principal:
+    # Its own short transaction: a request must not hold a connection (or SQLite's write lock)
+    # while it awaits other services.
+    with session_scope() as session:
+        key = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
+        if key is None or key.revoked_at is not None:
+            raise Unauthorized("invalid or revoked API key", field="Authorization")
+        now = utcnow()
+        if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
+            key.last_used_at = now
+        return Principal(key_id=key.id, role=key.role, all_projects=key.all_projects,
+                         project_ids=frozenset(p.id for p in key.projects))
+
+
+def current_principal(request: Request) -> Principal:
+    key_hash = hash_key(_bearer_token(request))
+    now = time.monotonic()
+    with _cache_lock:
+        cached = _principal_cache.get(key_hash)
+    if cached is not None and now - cached[0] < PRINCIPAL_TTL_S:
+        principal = cached[1]
+    else:
+        principal = _lookup(key_hash)
+        with _cache_lock:
+            if len(_principal_cache) > 10_000:
+                _principal_cache.clear()
+            _principal_cache[key_hash] = (now, principal)
+    request.state.principal = principal
+    return principal
+
+
+def require_roles(*roles: Role) -> Callable[..., Principal]:
+    """Dependency factory: the caller's role must be one of ``roles``."""
+    allowed = frozenset(roles)
+
+    def _check(principal: Principal = Depends(current_principal)) -> Principal:
+        if principal.role not in allowed:
+            names = ", ".join(sorted(r.value for r in allowed))
+            raise Forbidden(f"this endpoint needs one of the roles: {names}; your key's role is "
+                            f"{principal.role.value}")
+        return principal
+
+    return _check
+
+
+def ensure_project_access(principal: Principal, project_id: str) -> None:
+    """A project outside the key's scope is reported as absent, so keys cannot probe other tenants."""
+    if not principal.can_access(project_id):
+        raise NotFound(f"project {project_id!r} not found", field="project_id")
+
+
+def get_accessible_project(session: Session, principal: Principal, project_id: str) -> Project:
+    ensure_project_access(principal, project_id)
+    project = session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"project {project_id!r} not found", field="project_id")
+    return project

@@ -1,0 +1,214 @@
+"""Reward specs: which grader scores a batch, and its options (a discriminated union on ``type``).
+
+Adding a grader type is one model here plus one line in the verifier's registry.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MathSpec(_Spec):
+    """math-verify equivalence: gold wrapped as ``\\boxed{gt}``, prediction parsed from LaTeX and plain expressions."""
+
+    type: Literal["math"] = "math"
+    boxed_match_priority: int = Field(default=0, description="Priority of \\boxed{} among LaTeX matches (0 = first).")
+    extraction: Literal["boxed_then_any", "latex_and_expr", "latex_only", "expr_only"] = "latex_and_expr"
+    float_rounding: int = Field(default=6, ge=0, le=15)
+    strict: bool = Field(default=True, description="Variables and relations must match exactly (math-verify strict).")
+    timeout_s: float = Field(default=3.0, gt=0, le=60, description="Parse/verify time budget per item.")
+
+
+class NumericSpec(_Spec):
+    type: Literal["numeric"] = "numeric"
+    abs_tol: float = Field(default=1e-6, ge=0)
+    rel_tol: float = Field(default=1e-6, ge=0)
+    extract: Literal["boxed_or_last", "last", "first", "boxed"] = "boxed_or_last"
+    percent_as_fraction: bool = Field(default=False, description="Read '50%' as 0.5 instead of 50.")
+
+
+class MultipleChoiceSpec(_Spec):
+    type: Literal["multiple_choice"] = "multiple_choice"
+    options: list[str] = Field(default_factory=lambda: list("ABCD"), min_length=2, max_length=26)
+
+    @field_validator("options")
+    @classmethod
+    def _letters(cls, options: list[str]) -> list[str]:
+        for option in options:
+            if not re.fullmatch(r"[A-Za-z]", option):
+                raise ValueError(f"option {option!r} must be a single letter")
+        return [o.upper() for o in options]
+
+
+class Normalisation(_Spec):
+    case_sensitive: bool = False
+    collapse_whitespace: bool = True
+    strip_punctuation: bool = False
+    strip_latex_text: bool = Field(default=True, description="Unwrap \\text{...} and drop $ delimiters.")
+
+
+class ExactSpec(_Spec):
+    type: Literal["exact"] = "exact"
+    normalisation: Normalisation = Field(default_factory=Normalisation)
+    extract: Literal["whole", "boxed_or_whole", "last_line"] = "boxed_or_whole"
+
+
+class RegexSpec(_Spec):
+    type: Literal["regex"] = "regex"
+    pattern: str | None = Field(default=None, max_length=2000,
+                                description="Pattern to search; unset: the ground truth is the pattern.")
+    normalisation: Normalisation = Field(default_factory=Normalisation)
+    full_match: bool = False
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"is not a valid regular expression: {exc}") from exc
+        return pattern
+
+
+Relation = Literal["at_least", "at_most", "exactly"]
+
+
+class CountConstraint(_Spec):
+    kind: Literal["word_count", "sentence_count", "paragraph_count", "bullet_count", "section_count"]
+    relation: Relation
+    value: int = Field(ge=0)
+    section_marker: str = Field(default="Section", description="For section_count: the heading word.")
+
+
+class KeywordConstraint(_Spec):
+    kind: Literal["include_keywords", "forbid_keywords"]
+    keywords: list[str] = Field(min_length=1)
+    case_sensitive: bool = False
+
+
+class FormatConstraint(_Spec):
+    kind: Literal["json_format", "all_lowercase", "all_uppercase", "no_commas"]
+
+
+class PhraseConstraint(_Spec):
+    kind: Literal["starts_with", "ends_with"]
+    phrase: str = Field(min_length=1)
+
+
+Constraint = Annotated[CountConstraint | KeywordConstraint | FormatConstraint | PhraseConstraint,
+                       Field(discriminator="kind")]
+
+
+class InstructionSpec(_Spec):
+    """IFEval-style verifiable constraints; score = fraction satisfied (or all-or-nothing)."""
+
+    type: Literal["instruction"] = "instruction"
+    constraints: list[Constraint] = Field(default_factory=list, description="Empty: read them from ground_truth.")
+    all_or_nothing: bool = False
+
+
+class JsonSchemaSpec(_Spec):
+    type: Literal["json_schema"] = "json_schema"
+    json_schema: dict[str, Any] = Field(alias="schema", description="A JSON Schema (draft 2020-12).")
+    extract: Literal["whole", "fenced_or_whole"] = "fenced_or_whole"
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        from jsonschema import Draft202012Validator, SchemaError
+
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            raise ValueError(f"is not a valid JSON Schema: {exc.message}") from exc
+        return schema
+
+
+class CodeSpec(_Spec):
+    """Run the completion's Python against tests in the sandbox."""
+
+    type: Literal["code"] = "code"
+    language: Literal["python"] = "python"
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    memory_mb: int = Field(default=512, ge=32, le=8192)
+    all_or_nothing: bool = Field(default=False, description="Score 1 only when every test passes.")
+
+
+class ToolDefinition(_Spec):
+    name: str = Field(min_length=1)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+
+class ToolCallSpec(_Spec):
+    type: Literal["tool_call"] = "tool_call"
+    tools: list[ToolDefinition] = Field(min_length=1)
+    require_calls: bool = Field(default=True, description="A completion with no call scores 0.")
+    match_ground_truth: bool = Field(default=False, description="Also compare calls to ground_truth's calls.")
+
+
+NUTRIENTS = ("calories", "protein", "fat", "carbohydrates")
+
+
+class NutritionSpec(_Spec):
+    """DiningBench-style nutrition estimate: graded by per-nutrient relative error."""
+
+    type: Literal["nutrition"] = "nutrition"
+    nutrients: list[str] = Field(default_factory=lambda: list(NUTRIENTS), min_length=1)
+    full_credit_rel_error: float = Field(default=0.1, ge=0, description="At or under this error: full credit.")
+    zero_credit_rel_error: float = Field(default=1.0, gt=0, description="At or over this error: no credit.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NutritionSpec:
+        if self.zero_credit_rel_error <= self.full_credit_rel_error:
+            raise ValueError("zero_credit_rel_error must be greater than full_credit_rel_error")
+        return self
+
+
+class MultiSpec(_Spec):
+    """Weighted sum of named sub-graders; a failed gate zeroes the reward (OpenAI's `multi` shape)."""
+
+    type: Literal["multi"] = "multi"
+    graders: dict[str, RewardSpec] = Field(min_length=1)
+    weights: dict[str, float] = Field(default_factory=dict, description="Missing names weigh 1.")
+    gates: dict[str, float] = Field(default_factory=dict,
+                                    description="name -> minimum sub-score; below it the reward is 0.")
+    normalise: bool = Field(default=True, description="Divide by the sum of weights.")
+
+    @model_validator(mode="after")
+    def _names_exist(self) -> MultiSpec:
+        for field_name in ("weights", "gates"):
+            unknown = set(getattr(self, field_name)) - set(self.graders)
+            if unknown:
+                raise ValueError(f"{field_name} names unknown graders: {', '.join(sorted(unknown))}")
+        return self
+
+
+RewardSpec = Annotated[
+    MathSpec | NumericSpec | MultipleChoiceSpec | ExactSpec | RegexSpec | InstructionSpec | JsonSchemaSpec
+    | CodeSpec | ToolCallSpec | NutritionSpec | MultiSpec,
+    Field(discriminator="type"),
+]
+MultiSpec.model_rebuild()
+
+_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]{0,99})(?:@(?P<version>\d+))?$")
+
+
+def parse_spec_ref(ref: str) -> tuple[str, int | None]:
+    """``"name@3"`` → ``("name", 3)``; ``"name"`` → ``("name", None)`` (the latest version)."""
+    match = _REF.match(ref.strip())
+    if match is None:
+        raise ValueError(f"{ref!r} is not a spec reference; expected name or name@version (e.g. gsm8k@2)")
+    version = match.group("version")
+    if version is not None and int(version) < 1:
+        raise ValueError(f"{ref!r}: versions start at 1")
+    return match.group("name"), int(version) if version is not None else None

@@ -1,0 +1,186 @@
+"""`/v1/rewards`: resolve the spec, honour idempotency, fan the batch out to the verifier, persist."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi.responses import Response, StreamingResponse
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from services.common.auth import Principal, get_accessible_project
+from services.common.db import session_scope
+from services.common.errors import ApiError, InvalidInput, UpstreamUnavailable
+from services.common.reward_api import ItemResult, summarise
+from services.common.service_client import service_client
+from services.common.settings import get_settings
+from services.gateway import idempotency, reward_specs_store
+from services.gateway.models import RewardResultRecord
+from services.gateway.schemas import RewardsRequest
+
+ENDPOINT = "rewards"
+NDJSON = "application/x-ndjson"
+
+
+def choose_project(principal: Principal, requested: str | None) -> str:
+    if requested is not None:
+        return requested
+    if not principal.all_projects and len(principal.project_ids) == 1:
+        return next(iter(principal.project_ids))
+    raise InvalidInput("project_id is required: this key has access to more than one project",
+                       field="project_id")
+
+
+def _resolve_spec(principal: Principal, project_id: str, body: RewardsRequest) -> tuple[dict[str, Any], str]:
+    if body.spec is not None and principal.can_access(project_id) and not principal.all_projects:
+        # Hot path: the key's project list came from the database moments ago; no query needed.
+        return body.spec.model_dump(mode="json"), "inline"
+    with session_scope() as session:
+        get_accessible_project(session, principal, project_id)
+        if body.spec is not None:
+            return body.spec.model_dump(mode="json"), "inline"
+        record = reward_specs_store.resolve(session, project_id, body.spec_ref or "")
+        return record.spec, f"{record.name}@{record.version}"
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (502, 503, 504)
+
+
+def _grade_payload(spec: dict[str, Any], body: RewardsRequest, stream: bool) -> dict[str, Any]:
+    return {"spec": spec, "items": [item.model_dump(mode="json") for item in body.items],
+            "deadline_s": body.deadline_s, "stream": stream}
+
+
+def _client_timeout(body: RewardsRequest) -> float:
+    # The verifier enforces the deadline; leave it room to answer with timeouts rather than cut it off.
+    return (body.deadline_s or get_settings().http_timeout_s + len(body.items) * 0.05) + 30.0
+
+
+async def _post_grade(payload: dict[str, Any], auth: str, timeout_s: float) -> dict[str, Any]:
+    settings = get_settings()
+    async for attempt in AsyncRetrying(stop=stop_after_attempt(settings.http_max_retries + 1),
+                                       wait=wait_exponential(multiplier=0.2, max=5),
+                                       retry=retry_if_exception(_transient), reraise=True):
+        with attempt:
+            async with service_client("verifier", timeout_s=timeout_s, headers={"Authorization": auth}) as client:
+                response = await client.post("/v1/grade", json=payload)
+                if response.status_code in (502, 503, 504):
+                    response.raise_for_status()
+                if response.status_code >= 400:
+                    raise _upstream_client_error(response)
+                data: dict[str, Any] = response.json()
+                return data
+    raise AssertionError("unreachable")
+
+
+def _upstream_client_error(response: httpx.Response) -> ApiError:
+    try:
+        error = response.json()["error"]
+        return ApiError(error["message"], field=error.get("field"), code=error.get("code"),
+                        status_code=response.status_code)
+    except (ValueError, KeyError, TypeError):
+        return ApiError(f"verifier answered {response.status_code}", status_code=502, code="upstream_error")
+
+
+def _persist(project_id: str, request_id: str, spec_ref: str, results: list[ItemResult]) -> None:
+    with session_scope() as session:
+        session.add_all([RewardResultRecord(project_id=project_id, request_id=request_id, item_id=r.id,
+                                            spec_ref=spec_ref, score=r.score, status=r.status,
+                                            sub_scores=r.sub_scores, details=r.details, elapsed_ms=r.elapsed_ms)
+                         for r in results])
+
+
+async def score(principal: Principal, body: RewardsRequest, auth: str, idempotency_key: str | None) -> Response:
+    project_id = choose_project(principal, body.project_id)
+    spec, spec_ref = await asyncio.to_thread(_resolve_spec, principal, project_id, body)
+    key = idempotency_key or body.idempotency_key
+    if key is not None:
+        fingerprint = idempotency.request_fingerprint(
+            body.model_dump(mode="json", exclude={"idempotency_key"}) | {"project_id": project_id})
+        replay = await asyncio.to_thread(idempotency.claim, project_id, ENDPOINT, key, fingerprint)
+        if replay is not None:
+            media = NDJSON if body.stream else "application/json"
+            return Response(replay.body, status_code=replay.status_code, media_type=media,
+                            headers={"Idempotent-Replayed": "true"})
+    request_id = uuid.uuid4().hex
+    try:
+        if body.stream:
+            return StreamingResponse(_stream(project_id, request_id, spec, spec_ref, body, auth, key),
+                                     media_type=NDJSON)
+        started = time.perf_counter()
+        graded = await _post_grade(_grade_payload(spec, body, stream=False), auth, _client_timeout(body))
+    except httpx.TransportError as exc:
+        await _release(project_id, key)
+        raise UpstreamUnavailable(f"the verifier service is unreachable: {type(exc).__name__}: {exc}") from exc
+    except BaseException:
+        await _release(project_id, key)
+        raise
+    results = [ItemResult.model_validate(r) for r in graded["results"]]
+    if body.persist:
+        await asyncio.to_thread(_persist, project_id, request_id, spec_ref, results)
+    content = {"request_id": request_id, "project_id": project_id, "spec_ref": spec_ref,
+               "results": graded["results"], "summary": graded["summary"],
+               "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)}
+    text = json.dumps(content)
+    if key is not None:
+        await asyncio.to_thread(idempotency.complete, project_id, ENDPOINT, key, 200, text)
+    return Response(text, media_type="application/json")
+
+
+async def _release(project_id: str, key: str | None) -> None:
+    if key is not None:
+        await asyncio.to_thread(idempotency.release, project_id, ENDPOINT, key)
+
+
+async def _stream(project_id: str, request_id: str, spec: dict[str, Any], spec_ref: str, body: RewardsRequest,
+                  auth: str, key: str | None) -> AsyncIterator[bytes]:
+    """Relay the verifier's NDJSON results as they finish, then one summary line."""
+    results: list[ItemResult] = []
+    lines: list[str] = []
+    started = time.perf_counter()
+    try:
+        async with service_client("verifier", timeout_s=_client_timeout(body),
+                                  headers={"Authorization": auth}) as client, \
+                client.stream("POST", "/v1/grade", json=_grade_payload(spec, body, stream=True)) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                error = _upstream_client_error(response)
+                line = json.dumps({"type": "error", "error": {"code": error.code, "message": error.message,
+                                                              "field": error.field}})
+                lines.append(line)
+                yield (line + "\n").encode()
+                await _release(project_id, key)
+                return
+            async for raw in response.aiter_lines():
+                if not raw.strip():
+                    continue
+                result = ItemResult.model_validate_json(raw)
+                results.append(result)
+                line = json.dumps({"type": "result", **result.model_dump(mode="json")})
+                lines.append(line)
+                yield (line + "\n").encode()
+    except httpx.TransportError as exc:
+        await _release(project_id, key)
+        line = json.dumps({"type": "error", "error": {
+            "code": "upstream_unavailable", "field": None,
+            "message": f"the verifier stream broke after {len(results)} results: {type(exc).__name__}: {exc}"}})
+        yield (line + "\n").encode()
+        return
+    if body.persist:
+        await asyncio.to_thread(_persist, project_id, request_id, spec_ref, results)
+    summary = json.dumps({"type": "summary", "request_id": request_id, "project_id": project_id,
+                          "spec_ref": spec_ref, "summary": summarise(results).model_dump(mode="json"),
+                          "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)})
+    lines.append(summary)
+    yield (summary + "\n").encode()
+    if key is not None:
+        await asyncio.to_thread(idempotency.complete, project_id, ENDPOINT, key, 200, "\n".join(lines) + "\n")
+

@@ -1,0 +1,48 @@
+"""Verifier routes: batch grading for the gateway and a SandboxFusion-compatible `/run_code`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import Response, StreamingResponse
+
+from services.common.app_factory import create_service_app
+from services.common.auth import Principal, require_roles
+from services.common.models import Role
+from services.common.reward_api import GradeRequest, GradeResponse, summarise
+from services.verifier import grading, run_code
+
+router = APIRouter(tags=["verifier"])
+graders_only = require_roles(Role.admin, Role.trainer)
+
+
+@router.post("/v1/grade", response_model=GradeResponse,
+             responses={200: {"content": {"application/x-ndjson": {}}}})
+async def grade(body: GradeRequest, _principal: Principal = Depends(graders_only)) -> Response:
+    """Grade a batch against a resolved spec (the gateway's `/v1/rewards` forwards here)."""
+    if body.stream:
+        async def lines() -> AsyncIterator[bytes]:
+            async for result in grading.grade_stream(body.spec, body.items, body.deadline_s):
+                yield (result.model_dump_json() + "\n").encode()
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+    started = time.perf_counter()
+    results = await grading.grade_batch(body.spec, body.items, body.deadline_s)
+    response = GradeResponse(results=results, summary=summarise(results),
+                             elapsed_ms=round((time.perf_counter() - started) * 1000, 3))
+    return Response(json.dumps(response.model_dump(mode="json")), media_type="application/json")
+
+
+@router.post("/run_code", response_model=run_code.RunCodeResponse, tags=["sandbox"])
+async def sandbox_run_code(body: run_code.RunCodeRequest,
+                           _principal: Principal = Depends(graders_only)) -> run_code.RunCodeResponse:
+    """SandboxFusion-compatible code execution (user-code failures are `Failed`, platform faults `SandboxError`)."""
+    return await run_code.run_code(body)
+
+
+def create_app() -> FastAPI:
+    return create_service_app("verifier", [router], title="rewardhub verifier",
+                              description="Deterministic graders on a supervised process pool, and a code sandbox.")

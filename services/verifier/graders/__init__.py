@@ -1,0 +1,1 @@
+"""Deterministic graders: pure functions ``(spec, completion, ground_truth) -> GradeResult``."""

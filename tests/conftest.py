@@ -1,0 +1,192 @@
+"""Shared fixtures: isolated settings, real PostgreSQL and Redis, a migrated gateway with keys.
+
+Tests that need PostgreSQL or Redis skip with the reason when those are not reachable; with
+``REWARDHUB_REQUIRE_SERVICES=1`` (CI) they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+POSTGRES_ADMIN_URL = os.environ.get("REWARDHUB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_TEST_URL = os.environ.get("REWARDHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REQUIRE_SERVICES = os.environ.get("REWARDHUB_REQUIRE_SERVICES", "") not in ("", "0", "false")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def unavailable(what: str, why: str) -> None:
+    message = f"{what} is not reachable ({why})"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + "; REWARDHUB_REQUIRE_SERVICES=1 makes this a failure", pytrace=False)
+    pytest.skip(message + "; set REWARDHUB_REQUIRE_SERVICES=1 to fail instead")
+
+
+def _reset_state() -> None:
+    from services.common.db import dispose_engines
+    from services.common.service_client import unregister_local_apps
+    from services.common.settings import reset_settings_cache
+
+    dispose_engines()
+    reset_settings_cache()
+    unregister_local_apps()
+
+
+@pytest.fixture
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Settings pointing at a private data dir (SQLite) with no broker and no service URLs."""
+    for name in list(os.environ):
+        if name.startswith("REWARDHUB_") and name not in ("REWARDHUB_REQUIRE_SERVICES",) \
+                and not name.startswith("REWARDHUB_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("REWARDHUB_DATA_DIR", str(tmp_path / "data"))
+    _reset_state()
+    yield tmp_path
+    _reset_state()
+
+
+def _sqlalchemy_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1) if url.startswith("postgresql://") else url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of a reachable PostgreSQL server, or skip/fail."""
+    import psycopg
+
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:
+        unavailable(f"PostgreSQL at {POSTGRES_ADMIN_URL}", f"{type(exc).__name__}: {exc}")
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database on the real PostgreSQL server, dropped after the test."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"rewardhub_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base, _, _ = postgres_server.rpartition("/")
+    yield _sqlalchemy_url(f"{base}/{name}")
+    from services.common.db import dispose_engines
+
+    dispose_engines()
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A real Redis database (flushed before and after the test)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except Exception as exc:
+        unavailable(f"Redis at {REDIS_TEST_URL}", f"{type(exc).__name__}: {exc}")
+    client.flushdb()
+    yield REDIS_TEST_URL
+    client.flushdb()
+    client.close()
+
+
+@dataclass
+class Tenant:
+    """A migrated database with two projects and a key of every role on project A."""
+
+    project_a: str
+    project_b: str
+    keys: dict[str, str]
+
+
+def make_tenant() -> Tenant:
+    from services.common.auth import create_api_key
+    from services.common.db import session_scope
+    from services.common.migrate import upgrade
+    from services.common.models import Project, Role
+
+    upgrade()
+    with session_scope() as session:
+        a, b = Project(name="project-a"), Project(name="project-b")
+        session.add_all([a, b])
+        session.flush()
+        keys = {"root": create_api_key(session, role=Role.admin, all_projects=True)[1]}
+        for role in Role:
+            keys[role.value] = create_api_key(session, role=role, projects=[a])[1]
+        keys["admin_b"] = create_api_key(session, role=Role.admin, projects=[b])[1]
+        return Tenant(project_a=a.id, project_b=b.id, keys=keys)
+
+
+@pytest.fixture
+def sqlite_tenant(isolated_env: Path) -> Tenant:
+    return make_tenant()
+
+
+@pytest.fixture
+def postgres_tenant(isolated_env: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Tenant:
+    monkeypatch.setenv("DATABASE_URL", postgres_url)
+    _reset_state()
+    return make_tenant()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@dataclass
+class LiveServer:
+    url: str
+    tenant: Tenant
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def live_server(isolated_env: Path) -> Iterator[LiveServer]:
+    """The embedded default served by a real uvicorn on a loopback port, in a background thread."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from rewardhub.embedded import build_embedded_app
+
+    tenant = make_tenant()
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(build_embedded_app(), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    else:
+        raise RuntimeError("live server did not start")
+    yield LiveServer(url=url, tenant=tenant)
+    server.should_exit = True
+    thread.join(timeout=10)

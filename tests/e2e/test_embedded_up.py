@@ -1,0 +1,61 @@
+"""`rewardhub up` as a user runs it: migrates, prints the URL and a first admin key, serves, stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[str], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"process exited early with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not ready after {timeout_s}s")
+
+
+def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["REWARDHUB_DATA_DIR"] = str(tmp_path / "data")
+    cli = Path(sys.executable).with_name("rewardhub")
+    process = subprocess.Popen([str(cli), "up", "--port", str(port)], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}/readyz", process)
+        key = (tmp_path / "data" / "admin-key.txt").read_text().strip()
+        assert oct((tmp_path / "data" / "admin-key.txt").stat().st_mode & 0o777) == "0o600"
+        projects = httpx.get(f"http://127.0.0.1:{port}/v1/projects", headers={"Authorization": f"Bearer {key}"})
+        assert projects.status_code == 200
+        assert [p["name"] for p in projects.json()] == ["default"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert f"http://127.0.0.1:{port}" in output
+    assert re.search(r"first admin key .*\n\s+rh_[A-Za-z0-9_-]{20,}", output)
+    assert "rewardhub stopped." in output
+    assert (tmp_path / "data" / "rewardhub.db").exists()

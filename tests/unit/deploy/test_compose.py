@@ -1,0 +1,269 @@
+"""docker-compose.yml: checked by docker-compose itself and, structurally, against the code it runs.
+
+There is no Docker engine on the test machines; `docker-compose config` validates the file
+against the Compose schema without one. The structural checks tie the file to
+`rewardhub.service_map.SERVICES`, the CLI's commands and the settings class.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+import typer
+import yaml
+
+from rewardhub.cli import app as cli_app
+from rewardhub.service_map import SERVICES
+from services.common.settings import Settings
+from tests.conftest import REPO_ROOT, unavailable
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+GPU_SERVICES = {"trainer", "vllm"}
+INFRASTRUCTURE = {"postgres", "redis"}
+ONE_SHOT = {"migrate"}
+# Services the compose file runs ahead of their entry in SERVICES (the trainer lands later);
+# once a name is in SERVICES, the strict check covers it and it should leave this set.
+AHEAD_OF_SERVICE_MAP = {"trainer"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = compose["services"]
+    return found
+
+
+def python_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The services built from our Dockerfile (they run the `rewardhub` CLI)."""
+    return {name: svc for name, svc in services.items() if "build" in svc}
+
+
+def served_name(svc: dict[str, Any]) -> str | None:
+    command = svc.get("command") or []
+    return command[1] if len(command) > 1 and command[0] == "serve" else None
+
+
+def option(command: list[str], name: str) -> str | None:
+    return command[command.index(name) + 1] if name in command else None
+
+
+def with_defaults(value: str) -> str:
+    """``value`` as Compose interpolates it when no variable is set: ``${NAME:-default}`` -> ``default``."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+def compose_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REWARDHUB_", "COMPOSE_"))}
+    env["REWARDHUB_SECRET_KEY"] = "test-secret-key"
+    return env
+
+
+# --- docker-compose's own validation ---------------------------------------------------------
+
+def docker_compose() -> str:
+    path = shutil.which("docker-compose")
+    if path is None:
+        unavailable("docker-compose (Debian package docker-compose)", "not installed")
+    return str(path)
+
+
+@pytest.mark.parametrize("profile_args", [[], ["--profile", "gpu"]], ids=["default", "gpu"])
+def test_docker_compose_accepts_the_file(profile_args: list[str]) -> None:
+    result = subprocess.run([docker_compose(), "-f", str(COMPOSE_FILE), *profile_args, "config", "-q"],
+                            env=compose_env(), capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_docker_compose_resolves_the_shared_environment_and_gpu_profile() -> None:
+    result = subprocess.run([docker_compose(), "-f", str(COMPOSE_FILE), "--profile", "gpu", "config"],
+                            env=compose_env(), capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]
+    assert set(resolved) >= {"postgres", "redis", "migrate", "gateway", "verifier", "worker", "trainer", "vllm"}
+    for name in ("migrate", "gateway", "verifier", "worker", "trainer"):
+        assert resolved[name]["environment"]["REWARDHUB_SECRET_KEY"] == "test-secret-key", name
+        assert resolved[name]["environment"]["DATABASE_URL"].startswith("postgresql+psycopg://"), name
+
+
+def test_docker_compose_refuses_to_run_without_a_secret_key() -> None:
+    env = compose_env()
+    del env["REWARDHUB_SECRET_KEY"]
+    result = subprocess.run([docker_compose(), "-f", str(COMPOSE_FILE), "config", "-q"],
+                            env=env, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert result.returncode != 0
+    assert "REWARDHUB_SECRET_KEY" in result.stderr
+
+
+# --- structure ---------------------------------------------------------------------------------
+
+def test_every_service_in_the_service_map_has_a_compose_service_and_vice_versa(
+        services: dict[str, dict[str, Any]]) -> None:
+    served = {name: served_name(svc) for name, svc in services.items() if served_name(svc)}
+    for compose_name, service in served.items():
+        assert compose_name == service, f"compose service {compose_name!r} runs `serve {service}`"
+    assert set(SERVICES) <= set(served.values()), f"no compose service serves {set(SERVICES) - set(served.values())}"
+    unknown = set(served.values()) - set(SERVICES) - AHEAD_OF_SERVICE_MAP
+    assert not unknown, f"compose serves {unknown}, which rewardhub.service_map.SERVICES does not know"
+
+
+def test_gpu_profile_holds_exactly_the_trainer_and_vllm(services: dict[str, dict[str, Any]]) -> None:
+    in_gpu = {name for name, svc in services.items() if "gpu" in svc.get("profiles", [])}
+    assert in_gpu == GPU_SERVICES
+    for name, svc in services.items():
+        if name not in GPU_SERVICES:
+            assert "profiles" not in svc, f"{name} must start with a plain `docker compose up`"
+            assert "deploy" not in svc, f"{name} must not reserve devices"
+            continue
+        devices = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), name
+
+
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        if name in ONE_SHOT:
+            assert "healthcheck" not in svc and svc.get("restart") == "no", name
+            continue
+        test = svc.get("healthcheck", {}).get("test")
+        assert isinstance(test, list) and test[0] == "CMD" and len(test) > 1, f"{name} has no exec healthcheck"
+
+
+def test_http_healthchecks_probe_the_port_the_service_listens_on(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in python_services(services).items():
+        if served_name(svc) is None:
+            continue
+        probe = " ".join(svc["healthcheck"]["test"])
+        port = option(svc["command"], "--port")
+        assert re.search(rf"http://127\.0\.0\.1:{port}/(readyz|healthz)\b", probe), f"{name}: {probe}"
+        assert option(svc["command"], "--host") == "0.0.0.0", f"{name} must listen beyond loopback"
+    assert re.search(r"http://127\.0\.0\.1:8000/health\b", " ".join(services["vllm"]["healthcheck"]["test"]))
+    assert services["postgres"]["healthcheck"]["test"][1] == "pg_isready"
+    assert services["redis"]["healthcheck"]["test"][1:] == ["redis-cli", "ping"]
+
+
+def test_healthcheck_python_one_liners_compile(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        test = svc.get("healthcheck", {}).get("test", [])
+        if len(test) > 3 and test[1] in ("python", "python3") and test[2] == "-c":
+            compile(test[3], f"<{name} healthcheck>", "exec")
+
+
+def test_depends_on_names_existing_services_with_satisfiable_conditions(
+        services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        for target, spec in svc.get("depends_on", {}).items():
+            assert target in services, f"{name} depends on unknown service {target!r}"
+            condition = spec["condition"]
+            if condition == "service_healthy":
+                assert "healthcheck" in services[target], f"{name} waits for {target}'s health, which has none"
+            elif condition == "service_completed_successfully":
+                assert target in ONE_SHOT, f"{name} waits for long-running {target!r} to exit"
+            else:
+                raise AssertionError(f"{name} -> {target}: unexpected condition {condition!r}")
+            # A CPU service waiting on a GPU-profile one would never start without --profile gpu.
+            if name not in GPU_SERVICES:
+                assert target not in GPU_SERVICES, f"{name} depends on gpu-profile {target!r}"
+
+
+def test_python_services_wait_for_migrations_and_infrastructure(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in python_services(services).items():
+        deps = svc["depends_on"]
+        assert deps["postgres"]["condition"] == "service_healthy", name
+        if name in ONE_SHOT:
+            continue
+        assert deps["migrate"]["condition"] == "service_completed_successfully", name
+        assert deps["redis"]["condition"] == "service_healthy", name
+
+
+def test_python_services_share_the_image_and_run_cli_commands(services: dict[str, dict[str, Any]]) -> None:
+    commands = typer.main.get_command(cli_app).commands  # type: ignore[attr-defined]
+    cpu = {name: svc for name, svc in python_services(services).items() if name not in GPU_SERVICES}
+    assert set(cpu) == {"migrate", "worker", *SERVICES}
+    assert len({svc["image"] for svc in cpu.values()}) == 1, "CPU services run one image"
+    for name, svc in python_services(services).items():
+        assert svc["build"]["dockerfile"] == "Dockerfile" and svc["build"]["context"] == ".", name
+        assert "entrypoint" not in svc, f"{name} must keep the image's `rewardhub` entrypoint"
+        command = svc["command"]
+        assert command[0] in commands, f"{name}: `rewardhub {command[0]}` is not a CLI command"
+        if served_name(svc) in AHEAD_OF_SERVICE_MAP and served_name(svc) not in SERVICES:
+            continue
+        # Parse the arguments as the CLI would: an unknown option or a bad value fails here.
+        with commands[command[0]].make_context(command[0], list(command[1:])) as ctx:
+            assert ctx.params is not None
+    assert services["migrate"]["command"] == ["migrate"]
+    assert services["worker"]["command"][0] == "worker"
+
+
+def test_worker_healthcheck_pings_its_own_celery_node(services: dict[str, dict[str, Any]]) -> None:
+    probe = services["worker"]["healthcheck"]["test"][3]
+    assert "celery_app.control.ping" in probe and "socket.gethostname()" in probe
+
+
+def test_shared_environment_carries_the_infrastructure_and_known_settings(
+        services: dict[str, dict[str, Any]]) -> None:
+    settings_vars = {f"REWARDHUB_{field.upper()}" for field in Settings.model_fields} | {"DATABASE_URL", "REDIS_URL"}
+    for name, svc in python_services(services).items():
+        env = svc["environment"]
+        for required in ("DATABASE_URL", "REDIS_URL", "REWARDHUB_SECRET_KEY"):
+            assert required in env, f"{name} lacks {required}"
+        assert env["DATABASE_URL"].startswith("postgresql+psycopg://") and "@postgres:5432/" in env["DATABASE_URL"]
+        assert env["REDIS_URL"].startswith("redis://redis:6379/")
+        unknown = {k for k in env if k.startswith("REWARDHUB_")} - settings_vars
+        assert not unknown, f"{name} sets variables the settings class does not read: {unknown}"
+
+
+def test_service_urls_point_at_the_compose_services(services: dict[str, dict[str, Any]]) -> None:
+    env = services["gateway"]["environment"]
+    urls = {k: v for k, v in env.items() if re.fullmatch(r"REWARDHUB_[A-Z_]+_URL", k) and k != "REWARDHUB_LLM_BASE_URL"}
+    for key, url in urls.items():
+        name = key.removeprefix("REWARDHUB_").removesuffix("_URL").lower()
+        assert name in services, f"{key} names no compose service"
+        assert url == f"http://{name}:{option(services[name]['command'], '--port')}", key
+    for name in SERVICES:
+        assert f"REWARDHUB_{name.upper()}_URL" in urls, f"no REWARDHUB_{name.upper()}_URL for {name}"
+    assert with_defaults(env["REWARDHUB_LLM_BASE_URL"]) == "http://vllm:8000/v1"
+
+
+def test_only_the_gateway_and_the_annotation_ui_are_published(services: dict[str, dict[str, Any]]) -> None:
+    published = {name for name, svc in services.items() if svc.get("ports")}
+    assert published == {"gateway", "annotation"}
+    for name in published:
+        assert str(services[name]["ports"][0]).endswith(":8000"), name
+
+
+def test_infrastructure_images(services: dict[str, dict[str, Any]]) -> None:
+    assert services["postgres"]["image"] == "postgres:16"
+    assert services["redis"]["image"] == "redis:7"
+    assert set(services) >= INFRASTRUCTURE
+    for name in INFRASTRUCTURE:
+        assert any(":" in volume for volume in services[name]["volumes"]), f"{name} keeps its data in a volume"
+
+
+def test_vllm_serves_a_mounted_local_model_offline(services: dict[str, dict[str, Any]]) -> None:
+    vllm = services["vllm"]
+    assert with_defaults(vllm["image"]).split(":")[0] == "vllm/vllm-openai"
+    assert vllm["environment"]["HF_HUB_OFFLINE"] == "1"
+    mounts = [with_defaults(volume).split(":") for volume in vllm["volumes"]]
+    model = with_defaults(option(vllm["command"], "--model") or "")
+    assert any(model.startswith(target + "/") and mode == "ro" for *_, target, mode in mounts), \
+        f"--model {model} is not under a read-only mount"
+    trainer = services["trainer"]
+    assert trainer["command"][:2] == ["serve", "trainer"]
+    assert trainer["environment"]["HF_HUB_OFFLINE"] == "1"
+
+
+def test_the_shared_settings_are_one_anchor() -> None:
+    text = COMPOSE_FILE.read_text()
+    assert re.search(r"^x-common-env: &common-env$", text, re.MULTILINE)
+    assert re.search(r"^x-common: &common$", text, re.MULTILINE)
+    # Every Python service merges the shared block rather than repeating it.
+    assert text.count("<<: *common\n") == len(python_services(yaml.safe_load(text)["services"]))

@@ -1,0 +1,38 @@
+"""Module-level functions the pool tests send to worker processes (they must be importable)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def spin_forever_on(x: int, stuck: int) -> int:
+    if x == stuck:
+        while True:  # a grader stuck in pure Python: only a kill stops it
+            pass
+    return x
+
+
+def exit_on(x: int, dying: int) -> int:
+    if x == dying:
+        os._exit(3)
+    return x
+
+
+def raise_on(x: int, bad: int) -> int:
+    if x == bad:
+        raise ValueError("bad item")
+    return x
+
+
+def worker_pid(_: int) -> int:
+    return os.getpid()
+
+
+def sleep_then(x: float) -> float:
+    time.sleep(x)
+    return x
