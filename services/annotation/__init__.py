@@ -1,0 +1,1 @@
+"""CARE active-annotation service: pseudo-labels, budgeted label purchases, the annotator queue."""

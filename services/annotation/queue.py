@@ -1,0 +1,544 @@
+"""The annotator queue: leases, overlap, agreement, adjudication, skip, undo, idempotent submit.
+
+Plain functions on a session; the caller commits (the JSON API and the web UI both call them).
+Every function takes ``now`` so tests drive the clock instead of sleeping.
+
+Concurrency. On PostgreSQL ``next_task`` picks with ``SELECT … FOR UPDATE SKIP LOCKED``: each
+annotator locks a different open task, so fifty annotators never queue behind one row. Every
+change to a task's assignments happens while its row is locked and bumps ``Task.version``, and
+after locking, the slot count is read again in a fresh statement (READ COMMITTED gives each
+statement a new snapshot), so a pick that raced a commit is caught and the next task is tried.
+SQLite has no row locks: there each operation first writes the project row, which takes the
+database's single write lock for the rest of the transaction, so operations run one at a time.
+
+A lease is an ``active`` assignment until ``expires_at``. An expired lease holds no slot: the
+task is simply counted as free again, so nothing has to sweep expired leases, and a late submit
+on it is refused. One assignment row per (task, annotator) means nobody gets a task twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from services.annotation import purchases
+from services.annotation.accounts import require_adjudicator
+from services.annotation.equivalence import answers_equivalent
+from services.annotation.models import (
+    Adjudication,
+    Annotation,
+    AnnotationProject,
+    Annotator,
+    Assignment,
+    AssignmentState,
+    LabelKind,
+    Prompt,
+    PseudoLabel,
+    Purchase,
+    PurchaseStatus,
+    RolloutGroup,
+    Task,
+    TaskStatus,
+)
+from services.annotation.schemas import (
+    AdjudicationOut,
+    AdjudicationView,
+    AnnotationOut,
+    AnnotationSummary,
+    AnnotatorThroughput,
+    CandidateOut,
+    Decision,
+    LabelSchema,
+    QueueStats,
+    SkipOut,
+    Submission,
+    TaskView,
+    UndoOut,
+)
+from services.common.db import utcnow
+from services.common.errors import Conflict, Forbidden, InvalidInput, NotFound
+
+MAX_PICK_ATTEMPTS = 50
+
+
+def slot_holders(now: datetime):  # type: ignore[no-untyped-def]
+    """Assignments that hold one of a task's k slots: submitted ones and unexpired leases."""
+    return or_(Assignment.state == AssignmentState.submitted,
+               and_(Assignment.state == AssignmentState.active, Assignment.expires_at > now))
+
+
+def blocks_annotator(annotator_id: str, now: datetime):  # type: ignore[no-untyped-def]
+    """The annotator already answered, skipped or holds a live lease on the task."""
+    return and_(Assignment.annotator_id == annotator_id,
+                or_(Assignment.state.in_([AssignmentState.submitted, AssignmentState.skipped]),
+                    Assignment.expires_at > now))
+
+
+def slots_taken(session: Session, task_id: str, now: datetime) -> int:
+    return int(session.scalar(select(func.count(Assignment.id)).where(
+        Assignment.task_id == task_id, slot_holders(now))) or 0)
+
+
+def _require_annotator(session: Session, annotator_id: str) -> Annotator:
+    annotator = session.get(Annotator, annotator_id)
+    if annotator is None or annotator.disabled_at is not None:
+        raise Forbidden("this annotator account does not exist or is disabled")
+    return annotator
+
+
+def _project(session: Session, annotation_project_id: str) -> AnnotationProject:
+    project = session.get(AnnotationProject, annotation_project_id)
+    if project is None:
+        raise NotFound(f"annotation project {annotation_project_id!r} not found", field="annotation_project_id")
+    return project
+
+
+def _lock_task(session: Session, task_id: str) -> Task:
+    query = select(Task).where(Task.id == task_id).execution_options(populate_existing=True)
+    if purchases.is_postgres(session):
+        query = query.with_for_update()
+    task = session.scalar(query)
+    if task is None:
+        raise NotFound(f"task {task_id!r} not found", field="task_id")
+    return task
+
+
+def _fresh(session: Session, obj: object) -> None:
+    # Re-read after taking a lock: under READ COMMITTED this sees everything committed before it.
+    session.refresh(obj)
+
+
+# ----------------------------------------------------------------------------------------- views
+
+
+def _candidates_from(clusters: list[dict[str, Any]]) -> list[CandidateOut]:
+    return [CandidateOut(index=i, answer=c["answer"], count=len(c["members"])) for i, c in enumerate(clusters)]
+
+
+def candidates(session: Session, rollout_group_id: str) -> list[CandidateOut]:
+    """The rollouts' answer clusters, largest first: what ``candidate`` indexes."""
+    clusters = session.scalar(select(PseudoLabel.clusters).where(PseudoLabel.rollout_group_id == rollout_group_id))
+    return _candidates_from(clusters or [])
+
+
+def task_view(session: Session, assignment: Assignment, *, resumed: bool) -> TaskView:
+    # One round trip: the task with its prompt, rollout group, clusters and the project's schema.
+    row = session.execute(
+        select(Task, Prompt, RolloutGroup, PseudoLabel.clusters, AnnotationProject.label_schema)
+        .join(Prompt, Prompt.id == Task.prompt_id).join(RolloutGroup, RolloutGroup.id == Task.rollout_group_id)
+        .join(AnnotationProject, AnnotationProject.id == Task.annotation_project_id)
+        .outerjoin(PseudoLabel, PseudoLabel.rollout_group_id == Task.rollout_group_id)
+        .where(Task.id == assignment.task_id)).one()
+    task, prompt, group, clusters, schema = row
+    return TaskView(
+        assignment_id=assignment.id, task_id=task.id, annotation_project_id=task.annotation_project_id,
+        prompt_id=prompt.external_id, prompt_text=prompt.text, step=group.step, n=group.n,
+        unparseable=sum(1 for a in group.answers if a is None or not a.strip()),
+        candidates=_candidates_from(clusters or []), completions=group.completions,
+        label_schema=LabelSchema.model_validate(schema), priority=task.priority,
+        overlap_k=task.overlap_k, leased_at=assignment.leased_at, lease_expires_at=assignment.expires_at,
+        resumed=resumed)
+
+
+def get_assignment(session: Session, annotation_project_id: str, annotator_id: str,
+                   assignment_id: str) -> Assignment:
+    assignment = session.get(Assignment, assignment_id)
+    if (assignment is None or assignment.annotator_id != annotator_id
+            or assignment.annotation_project_id != annotation_project_id):
+        raise NotFound(f"assignment {assignment_id!r} not found", field="assignment_id")
+    return assignment
+
+
+def current_task(session: Session, annotation_project_id: str, annotator_id: str, *,
+                 now: datetime | None = None) -> TaskView | None:
+    """The annotator's live lease in the project, if any (reload, or after an undo)."""
+    now = now or utcnow()
+    assignment = session.scalar(
+        select(Assignment).where(Assignment.annotation_project_id == annotation_project_id,
+                                 Assignment.annotator_id == annotator_id,
+                                 Assignment.state == AssignmentState.active, Assignment.expires_at > now)
+        .order_by(Assignment.leased_at.desc(), Assignment.id).limit(1))
+    return task_view(session, assignment, resumed=True) if assignment is not None else None
+
+
+# ------------------------------------------------------------------------------------ next task
+
+
+def _pick_query(annotation_project_id: str, annotator_id: str, now: datetime, exclude: set[str],
+                postgres: bool):  # type: ignore[no-untyped-def]
+    taken = (select(func.count(Assignment.id)).where(Assignment.task_id == Task.id, slot_holders(now))
+             .correlate(Task).scalar_subquery())
+    mine = exists().where(Assignment.task_id == Task.id, blocks_annotator(annotator_id, now))
+    query = (select(Task)
+             .where(Task.annotation_project_id == annotation_project_id, Task.status == TaskStatus.open,
+                    taken < Task.overlap_k, ~mine)
+             .order_by(Task.priority.desc(), Task.created_at, Task.id).limit(1))
+    if exclude:
+        query = query.where(Task.id.not_in(exclude))
+    if postgres:
+        query = query.with_for_update(skip_locked=True, of=Task)
+    return query
+
+
+def next_task(session: Session, annotation_project_id: str, annotator_id: str, *,
+              now: datetime | None = None) -> TaskView | None:
+    """Lease the highest-priority open task this annotator has not had, or resume their live lease.
+
+    Returns None when nothing is available to this annotator.
+    """
+    _require_annotator(session, annotator_id)
+    purchases.serialise_on_sqlite(session, annotation_project_id)
+    project = _project(session, annotation_project_id)
+    now = now or utcnow()
+    resumed = current_task(session, annotation_project_id, annotator_id, now=now)
+    if resumed is not None:
+        return resumed
+    postgres = purchases.is_postgres(session)
+    exclude: set[str] = set()
+    for _ in range(MAX_PICK_ATTEMPTS):
+        task = session.scalar(_pick_query(annotation_project_id, annotator_id, now, exclude, postgres)
+                              .execution_options(populate_existing=True))
+        if task is None:
+            return None
+        # The row is ours now (Postgres: locked); count its slots again in a fresh statement.
+        held = list(session.scalars(select(Assignment).where(Assignment.task_id == task.id)
+                                    .execution_options(populate_existing=True)))
+        mine = next((a for a in held if a.annotator_id == annotator_id), None)
+        taken = sum(1 for a in held if a.state is AssignmentState.submitted
+                    or (a.state is AssignmentState.active and a.expires_at > now))
+        if (task.status is not TaskStatus.open or taken >= task.overlap_k
+                or (mine is not None and not (mine.state is AssignmentState.active and mine.expires_at <= now))):
+            exclude.add(task.id)
+            continue
+        expires = now + timedelta(seconds=project.lease_seconds)
+        if mine is None:
+            mine = Assignment(task_id=task.id, annotation_project_id=annotation_project_id,
+                              annotator_id=annotator_id, leased_at=now, expires_at=expires)
+            session.add(mine)
+        else:  # the annotator's own lease had expired; take it up again
+            mine.leased_at, mine.expires_at = now, expires
+        task.version += 1
+        session.flush()
+        return task_view(session, mine, resumed=False)
+    return None
+
+
+def renew_lease(session: Session, annotation_project_id: str, annotator_id: str, assignment_id: str, *,
+                now: datetime | None = None) -> TaskView:
+    """Extend a live lease by the project's lease length (a heartbeat while the annotator works)."""
+    purchases.serialise_on_sqlite(session, annotation_project_id)
+    assignment = get_assignment(session, annotation_project_id, annotator_id, assignment_id)
+    _lock_task(session, assignment.task_id)
+    _fresh(session, assignment)
+    now = now or utcnow()
+    _require_live(assignment, now)
+    assignment.expires_at = now + timedelta(seconds=_project(session, annotation_project_id).lease_seconds)
+    session.flush()
+    return task_view(session, assignment, resumed=True)
+
+
+def _require_live(assignment: Assignment, now: datetime) -> None:
+    if assignment.state is not AssignmentState.active:
+        raise Conflict(f"this assignment was already {assignment.state.value}", field="assignment_id",
+                       code="lease_not_active")
+    if assignment.expires_at <= now:
+        raise Conflict(f"the lease expired at {assignment.expires_at.isoformat()}; the task went back to the "
+                       "queue. Ask for the next task.", field="assignment_id", code="lease_expired")
+
+
+# --------------------------------------------------------------------------------------- submit
+
+
+def _resolve(kind: LabelKind, answer: str | None, candidate: int | None, rationale: str | None,
+             schema: LabelSchema, options: list[CandidateOut]) -> tuple[LabelKind, str | None, int | None]:
+    """Check an answer against the label schema; a candidate pick becomes that candidate's text."""
+    if kind is LabelKind.ambiguous:
+        if not schema.ambiguous:
+            raise InvalidInput("this project's label schema does not allow the ambiguous flag", field="kind")
+    elif candidate is not None:
+        if not schema.candidates:
+            raise InvalidInput("this project's label schema does not allow picking a candidate", field="candidate")
+        if candidate >= len(options):
+            raise InvalidInput(f"candidate {candidate} does not exist; this task has {len(options)} "
+                               f"candidate{'s' if len(options) != 1 else ''}", field="candidate")
+        answer = options[candidate].answer
+    elif not schema.free_form:
+        raise InvalidInput("this project's label schema allows only picking a candidate", field="answer")
+    if schema.rationale == "required" and not (rationale and rationale.strip()):
+        raise InvalidInput("this project requires a rationale", field="rationale")
+    if schema.rationale == "off" and rationale:
+        raise InvalidInput("this project's label schema has no rationale field", field="rationale")
+    return kind, answer, candidate
+
+
+def _annotation_out(session: Session, annotation: Annotation, *, replayed: bool,
+                    task: Task | None = None) -> AnnotationOut:
+    task = task or session.get(Task, annotation.task_id)
+    return AnnotationOut(
+        id=annotation.id, task_id=annotation.task_id, assignment_id=annotation.assignment_id,
+        submission_id=annotation.submission_id, kind=annotation.kind, answer=annotation.answer,
+        candidate_index=annotation.candidate_index, rationale=annotation.rationale,
+        created_at=annotation.created_at, undone=annotation.undone_at is not None,
+        task_status=task.status.value if task is not None else "unknown", replayed=replayed)
+
+
+def _existing_submission(session: Session, annotator_id: str, submission_id: str,
+                         assignment_id: str) -> Annotation | None:
+    existing = session.scalar(select(Annotation).where(Annotation.annotator_id == annotator_id,
+                                                       Annotation.submission_id == submission_id))
+    if existing is not None and existing.assignment_id != assignment_id:
+        raise Conflict("this submission_id was already used for another assignment", field="submission_id",
+                       code="submission_id_reused")
+    return existing
+
+
+def submit(session: Session, annotation_project_id: str, annotator_id: str, assignment_id: str,
+           submission: Submission, *, now: datetime | None = None) -> AnnotationOut:
+    """Record the annotator's answer on their live lease; the same submission_id again is a no-op."""
+    purchases.serialise_on_sqlite(session, annotation_project_id)
+    assignment = get_assignment(session, annotation_project_id, annotator_id, assignment_id)
+    task = _lock_task(session, assignment.task_id)
+    # Checked under the task lock, so a concurrent retry of this submission finds the first one.
+    existing = _existing_submission(session, annotator_id, submission.submission_id, assignment_id)
+    if existing is not None:
+        return _annotation_out(session, existing, replayed=True)
+    _fresh(session, assignment)
+    now = now or utcnow()
+    _require_live(assignment, now)
+    project = _project(session, annotation_project_id)
+    options = candidates(session, task.rollout_group_id) if submission.candidate is not None else []
+    kind, answer, candidate = _resolve(submission.kind, submission.answer, submission.candidate,
+                                       submission.rationale, LabelSchema.model_validate(project.label_schema),
+                                       options)
+    annotation = Annotation(task_id=task.id, assignment_id=assignment.id, annotation_project_id=annotation_project_id,
+                            annotator_id=annotator_id, submission_id=submission.submission_id, kind=kind,
+                            answer=answer, candidate_index=candidate, rationale=submission.rationale,
+                            duration_s=(now - assignment.leased_at).total_seconds(), created_at=now)
+    session.add(annotation)
+    assignment.state, assignment.finished_at = AssignmentState.submitted, now
+    task.version += 1
+    session.flush()
+    _complete_if_ready(session, task, now, just_added=annotation)
+    session.flush()
+    return _annotation_out(session, annotation, replayed=False, task=task)
+
+
+def label_clusters(labels: list[tuple[LabelKind, str | None]]) -> list[list[int]]:
+    """Group labels that agree: ambiguous flags together, answers by equivalence; largest first."""
+    clusters: list[list[int]] = []
+    for index, (kind, answer) in enumerate(labels):
+        for cluster in clusters:
+            first_kind, first_answer = labels[cluster[0]]
+            same = (kind is first_kind is LabelKind.ambiguous
+                    or (kind is first_kind is LabelKind.answer and answers_equivalent(first_answer, answer)))
+            if same:
+                cluster.append(index)
+                break
+        else:
+            clusters.append([index])
+    return sorted(clusters, key=lambda members: (-len(members), members[0]))
+
+
+def _live_annotations(session: Session, task_id: str) -> list[Annotation]:
+    return list(session.scalars(select(Annotation).where(Annotation.task_id == task_id,
+                                                         Annotation.undone_at.is_(None))
+                                .order_by(Annotation.created_at, Annotation.id)))
+
+
+def _complete_if_ready(session: Session, task: Task, now: datetime, just_added: Annotation | None = None) -> None:
+    """With k answers in: unanimous (by equivalence) → the label is final; otherwise → adjudication."""
+    # With overlap 1 the new annotation is the only live one (the slot count guarantees it).
+    annotations = [just_added] if just_added is not None and task.overlap_k == 1 else \
+        _live_annotations(session, task.id)
+    if len(annotations) < task.overlap_k:
+        return
+    clusters = label_clusters([(a.kind, a.answer) for a in annotations])
+    task.agreement = len(clusters[0]) / len(annotations)
+    if len(clusters) > 1:
+        task.status = TaskStatus.adjudication
+        return
+    first = annotations[0]
+    _finalise(session, task, first.kind, first.answer, [a.annotator_id for a in annotations], None, now)
+
+
+def _finalise(session: Session, task: Task, kind: LabelKind, answer: str | None, labelled_by: list[str],
+              adjudicator_id: str | None, now: datetime) -> None:
+    task.status, task.final_kind, task.final_answer, task.completed_at = TaskStatus.done, kind, answer, now
+    purchase = session.get(Purchase, task.purchase_id)
+    assert purchase is not None
+    purchases.deliver_label(session, purchase, kind=kind, answer=answer, labelled_by=labelled_by,
+                            adjudicator_id=adjudicator_id, now=now)
+
+
+# ------------------------------------------------------------------------------------ skip, undo
+
+
+def skip(session: Session, annotation_project_id: str, annotator_id: str, assignment_id: str, *,
+         now: datetime | None = None) -> SkipOut:
+    """Give the task back; the annotator will not be offered it again. Skipping twice is a no-op."""
+    purchases.serialise_on_sqlite(session, annotation_project_id)
+    assignment = get_assignment(session, annotation_project_id, annotator_id, assignment_id)
+    task = _lock_task(session, assignment.task_id)
+    _fresh(session, assignment)
+    if assignment.state is AssignmentState.submitted:
+        raise Conflict("this assignment was already submitted; use undo to take the answer back",
+                       field="assignment_id", code="lease_not_active")
+    if assignment.state is AssignmentState.active:
+        assignment.state, assignment.finished_at = AssignmentState.skipped, now or utcnow()
+        task.version += 1
+        session.flush()
+    return SkipOut(assignment_id=assignment.id, task_id=task.id, state=assignment.state.value)
+
+
+def undo_last(session: Session, annotation_project_id: str, annotator_id: str, *,
+              now: datetime | None = None) -> UndoOut:
+    """Take back the annotator's last submission in the project and lease its task to them again.
+
+    If that submission had made the label final, the label is retracted: the purchase goes back to
+    pending and the label feed carries a ``retracted`` event. A label settled by adjudication
+    cannot be undone by an annotator.
+    """
+    _require_annotator(session, annotator_id)
+    purchases.serialise_on_sqlite(session, annotation_project_id)
+    last = session.scalar(select(Annotation).where(Annotation.annotation_project_id == annotation_project_id,
+                                                   Annotation.annotator_id == annotator_id,
+                                                   Annotation.undone_at.is_(None))
+                          .order_by(Annotation.created_at.desc(), Annotation.id.desc()).limit(1))
+    if last is None:
+        raise Conflict("there is no submission to undo", field="annotation", code="nothing_to_undo")
+    task = _lock_task(session, last.task_id)
+    _fresh(session, last)
+    if last.undone_at is not None:
+        raise Conflict("that submission was already undone", field="annotation", code="nothing_to_undo")
+    if session.scalar(select(Adjudication.id).where(Adjudication.task_id == task.id)) is not None:
+        raise Conflict("this task's label was settled by adjudication and cannot be undone",
+                       field="annotation", code="adjudicated")
+    now = now or utcnow()
+    retracted = False
+    if task.status is TaskStatus.done:
+        purchase = session.get(Purchase, task.purchase_id)
+        assert purchase is not None
+        purchases.retract_label(session, purchase, now=now)
+        retracted = True
+    task.status, task.final_kind, task.final_answer, task.completed_at = TaskStatus.open, None, None, None
+    task.agreement = None
+    task.version += 1
+    last.undone_at = now
+    assignment = session.get(Assignment, last.assignment_id)
+    assert assignment is not None
+    assignment.state, assignment.finished_at = AssignmentState.active, None
+    assignment.leased_at = now
+    assignment.expires_at = now + timedelta(seconds=_project(session, annotation_project_id).lease_seconds)
+    session.flush()
+    return UndoOut(undone=_annotation_out(session, last, replayed=False),
+                   task=task_view(session, assignment, resumed=True), label_retracted=retracted)
+
+
+# ---------------------------------------------------------------------------------- adjudication
+
+
+def adjudication_queue(session: Session, annotation_project_id: str, *, limit: int = 50) -> list[AdjudicationView]:
+    """Tasks whose annotations disagree, highest priority first, with what each annotator said."""
+    tasks = session.scalars(select(Task).where(Task.annotation_project_id == annotation_project_id,
+                                               Task.status == TaskStatus.adjudication)
+                            .order_by(Task.priority.desc(), Task.created_at, Task.id).limit(limit))
+    views = []
+    for task in tasks:
+        prompt = session.get(Prompt, task.prompt_id)
+        assert prompt is not None
+        rows = session.execute(select(Annotation, Annotator.username)
+                               .join(Annotator, Annotator.id == Annotation.annotator_id)
+                               .where(Annotation.task_id == task.id, Annotation.undone_at.is_(None))
+                               .order_by(Annotation.created_at, Annotation.id)).all()
+        views.append(AdjudicationView(
+            task_id=task.id, prompt_id=prompt.external_id, prompt_text=prompt.text,
+            candidates=candidates(session, task.rollout_group_id), agreement=task.agreement,
+            annotations=[AnnotationSummary(annotator_id=a.annotator_id, username=name, kind=a.kind, answer=a.answer,
+                                           rationale=a.rationale) for a, name in rows]))
+    return views
+
+
+def adjudicate(session: Session, annotation_project_id: str, adjudicator_id: str, task_id: str,
+               decision: Decision, *, now: datetime | None = None) -> AdjudicationOut:
+    """Settle a disputed task with the reviewer's answer; that answer becomes the label."""
+    adjudicator = _require_annotator(session, adjudicator_id)
+    require_adjudicator(adjudicator)
+    purchases.serialise_on_sqlite(session, annotation_project_id)
+    task = _lock_task(session, task_id)
+    if task.annotation_project_id != annotation_project_id:
+        raise NotFound(f"task {task_id!r} not found", field="task_id")
+    if task.status is not TaskStatus.adjudication:
+        raise Conflict(f"task is {task.status.value}, not awaiting adjudication", field="task_id",
+                       code="not_in_adjudication")
+    project = _project(session, annotation_project_id)
+    kind, answer, candidate = _resolve(decision.kind, decision.answer, decision.candidate, decision.rationale,
+                                       LabelSchema.model_validate(project.label_schema),
+                                       candidates(session, task.rollout_group_id))
+    now = now or utcnow()
+    record = Adjudication(task_id=task.id, adjudicator_id=adjudicator_id, kind=kind, answer=answer,
+                          candidate_index=candidate, rationale=decision.rationale, created_at=now)
+    session.add(record)
+    labelled_by = [a.annotator_id for a in _live_annotations(session, task.id)]
+    _finalise(session, task, kind, answer, labelled_by, adjudicator_id, now)
+    task.version += 1
+    session.flush()
+    return AdjudicationOut(id=record.id, task_id=task.id, adjudicator_id=adjudicator_id, kind=kind, answer=answer,
+                           created_at=now)
+
+
+# ---------------------------------------------------------------------------------------- stats
+
+
+def _count(session: Session, query) -> int:  # type: ignore[no-untyped-def]
+    return int(session.scalar(query) or 0)
+
+
+def project_stats(session: Session, annotation_project_id: str, *, now: datetime | None = None) -> QueueStats:
+    """Queue depth, leases, adjudication backlog, agreement, pseudo-label accuracy, throughput."""
+    now = now or utcnow()
+    project = _project(session, annotation_project_id)
+    in_project = Task.annotation_project_id == annotation_project_id
+    by_status = dict(session.execute(select(Task.status, func.count(Task.id)).where(in_project)
+                                     .group_by(Task.status)).all())
+    leases = _count(session, select(func.count(Assignment.id)).where(
+        Assignment.annotation_project_id == annotation_project_id, Assignment.state == AssignmentState.active,
+        Assignment.expires_at > now))
+    agreement = session.scalar(select(func.avg(Task.agreement)).where(
+        in_project, Task.status == TaskStatus.done, Task.overlap_k >= 2, Task.agreement.is_not(None)))
+    labelled = session.execute(
+        select(Purchase.label_kind, Purchase.label, PseudoLabel.answer)
+        .join(PseudoLabel, PseudoLabel.rollout_group_id == Purchase.rollout_group_id)
+        .where(Purchase.annotation_project_id == annotation_project_id,
+               Purchase.status == PurchaseStatus.labelled)).all()
+    answered = [(label, pseudo) for kind, label, pseudo in labelled if kind is LabelKind.answer]
+    accuracy = (sum(answers_equivalent(label, pseudo) for label, pseudo in answered) / len(answered)
+                if answered else None)
+    pending = _count(session, select(func.count(Purchase.id)).where(
+        Purchase.annotation_project_id == annotation_project_id, Purchase.status == PurchaseStatus.pending))
+    return QueueStats(
+        budget=purchases.budget_of(project), tasks_open=int(by_status.get(TaskStatus.open, 0)), leases_active=leases,
+        tasks_in_adjudication=int(by_status.get(TaskStatus.adjudication, 0)),
+        tasks_done=int(by_status.get(TaskStatus.done, 0)), labels_pending=pending, labels_delivered=len(labelled),
+        mean_agreement=float(agreement) if agreement is not None else None, pseudo_label_accuracy=accuracy,
+        annotators=_throughput(session, annotation_project_id, now))
+
+
+def _throughput(session: Session, annotation_project_id: str, now: datetime) -> list[AnnotatorThroughput]:
+    hour_ago = now - timedelta(hours=1)
+    live = Annotation.undone_at.is_(None)
+    rows = session.execute(
+        select(Annotator.id, Annotator.username, func.count(Annotation.id), func.avg(Annotation.duration_s),
+               func.count(Annotation.id).filter(Annotation.created_at > hour_ago))
+        .join(Annotation, Annotation.annotator_id == Annotator.id)
+        .where(Annotation.annotation_project_id == annotation_project_id, live)
+        .group_by(Annotator.id, Annotator.username).order_by(Annotator.username)).all()
+    skipped = dict(session.execute(
+        select(Assignment.annotator_id, func.count(Assignment.id))
+        .where(Assignment.annotation_project_id == annotation_project_id,
+               Assignment.state == AssignmentState.skipped).group_by(Assignment.annotator_id)).all())
+    return [AnnotatorThroughput(annotator_id=aid, username=name, submitted=int(count), skipped=int(skipped.get(aid, 0)),
+                                last_hour=int(recent), mean_seconds=float(mean) if mean is not None else None)
+            for aid, name, count, mean, recent in rows]

@@ -1,0 +1,471 @@
+"""Pydantic I/O of the annotation service: projects, steps, purchases, labels, the queue."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from services.annotation.models import AnnotatorRole, AnswerSource, LabelKind, Policy
+from services.common.validation import ID_PATTERN, StoredText
+
+PROMPT_ID = Field(min_length=1, max_length=200, description="The trainer's own prompt id.")
+MAX_FEATURE_DIM = 16_384
+MAX_ROLLOUTS = 1024
+
+
+class LabelSchema(BaseModel):
+    """Which ways of answering the annotator is offered."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    free_form: bool = Field(default=True, description="A free-form answer (LaTeX allowed).")
+    candidates: bool = Field(default=True, description="Pick one of the rollouts' candidate answers.")
+    ambiguous: bool = Field(default=True, description="Flag the prompt as ambiguous / unanswerable.")
+    rationale: Literal["off", "optional", "required"] = "optional"
+
+    @model_validator(mode="after")
+    def _some_answer(self) -> LabelSchema:
+        if not (self.free_form or self.candidates):
+            raise ValueError("at least one of free_form or candidates must be allowed")
+        return self
+
+
+class AnnotationProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project_id: str = Field(pattern=ID_PATTERN, description="The tenancy project this belongs to.")
+    name: StoredText = Field(min_length=1, max_length=200)
+    description: StoredText = Field(default="", max_length=2000)
+    label_budget: int = Field(ge=0, le=100_000_000, description="How many labels may be bought in all.")
+    label_schema: LabelSchema = Field(default_factory=LabelSchema)
+    overlap_k: int = Field(default=1, ge=1, le=20, description="Annotators per task.")
+    lease_seconds: int = Field(default=600, ge=5, le=7 * 86400, description="How long a task stays leased.")
+    rollouts_per_prompt: int = Field(default=8, ge=1, le=MAX_ROLLOUTS, description="n: every group has n answers.")
+    policy: Policy = Policy.care
+    care_params: dict[str, Any] = Field(default_factory=dict, description="CareParams overrides.")
+    answer_source: AnswerSource = Field(default=AnswerSource.human, description=(
+        "`human`: purchases become annotation tasks. `answer_key`: the hidden answer key answers at once."))
+    webhook_url: AnyHttpUrl | None = Field(default=None, description="POSTed a signed message when labels arrive.")
+
+    @field_validator("name")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be blank")
+        return value
+
+
+class AnnotationProjectUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: StoredText | None = Field(default=None, max_length=2000)
+    label_budget: int | None = Field(default=None, ge=0, le=100_000_000)
+    label_schema: LabelSchema | None = None
+    overlap_k: int | None = Field(default=None, ge=1, le=20, description="Applies to tasks created from now on.")
+    lease_seconds: int | None = Field(default=None, ge=5, le=7 * 86400)
+    policy: Policy | None = None
+    care_params: dict[str, Any] | None = None
+    webhook_url: AnyHttpUrl | None = None
+    clear_webhook: bool = False
+
+
+class Budget(BaseModel):
+    total: int
+    spent: int
+    left: int
+
+
+class AnnotationProjectOut(BaseModel):
+    id: str
+    project_id: str
+    name: str
+    description: str
+    budget: Budget
+    label_schema: LabelSchema
+    overlap_k: int
+    lease_seconds: int
+    rollouts_per_prompt: int
+    policy: Policy
+    care_params: dict[str, Any]
+    answer_source: AnswerSource
+    answer_key_entries: int
+    webhook_url: str | None
+    last_step: int | None
+    label_cursor: int = Field(description="The newest label's sequence number (the label feed's head).")
+    created_at: datetime
+
+
+class AnnotationProjectCreated(AnnotationProjectOut):
+    webhook_secret: str = Field(description="Signs webhook messages (HMAC-SHA256). Shown only on create/rotate.")
+
+
+class WebhookSecretOut(BaseModel):
+    webhook_secret: str = Field(description="Signs webhook messages (HMAC-SHA256). Shown only here.")
+
+
+class AnswerKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_id: StoredText = PROMPT_ID
+    answer: StoredText = Field(min_length=1, max_length=20_000)
+
+
+class AnswerKeyUpload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    entries: list[AnswerKeyIn] = Field(min_length=1, max_length=1_000_000)
+
+
+class AnswerKeyOut(BaseModel):
+    entries: int = Field(description="Entries stored; the answers themselves are never returned.")
+
+
+class PromptIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: StoredText = PROMPT_ID
+    text: StoredText = Field(min_length=1, max_length=200_000)
+
+
+class PromptsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: list[PromptIn] = Field(min_length=1, max_length=100_000)
+
+
+class PromptsOut(BaseModel):
+    created: int
+    existing: int
+
+
+class RolloutGroupIn(BaseModel):
+    """One prompt's n rollouts at this step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_id: StoredText = PROMPT_ID
+    prompt_text: StoredText | None = Field(default=None, min_length=1, max_length=200_000, description=(
+        "Needed the first time a prompt is seen (or register it with POST …/prompts)."))
+    answers: list[StoredText | None] = Field(min_length=1, max_length=MAX_ROLLOUTS, description=(
+        "Each rollout's extracted final answer; null where none could be parsed."))
+    completions: list[StoredText] | None = Field(default=None, description="Full rollout texts (shown to annotators).")
+    response_lengths: list[int] | None = Field(default=None, description="Tokens per rollout.")
+    mean_token_probs: list[float] | None = Field(default=None, description="Mean token probability per rollout.")
+    prompt_features: list[float] | None = Field(default=None, max_length=MAX_FEATURE_DIM, description=(
+        "Policy hidden state at the last prompt token (CARE's probes)."))
+    rollout_features: list[list[float]] | None = Field(default=None, description=(
+        "Per rollout, the hidden state at the last response token."))
+
+    @field_validator("answers")
+    @classmethod
+    def _answer_length(cls, answers: list[str | None]) -> list[str | None]:
+        for index, answer in enumerate(answers):
+            if answer is not None and len(answer) > 20_000:
+                raise ValueError(f"answer {index} is longer than 20000 characters")
+        return answers
+
+    @field_validator("response_lengths")
+    @classmethod
+    def _lengths(cls, values: list[int] | None) -> list[int] | None:
+        if values is not None and any(v < 0 for v in values):
+            raise ValueError("must be non-negative token counts")
+        return values
+
+    @field_validator("mean_token_probs")
+    @classmethod
+    def _probs(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None and any(not (0.0 <= v <= 1.0) for v in values):
+            raise ValueError("must be probabilities in [0, 1]")
+        return values
+
+    @field_validator("prompt_features")
+    @classmethod
+    def _finite(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None and not all(math.isfinite(v) for v in values):
+            raise ValueError("must be finite numbers")
+        return values
+
+    @field_validator("rollout_features")
+    @classmethod
+    def _finite_rows(cls, rows: list[list[float]] | None) -> list[list[float]] | None:
+        if rows is not None:
+            for index, row in enumerate(rows):
+                if len(row) > MAX_FEATURE_DIM:
+                    raise ValueError(f"row {index} has more than {MAX_FEATURE_DIM} values")
+                if not all(math.isfinite(v) for v in row):
+                    raise ValueError(f"row {index} must hold finite numbers")
+        return rows
+
+
+class StepIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    step: int = Field(ge=0, le=10_000_000, description="The training step these groups come from.")
+    groups: list[RolloutGroupIn] = Field(min_length=1, max_length=10_000)
+    idempotency_key: StoredText | None = Field(default=None, min_length=1, max_length=200,
+                                               description="Or the Idempotency-Key header.")
+
+
+class ClusterOut(BaseModel):
+    answer: str
+    size: int
+
+
+class GroupOut(BaseModel):
+    prompt_id: str
+    pseudo_label: str | None = Field(description="The majority answer; null when no rollout had one.")
+    majority_ratio: float
+    valid_ratio: float
+    clusters: list[ClusterOut]
+    score: float | None = Field(description="The policy's acquisition score (CARE: expected advantage gap).")
+    reliability: float | None = Field(description="CARE stage 1: P(majority vote is correct).")
+    reliable: bool
+    selected: bool = Field(description="The policy chose to buy this prompt's label.")
+    bought: bool = Field(description="Bought at this step (selected and within budget).")
+    label_status: Literal["none", "pending", "labelled"] = Field(description=(
+        "none: no label bought; pending: bought, not answered yet; labelled: the label is known."))
+    label: str | None = None
+    label_kind: LabelKind | None = None
+    purchase_id: str | None = None
+    advantage_weight: float
+
+
+class StepOut(BaseModel):
+    annotation_project_id: str
+    step: int
+    policy: Policy
+    groups: list[GroupOut]
+    purchased: int
+    budget: Budget
+    budget_exhausted: bool = Field(description="Some selected prompts were not bought: the budget ran out.")
+    label_cursor: int
+
+
+class PurchaseIn(BaseModel):
+    """Buy labels for chosen prompts of an already-posted step (outside the policy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: int = Field(ge=0)
+    prompt_ids: list[StoredText] = Field(min_length=1, max_length=10_000)
+    idempotency_key: StoredText | None = Field(default=None, min_length=1, max_length=200)
+
+
+class PurchaseOut(BaseModel):
+    id: str
+    prompt_id: str
+    step: int
+    policy: str
+    score: float | None
+    source: AnswerSource
+    status: str
+    label_kind: LabelKind | None
+    label: str | None
+    labelled_by: list[str]
+    adjudicator_id: str | None
+    purchased_at: datetime
+    labelled_at: datetime | None
+
+
+class PurchasesOut(BaseModel):
+    purchases: list[PurchaseOut]
+    budget: Budget
+
+
+class LedgerOut(BaseModel):
+    budget: Budget
+    purchases: list[PurchaseOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class LabelOut(BaseModel):
+    seq: int = Field(description="Feed position; pass the largest one back as `cursor`.")
+    event: Literal["labelled", "retracted"] = Field(description="retracted: an annotator undid the label.")
+    purchase_id: str
+    prompt_id: str
+    step: int
+    policy: str
+    score: float | None
+    label_kind: LabelKind | None
+    label: str | None
+    labelled_by: list[str]
+    labelled_at: datetime | None
+
+
+class LabelsOut(BaseModel):
+    labels: list[LabelOut]
+    next_cursor: int
+
+
+class AnnotatorCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: StoredText = Field(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    password: StoredText = Field(min_length=10, max_length=1024)
+    role: AnnotatorRole = AnnotatorRole.annotator
+    display_name: StoredText = Field(default="", max_length=200)
+
+
+class AnnotatorOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    username: str
+    role: AnnotatorRole
+    display_name: str
+    created_at: datetime
+
+
+class Submission(BaseModel):
+    """An annotator's answer. Give `answer` (free form) or `candidate` (index), or kind `ambiguous`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    submission_id: StoredText = Field(min_length=1, max_length=100, description=(
+        "Client-chosen id: sending the same one again returns the first result."))
+    kind: LabelKind = LabelKind.answer
+    answer: StoredText | None = Field(default=None, max_length=20_000, description="Free-form answer, LaTeX allowed.")
+    candidate: int | None = Field(default=None, ge=0, description="Index into the task's candidates.")
+    rationale: StoredText | None = Field(default=None, max_length=20_000)
+
+    @model_validator(mode="after")
+    def _one_answer(self) -> Submission:
+        if self.answer is not None and not self.answer.strip():
+            self.answer = None
+        if self.kind is LabelKind.ambiguous:
+            if self.answer is not None or self.candidate is not None:
+                raise ValueError("an ambiguous label carries neither answer nor candidate")
+        elif (self.answer is None) == (self.candidate is None):
+            raise ValueError("give exactly one of answer or candidate (or kind 'ambiguous')")
+        return self
+
+
+class Decision(BaseModel):
+    """A reviewer's final answer for a disputed task (same fields as a submission, no id)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: LabelKind = LabelKind.answer
+    answer: StoredText | None = Field(default=None, max_length=20_000)
+    candidate: int | None = Field(default=None, ge=0)
+    rationale: StoredText | None = Field(default=None, max_length=20_000)
+
+    @model_validator(mode="after")
+    def _one_answer(self) -> Decision:
+        if self.answer is not None and not self.answer.strip():
+            self.answer = None
+        if self.kind is LabelKind.ambiguous:
+            if self.answer is not None or self.candidate is not None:
+                raise ValueError("an ambiguous label carries neither answer nor candidate")
+        elif (self.answer is None) == (self.candidate is None):
+            raise ValueError("give exactly one of answer or candidate (or kind 'ambiguous')")
+        return self
+
+
+class CandidateOut(BaseModel):
+    index: int
+    answer: str
+    count: int = Field(description="How many of the n rollouts gave this answer.")
+
+
+class TaskView(BaseModel):
+    """What an annotator sees for a leased task."""
+
+    assignment_id: str
+    task_id: str
+    annotation_project_id: str
+    prompt_id: str
+    prompt_text: str
+    step: int
+    n: int
+    unparseable: int = Field(description="Rollouts without a parseable answer.")
+    candidates: list[CandidateOut]
+    completions: list[str] | None = None
+    label_schema: LabelSchema
+    priority: float
+    overlap_k: int
+    leased_at: datetime
+    lease_expires_at: datetime
+    resumed: bool = Field(description="This lease was already yours (after a reload or an undo).")
+
+
+class AnnotationOut(BaseModel):
+    id: str
+    task_id: str
+    assignment_id: str
+    submission_id: str
+    kind: LabelKind
+    answer: str | None
+    candidate_index: int | None
+    rationale: str | None
+    created_at: datetime
+    undone: bool
+    task_status: str
+    replayed: bool = Field(description="True when this submission id had already been received.")
+
+
+class SkipOut(BaseModel):
+    assignment_id: str
+    task_id: str
+    state: str
+
+
+class UndoOut(BaseModel):
+    undone: AnnotationOut
+    task: TaskView
+    label_retracted: bool
+
+
+class AnnotationSummary(BaseModel):
+    annotator_id: str
+    username: str
+    kind: LabelKind
+    answer: str | None
+    rationale: str | None
+
+
+class AdjudicationView(BaseModel):
+    task_id: str
+    prompt_id: str
+    prompt_text: str
+    candidates: list[CandidateOut]
+    annotations: list[AnnotationSummary]
+    agreement: float | None
+
+
+class AdjudicationOut(BaseModel):
+    id: str
+    task_id: str
+    adjudicator_id: str
+    kind: LabelKind
+    answer: str | None
+    created_at: datetime
+
+
+class AnnotatorThroughput(BaseModel):
+    annotator_id: str
+    username: str
+    submitted: int
+    skipped: int
+    last_hour: int
+    mean_seconds: float | None
+
+
+class QueueStats(BaseModel):
+    budget: Budget
+    tasks_open: int = Field(description="Tasks still needing annotations (queue depth).")
+    leases_active: int
+    tasks_in_adjudication: int
+    tasks_done: int
+    labels_pending: int
+    labels_delivered: int
+    mean_agreement: float | None = Field(description="Mean share of a task's annotations in its largest "
+                                                     "equivalence cluster, over finished tasks with k ≥ 2.")
+    pseudo_label_accuracy: float | None = Field(description="Share of bought labels equal to the pseudo-label.")
+    annotators: list[AnnotatorThroughput]
