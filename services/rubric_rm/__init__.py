@@ -1,0 +1,7 @@
+"""rubric_rm: the CDRRM contrast-driven rubric reward model (logic; routes live in app.py).
+
+Modules: ``schemas`` (I/O models), ``prompts``, ``scrub`` (outcome-hint removal), ``parsing``
+(judge and diagnosis outputs), ``pipeline`` (diagnose, synthesise, consistency filter, rubric
+generation), ``judging`` (pairwise both-order and pointwise), ``sft_export`` (generator SFT set),
+``evaluation`` (RewardBench / RM-Bench / RMB harness).
+"""
