@@ -29,6 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.math_corpus import math_batch, pathological_completions
+from rewardhub.client import AsyncRewardClient, RewardHubError
 
 
 def serial_math_verify(pairs: list[tuple[str, str]]) -> list[bool]:
@@ -160,21 +161,20 @@ def bench_pathological(server: Server, n: int, deadline_s: float) -> None:
 
 
 async def _concurrent(server: Server, n: int, concurrency: int) -> tuple[int, float, dict[str, int]]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    """Single-item requests through the rewardhub client, as a trainer sends them (it retries transport errors)."""
     errors: dict[str, int] = {}
     batch = math_batch(n, seed=5)
     sem = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, limits=limits, timeout=120) as client:
+    async with AsyncRewardClient(server.url, server.key, timeout_s=120) as client:
         async def one(i: int) -> None:
             completion, gold, _ = batch[i]
-            body = {"project_id": server.project_id, "spec": {"type": "math"},
-                    "items": [{"id": str(i), "completion": completion, "ground_truth": gold}]}
             async with sem:
                 try:
-                    response = await client.post("/v1/rewards", json=body)
-                    if response.status_code != 200 or response.json()["results"][0]["status"] != "ok":
-                        errors[str(response.status_code)] = errors.get(str(response.status_code), 0) + 1
-                except httpx.HTTPError as exc:
+                    result = await client.score([{"id": str(i), "completion": completion, "ground_truth": gold}],
+                                                {"type": "math"}, project_id=server.project_id)
+                    if result.results[0].status != "ok":
+                        errors[result.results[0].status] = errors.get(result.results[0].status, 0) + 1
+                except (httpx.HTTPError, RewardHubError) as exc:
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
 
         t0 = time.perf_counter()

@@ -10,6 +10,8 @@ from rich.console import Console
 
 from services.common.models import Role
 
+KEEP_ALIVE_S = 75
+
 app = typer.Typer(help="rewardhub: rewards, labels and GRPO-family training for RLVR.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 projects_app = typer.Typer(help="Manage projects.", no_args_is_help=True)
@@ -52,7 +54,9 @@ def up(
         console.print("an admin key exists already; make another with `rewardhub keys create --role admin`")
     console.print(f"default project id: {boot.project_id}")
     console.print("Press Ctrl-C to stop.")
-    uvicorn.run(application, host=host, port=port, log_level=log_level, lifespan="on")
+    # Trainers hold connections open between steps; outlive their idle gaps (uvicorn's default is 5 s).
+    uvicorn.run(application, host=host, port=port, log_level=log_level, lifespan="on",
+                timeout_keep_alive=KEEP_ALIVE_S)
     console.print("rewardhub stopped.")
 
 
@@ -77,7 +81,7 @@ def serve(
     os.environ["REWARDHUB_SERVICE"] = service
     module, _, factory = SERVICES[service].partition(":")
     uvicorn.run(f"{module}:{factory}", factory=True, host=host, port=port, workers=workers,
-                log_level=settings.log_level.lower(), access_log=False)
+                log_level=settings.log_level.lower(), access_log=False, timeout_keep_alive=KEEP_ALIVE_S)
 
 
 @app.command()

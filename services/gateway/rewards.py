@@ -54,9 +54,21 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (502, 503, 504)
 
 
-def _grade_payload(spec: dict[str, Any], body: RewardsRequest, stream: bool) -> dict[str, Any]:
+def _verifier_deadline(deadline_s: float | None, received_at: float) -> float | None:
+    """What is left of the caller's deadline, less a margin for relaying the results back.
+
+    The caller's clock started before the gateway parsed the request and stops after the reply
+    is encoded, so the verifier gets the remainder minus 5% (at most 2 s) for that return trip.
+    """
+    if deadline_s is None:
+        return None
+    remaining = deadline_s - (time.monotonic() - received_at) - min(2.0, 0.05 * deadline_s)
+    return max(remaining, 0.001)
+
+
+def _grade_payload(spec: dict[str, Any], body: RewardsRequest, stream: bool, received_at: float) -> dict[str, Any]:
     return {"spec": spec, "items": [item.model_dump(mode="json") for item in body.items],
-            "deadline_s": body.deadline_s, "stream": stream}
+            "deadline_s": _verifier_deadline(body.deadline_s, received_at), "stream": stream}
 
 
 def _client_timeout(body: RewardsRequest) -> float:
@@ -99,6 +111,7 @@ def _persist(project_id: str, request_id: str, spec_ref: str, results: list[Item
 
 
 async def score(principal: Principal, body: RewardsRequest, auth: str, idempotency_key: str | None) -> Response:
+    received_at = time.monotonic()
     project_id = choose_project(principal, body.project_id)
     spec, spec_ref = await asyncio.to_thread(_resolve_spec, principal, project_id, body)
     key = idempotency_key or body.idempotency_key
@@ -113,10 +126,11 @@ async def score(principal: Principal, body: RewardsRequest, auth: str, idempoten
     request_id = uuid.uuid4().hex
     try:
         if body.stream:
-            return StreamingResponse(_stream(project_id, request_id, spec, spec_ref, body, auth, key),
+            return StreamingResponse(_stream(project_id, request_id, spec, spec_ref, body, auth, key, received_at),
                                      media_type=NDJSON)
         started = time.perf_counter()
-        graded = await _post_grade(_grade_payload(spec, body, stream=False), auth, _client_timeout(body))
+        graded = await _post_grade(_grade_payload(spec, body, stream=False, received_at=received_at), auth,
+                                   _client_timeout(body))
     except httpx.TransportError as exc:
         await _release(project_id, key)
         raise UpstreamUnavailable(f"the verifier service is unreachable: {type(exc).__name__}: {exc}") from exc
@@ -141,7 +155,7 @@ async def _release(project_id: str, key: str | None) -> None:
 
 
 async def _stream(project_id: str, request_id: str, spec: dict[str, Any], spec_ref: str, body: RewardsRequest,
-                  auth: str, key: str | None) -> AsyncIterator[bytes]:
+                  auth: str, key: str | None, received_at: float) -> AsyncIterator[bytes]:
     """Relay the verifier's NDJSON results as they finish, then one summary line."""
     results: list[ItemResult] = []
     lines: list[str] = []
@@ -149,7 +163,7 @@ async def _stream(project_id: str, request_id: str, spec: dict[str, Any], spec_r
     try:
         async with service_client("verifier", timeout_s=_client_timeout(body),
                                   headers={"Authorization": auth}) as client, \
-                client.stream("POST", "/v1/grade", json=_grade_payload(spec, body, stream=True)) as response:
+                client.stream("POST", "/v1/grade", json=_grade_payload(spec, body, True, received_at)) as response:
             if response.status_code >= 400:
                 await response.aread()
                 error = _upstream_client_error(response)

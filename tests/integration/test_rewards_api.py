@@ -154,3 +154,44 @@ def test_unreachable_verifier_is_503_with_the_cause(tenant: Tenant, monkeypatch:
         assert "verifier" in response.json()["error"]["message"]
         # The failed attempt released its idempotency claim: the retry is not stuck "in progress".
         assert _post(client, tenant, {"spec": MATH, "items": ITEMS}, **{"Idempotency-Key": "k2"}).status_code == 503
+
+
+def test_ten_thousand_item_batch_keeps_order(client: TestClient, tenant: Tenant) -> None:
+    items = [{"id": f"i{n}", "completion": f"answer {n % 7}", "ground_truth": "answer 3"} for n in range(10_000)]
+    response = _post(client, tenant, {"spec": {"type": "exact"}, "items": items})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["id"] for r in results] == [item["id"] for item in items]
+    assert {r["status"] for r in results} == {"ok"}
+    assert [r["score"] for r in results] == [1.0 if n % 7 == 3 else 0.0 for n in range(10_000)]
+
+
+def test_one_more_item_than_the_cap_is_rejected(client: TestClient, tenant: Tenant) -> None:
+    items = [{"id": f"i{n}", "completion": "x", "ground_truth": "x"} for n in range(10_001)]
+    response = _post(client, tenant, {"spec": {"type": "exact"}, "items": items})
+    assert response.status_code in (413, 422), response.text
+    assert response.json()["error"]["field"] in ("items", None)
+
+
+PATHOLOGICAL = [
+    "\\boxed{" + "^".join(["9"] * 10) + "}",                   # an exponent tower
+    "\\boxed{" + "{" * 3000 + "1" + "}" * 3000 + "}",             # deeply nested braces
+    "\\boxed{" + "9" * 5000 + "!}",                               # a huge factorial
+]
+
+
+def test_pathological_math_is_a_status_never_a_hang(tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REWARDHUB_VERIFIER_ITEM_TIMEOUT_S", "2")
+    from services.common.settings import reset_settings_cache
+
+    reset_settings_cache()
+    normal = [{"id": f"ok{n}", "completion": f"so \\boxed{{{n}/2}}", "ground_truth": f"{n / 2}"} for n in range(1, 9)]
+    bad = [{"id": f"bad{n}", "completion": text, "ground_truth": "1"} for n, text in enumerate(PATHOLOGICAL)]
+    with TestClient(build_embedded_app()) as client:
+        response = _post(client, tenant, {"spec": MATH, "items": bad + normal, "deadline_s": 30})
+    assert response.status_code == 200, response.text
+    by_id = {r["id"]: r for r in response.json()["results"]}
+    assert [(by_id[i["id"]]["status"], by_id[i["id"]]["score"]) for i in normal] == [("ok", 1.0)] * len(normal)
+    # The tower and the nesting outlast the 2 s item limit; the factorial is parsed and simply wrong.
+    assert [by_id[item["id"]]["status"] for item in bad] == ["timeout", "timeout", "ok"]
+    assert by_id["bad2"]["score"] == 0.0 and by_id["bad0"]["score"] is None, by_id
