@@ -18,6 +18,12 @@ COPY webui ./webui
 COPY migrations ./migrations
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
+# --- web UI libraries (KaTeX, Chart.js) from npm, as pinned in webui/package-lock.json ---------
+FROM node:20-slim AS webui
+WORKDIR /webui
+COPY webui/package.json webui/package-lock.json ./
+RUN npm ci --no-audit --no-fund --omit=dev
+
 # --- runtime -------------------------------------------------------------------------------
 FROM python:3.11-slim
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -35,6 +41,8 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 
 COPY --from=build /wheels /tmp/wheels
 RUN pip install /tmp/wheels/*.whl && rm -rf /tmp/wheels
+# The annotation service serves them from the installed webui package's node_modules.
+COPY --from=webui /webui/node_modules /usr/local/lib/python3.11/site-packages/webui/node_modules
 
 RUN useradd --create-home --uid 10001 --user-group rewardhub \
     && mkdir -p /data && chown rewardhub:rewardhub /data

@@ -20,8 +20,12 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
-install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev
+# KaTeX and Chart.js for the web UI come from npm (webui/package-lock.json), never from the repo.
+webui/node_modules/.package-lock.json: webui/package-lock.json
+	npm ci --prefix webui --no-audit --no-fund --loglevel=error
+
+install: $(VENV)/.installed webui/node_modules/.package-lock.json
+install-dev: $(VENV)/.installed-dev webui/node_modules/.package-lock.json
 
 up: install
 	$(BIN)/rewardhub up

@@ -414,8 +414,10 @@ def adjudicate(annotation_project_id: ProjectPath, task_id: ItemPath, body: Deci
 
 
 def create_app() -> FastAPI:
+    from services.annotation.webui_routes import router as webui_router  # imported here: it uses request_time
+
     return create_service_app(
-        "annotation", [router, trainer_router, queue_router], title="rewardhub annotation",
+        "annotation", [router, trainer_router, queue_router, webui_router], title="rewardhub annotation",
         description="CARE active annotation: pseudo-labels from rollout groups, budgeted label purchases, "
                     "the annotator queue, and labels back to trainers. Every endpoint except health and "
                     "metrics needs `Authorization: Bearer <key>`.")
