@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from services.annotation import notifications
+from services.annotation.care import CareSelector, Decision, GroupView, LabelledView
+from services.annotation.care import (
+    validate_care_params as validate_care_params,  # app.py validates through here
+)
+from services.annotation.care.params import care_params_from
+from services.annotation.care.selector import HistoryLoader
 from services.annotation.equivalence import answers_equivalent, cluster_answers
 from services.annotation.models import (
     AnnotationProject,
@@ -37,6 +43,7 @@ from services.annotation.models import (
     PurchaseStatus,
     RolloutGroup,
     SelectionScore,
+    SelectorState,
     Task,
 )
 from services.annotation.schemas import (
@@ -659,37 +666,77 @@ class LabelledGroup:
     correct: list[bool]
 
 
-@dataclass
-class Decision:
-    scores: list[float | None]
-    reliability: list[float | None]
-    reliable: list[bool]
-    selected: list[bool]
-
-    def ranked_selection(self) -> list[int]:
-        """Selected groups, highest score first (ties: batch order)."""
-        chosen = [i for i, s in enumerate(self.selected) if s]
-        return sorted(chosen, key=lambda i: (-(self.scores[i] if self.scores[i] is not None else -math.inf), i))
-
-    def final_weights(self, *, bought: set[int], labelled: set[int]) -> list[float]:
-        raise NotImplementedError
-
-
 class Selector:
+    """The project's selector behind ``ingest_step``: turns stored rows into the pure ``care`` views."""
+
+    def __init__(self, core: CareSelector, history: HistoryLoader | None = None) -> None:
+        self.core = core
+        self.history = history
+
     def decide(self, inputs: list[GroupInput], *, step: int, oracle_answers: list[str | None] | None) -> Decision:
-        raise NotImplementedError
+        """Score and select a step's groups. ``oracle_answers`` (hidden answer key) is passed for
+        ``oracle_cag`` only; every other policy decides without ground truth."""
+        truth = None
+        if oracle_answers is not None:
+            truth = [None if answer is None else rollout_correctness(i.group.answers, i.vote.clusters, answer)
+                     for i, answer in zip(inputs, oracle_answers, strict=True)]
+        return self.core.decide([_input_view(i) for i in inputs], step=step, truth=truth)
 
     def observe(self, examples: list[LabelledGroup]) -> None:
-        raise NotImplementedError
+        self.core.observe([LabelledView(key=e.group.id, view=stored_view(e.group, e.clusters), correct=e.correct)
+                           for e in examples], self.history)
 
 
-def validate_care_params(params: dict[str, Any]) -> dict[str, Any]:
-    return dict(params)
+def _input_view(item: GroupInput) -> GroupView:
+    group = item.group
+    return GroupView(
+        n=len(group.answers), clusters=item.vote.clusters,
+        prompt_features=None if group.prompt_features is None else np.asarray(group.prompt_features, np.float32),
+        rollout_features=None if group.rollout_features is None else np.asarray(group.rollout_features, np.float32),
+        response_lengths=group.response_lengths, known=item.known)
+
+
+def stored_view(group: RolloutGroup, clusters: list[list[int]]) -> GroupView:
+    """A stored rollout group (float32 feature bytes) as the probes see it."""
+    width = group.feature_dim
+    prompt = rollouts = None
+    if width is not None and group.prompt_features is not None and group.rollout_features is not None:
+        prompt = np.frombuffer(group.prompt_features, dtype=np.float32).reshape(width)
+        rollouts = np.frombuffer(group.rollout_features, dtype=np.float32).reshape(group.n, width)
+    return GroupView(n=group.n, clusters=clusters, prompt_features=prompt, rollout_features=rollouts,
+                     response_lengths=group.response_lengths, known=True)
+
+
+def _history_loader(session: Session, annotation_project_id: str) -> HistoryLoader:
+    """Loads replayed groups (by rollout-group id) with their clusters for probe training."""
+
+    def load(keys: list[str]) -> dict[str, GroupView]:
+        rows = session.execute(select(RolloutGroup, PseudoLabel)
+                               .join(PseudoLabel, PseudoLabel.rollout_group_id == RolloutGroup.id)
+                               .where(RolloutGroup.annotation_project_id == annotation_project_id,
+                                      RolloutGroup.id.in_(keys))).all()
+        return {group.id: stored_view(group, [c["members"] for c in pseudo.clusters]) for group, pseudo in rows}
+
+    return load
 
 
 def load_selector(session: Session, project: AnnotationProject) -> Selector:
-    return Selector()
+    """The project's selector from its ``SelectorState`` row (a fresh one before the first step)."""
+    params = care_params_from(project.care_params)
+    row = session.get(SelectorState, project.id)
+    if row is None:
+        core = CareSelector(project.policy, params, project.rollouts_per_prompt)
+    else:
+        core = CareSelector.from_bytes(row.state, policy=project.policy, params=params,
+                                       n=project.rollouts_per_prompt)
+    return Selector(core, history=_history_loader(session, project.id))
 
 
 def save_selector(session: Session, project: AnnotationProject, selector: Selector, now: datetime) -> None:
-    return None
+    data = selector.core.to_bytes()
+    row = session.get(SelectorState, project.id)
+    if row is None:
+        session.add(SelectorState(annotation_project_id=project.id, policy=project.policy.value, state=data,
+                                  updated_at=now))
+    else:
+        row.policy, row.state, row.updated_at = project.policy.value, data, now

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.common.db import session_scope, utcnow
-from services.common.errors import Forbidden, NotFound, Unauthorized
+from services.common.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from services.common.models import ApiKey, Project, Role
 
 KEY_PREFIX = "rh_"
@@ -146,3 +146,13 @@ def get_accessible_project(session: Session, principal: Principal, project_id: s
     if project is None:
         raise NotFound(f"project {project_id!r} not found", field="project_id")
     return project
+
+
+def choose_project(principal: Principal, requested: str | None) -> str:
+    """The project a request acts on: the one it names, or the key's only project."""
+    if requested is not None:
+        return requested
+    if not principal.all_projects and len(principal.project_ids) == 1:
+        return next(iter(principal.project_ids))
+    raise InvalidInput("project_id is required: this key has access to more than one project",
+                       field="project_id")

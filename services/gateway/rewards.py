@@ -13,9 +13,9 @@ import httpx
 from fastapi.responses import Response, StreamingResponse
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from services.common.auth import Principal, get_accessible_project
+from services.common.auth import Principal, choose_project, get_accessible_project
 from services.common.db import session_scope
-from services.common.errors import ApiError, InvalidInput, UpstreamUnavailable
+from services.common.errors import ApiError, UpstreamUnavailable
 from services.common.reward_api import ItemResult, summarise
 from services.common.service_client import service_client
 from services.common.settings import get_settings
@@ -25,15 +25,6 @@ from services.gateway.schemas import RewardsRequest
 
 ENDPOINT = "rewards"
 NDJSON = "application/x-ndjson"
-
-
-def choose_project(principal: Principal, requested: str | None) -> str:
-    if requested is not None:
-        return requested
-    if not principal.all_projects and len(principal.project_ids) == 1:
-        return next(iter(principal.project_ids))
-    raise InvalidInput("project_id is required: this key has access to more than one project",
-                       field="project_id")
 
 
 def _resolve_spec(principal: Principal, project_id: str, body: RewardsRequest) -> tuple[dict[str, Any], str]:
