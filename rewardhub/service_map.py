@@ -12,6 +12,7 @@ SERVICES: dict[str, str] = {
     "gateway": "services.gateway.app:create_app",
     "verifier": "services.verifier.app:create_app",
     "annotation": "services.annotation.app:create_app",
+    "trainer": "services.trainer.app:create_app",
 }
 
 

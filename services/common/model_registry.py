@@ -8,6 +8,7 @@ MODEL_MODULES = [
     "services.common.models",
     "services.gateway.models",
     "services.annotation.models",
+    "services.trainer.models",
 ]
 
 

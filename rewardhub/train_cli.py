@@ -1,0 +1,81 @@
+"""`rewardhub train` and `rewardhub demo`: GRPO-family training from the command line."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[status]}"), console=console)
+
+
+def _status(metrics: dict[str, Any]) -> str:
+    return (f"reward {metrics.get('reward_mean', float('nan')):.3f}  non-ok {metrics.get('non_ok_share', 0.0):.0%}  "
+            f"loss {metrics.get('loss', 0.0):+.4f}  {metrics.get('step_time_s', 0.0):.1f}s/step")
+
+
+def run_training(config: Any, *, title: str) -> Any:
+    """Train ``config`` with a progress bar; write the reward curve PNG next to the metrics."""
+    from trainer.grpo import GRPOTrainer
+    from trainer.plot import plot_reward_curve
+
+    trainer = GRPOTrainer(config)
+    resumed = trainer.resume()
+    with _progress() as progress:
+        task = progress.add_task("train", total=config.max_steps, completed=trainer.step,
+                                 status="resumed" if resumed else "")
+
+        def on_step(step: int, metrics: dict[str, Any]) -> None:
+            progress.update(task, completed=step, status=_status(metrics))
+
+        outcome = trainer.train(on_step=on_step)
+    if outcome.history:
+        png = plot_reward_curve(outcome.history, trainer.output_dir / "reward_curve.png", title=title)
+        console.print(f"reward curve: {png}")
+    console.print(f"{outcome.status} after {outcome.steps} steps; checkpoint {outcome.checkpoint}")
+    return outcome
+
+
+def train(config_path: Annotated[Path, typer.Argument(help="A run config (YAML).", exists=False)]) -> None:
+    """Train a model with GRPO-family RL against the reward API (config: see README)."""
+    from trainer.config import ConfigError, load_config
+    from trainer.rewards import RewardServiceError
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="CONFIG") from None
+    try:
+        run_training(config, title=config_path.stem)
+    except RewardServiceError as exc:
+        console.print(f"[red]training stopped:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+def demo(
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed of the model and the run.")] = 0,
+    work_dir: Annotated[Path | None, typer.Option(help="Where to put the run (default: a temp dir).")] = None,
+) -> None:
+    """A tiny model learns a verifiable task through the real reward API (embedded default, CPU, ~1 min)."""
+    from trainer.demo import demo_config, embedded_server
+
+    work = work_dir or Path(tempfile.mkdtemp(prefix="rewardhub-demo-"))
+    os.environ.setdefault("REWARDHUB_DATA_DIR", str(work / "data"))
+    console.print(f"demo run in {work}")
+    with embedded_server() as server:
+        os.environ["REWARDHUB_DEMO_KEY"] = server.trainer_key
+        config = demo_config(work, url=server.url, project_id=server.project_id, steps=steps, seed=seed)
+        outcome = run_training(config, title="rewardhub demo: reply with a number containing 7")
+    curve = [round(float(m["reward_mean"]), 2) for m in outcome.history]
+    console.print(f"reward per step: {curve}")

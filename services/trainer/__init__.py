@@ -1,0 +1,1 @@
+"""The trainer service: GRPO-family training runs, each in its own worker process."""

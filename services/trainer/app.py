@@ -1,0 +1,138 @@
+"""Trainer routes: start, watch, cancel and resume GRPO-family training runs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Query
+from prometheus_client.core import REGISTRY, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from services.common.app_factory import create_service_app
+from services.common.auth import Principal, choose_project, get_accessible_project, require_roles
+from services.common.db import get_session
+from services.common.models import Role
+from services.common.validation import ID_PATTERN
+from services.trainer import runs
+from services.trainer.models import TrainingRun
+from services.trainer.schemas import RunCreate, RunMetricsOut, RunOut, StepMetricsOut
+
+RunPath = Annotated[str, Path(pattern=ID_PATTERN, description="A training run id.")]
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+trainers = require_roles(Role.admin, Role.trainer)
+
+
+def _scope(principal: Principal) -> set[str] | None:
+    return None if principal.all_projects else set(principal.project_ids)
+
+
+def _out(run: TrainingRun) -> RunOut:
+    return RunOut(id=run.id, project_id=run.project_id, name=run.name, status=run.status.value,
+                  current_step=run.current_step, max_steps=run.max_steps, cancel_requested=run.cancel_requested,
+                  last_metrics=run.last_metrics or {}, checkpoint=run.checkpoint, error=run.error,
+                  output_dir=run.output_dir, config=run.config, created_at=run.created_at,
+                  started_at=run.started_at, finished_at=run.finished_at)
+
+
+@router.post("", response_model=RunOut, status_code=201)
+def start_run(body: RunCreate, principal: Principal = Depends(trainers),
+              session: Session = Depends(get_session)) -> RunOut:
+    """Validate the config, record the run and start its worker process."""
+    project = get_accessible_project(session, principal, choose_project(principal, body.project_id))
+    config = body.config.model_dump(mode="json")
+    run = runs.create_run(session, project.id, body.name, config, body.config.max_steps)
+    session.commit()
+    runs.launch(run.id)
+    return _out(run)
+
+
+@router.get("", response_model=list[RunOut])
+def list_runs(limit: int = Query(default=50, ge=1, le=500), principal: Principal = Depends(trainers),
+              session: Session = Depends(get_session)) -> list[RunOut]:
+    return [_out(run) for run in runs.list_runs(session, _scope(principal), limit)]
+
+
+@router.get("/{run_id}", response_model=RunOut)
+def get_run(run_id: RunPath, principal: Principal = Depends(trainers),
+            session: Session = Depends(get_session)) -> RunOut:
+    """Status, step and the latest metrics (reward mean/std, non-ok share, loss, KL, clip fraction…)."""
+    return _out(runs.get_run(session, run_id, _scope(principal)))
+
+
+@router.get("/{run_id}/metrics", response_model=RunMetricsOut)
+def get_metrics(run_id: RunPath, after_step: int = Query(default=0, ge=0),
+                limit: int = Query(default=1000, ge=1, le=10_000), principal: Principal = Depends(trainers),
+                session: Session = Depends(get_session)) -> RunMetricsOut:
+    runs.get_run(session, run_id, _scope(principal))
+    rows = runs.step_metrics(session, run_id, after_step, limit)
+    return RunMetricsOut(run_id=run_id, steps=[StepMetricsOut(step=r.step, metrics=r.metrics, created_at=r.created_at)
+                                               for r in rows],
+                         next_after_step=rows[-1].step if rows else after_step)
+
+
+@router.post("/{run_id}/cancel", response_model=RunOut, status_code=202)
+def cancel_run(run_id: RunPath, principal: Principal = Depends(trainers),
+               session: Session = Depends(get_session)) -> RunOut:
+    """Ask the run to stop; it saves a checkpoint at the end of the current step, then ends `cancelled`."""
+    run = runs.get_run(session, run_id, _scope(principal))
+    runs.request_cancel(run)
+    return _out(run)
+
+
+@router.post("/{run_id}/resume", response_model=RunOut, status_code=202)
+def resume_run(run_id: RunPath, principal: Principal = Depends(trainers),
+               session: Session = Depends(get_session)) -> RunOut:
+    """Continue a cancelled or failed run from its last checkpoint, in a new worker process."""
+    run = runs.get_run(session, run_id, _scope(principal))
+    runs.prepare_resume(run)
+    session.commit()
+    runs.launch(run.id)
+    return _out(run)
+
+
+class RunMetricsCollector(Collector):
+    """Exports the latest step metrics of every running run (the workers write them to the database)."""
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        families: dict[str, GaugeMetricFamily] = {}
+        try:
+            running = runs.running_metrics()
+        except SQLAlchemyError:
+            logger.warning("could not read training runs for /metrics", exc_info=True)
+            return
+        for run_id, metrics in running:
+            for name, value in metrics.items():
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    continue
+                family = families.setdefault(name, GaugeMetricFamily(
+                    f"rewardhub_trainer_{name}", f"latest {name} of each running training run", labels=["run_id"]))
+                family.add_metric([run_id], float(value))
+        yield from families.values()
+
+
+_collector: RunMetricsCollector | None = None
+
+
+def _register_collector() -> None:
+    global _collector
+    if _collector is None:
+        _collector = RunMetricsCollector()
+        REGISTRY.register(_collector)
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    yield
+    runs.stop_all()
+
+
+def create_app() -> FastAPI:
+    _register_collector()
+    return create_service_app("trainer", [router], title="rewardhub trainer", lifespan=lifespan,
+                              description="GRPO-family training runs against the reward API, one worker process each.")

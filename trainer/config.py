@@ -1,0 +1,208 @@
+"""A training run's configuration: one pydantic model, read from a YAML file or a dict (an API body).
+
+Every setting is checked before anything runs: unknown keys, out-of-range values and settings
+that contradict each other fail with a :class:`ConfigError` whose message names the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from services.common.reward_specs import RewardSpec, parse_spec_ref
+from trainer.algorithms import LossType, RewardScaling
+
+_SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(RewardSpec)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names each bad field (``field: problem``)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TinyModelConfig(_Strict):
+    """A random-weights Qwen2-architecture model built locally (tests, demos, benchmarks)."""
+
+    hidden_size: int = Field(default=64, ge=8, le=4096)
+    num_layers: int = Field(default=2, ge=1, le=64)
+    num_heads: int = Field(default=4, ge=1)
+    num_kv_heads: int = Field(default=2, ge=1)
+    seed: int = Field(default=0, description="Seed of the random initial weights.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+        return self
+
+
+class ModelConfig(_Strict):
+    path: str | None = Field(default=None, description="A local transformers model directory (never downloaded).")
+    tiny: TinyModelConfig | None = Field(default=None, description="Build a tiny random model instead.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gradient_checkpointing: bool = False
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.path is None) == (self.tiny is None):
+            raise ValueError("give exactly one of model.path (a local model directory) or model.tiny")
+        return self
+
+
+class RewardConfig(_Strict):
+    """Where rewards come from: the rewardhub API with an inline spec or a stored ``name@version``."""
+
+    spec: dict[str, Any] | str = Field(description="An inline reward spec, or a stored one as name@version.")
+    url: str | None = Field(default=None, description="rewardhub URL; default REWARDHUB_URL or http://127.0.0.1:8000.")
+    api_key_env: str = Field(default="REWARDHUB_API_KEY", description="Environment variable holding the API key.")
+    project_id: str | None = None
+    deadline_s: float | None = Field(default=None, gt=0, le=3600)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=20, description="Client retries of transient failures.")
+    batch_size: int = Field(default=256, ge=1, le=10_000, description="Items per /v1/rewards request.")
+    concurrency: int = Field(default=4, ge=1, le=64, description="Reward requests in flight at once.")
+
+    @field_validator("spec")
+    @classmethod
+    def _valid_spec(cls, spec: dict[str, Any] | str) -> dict[str, Any] | str:
+        if isinstance(spec, str):
+            parse_spec_ref(spec)  # raises ValueError naming the bad reference
+            return spec.strip()
+        try:
+            return dict(_SPEC_ADAPTER.dump_python(_SPEC_ADAPTER.validate_python(spec), mode="json"))
+        except ValidationError as exc:
+            raise ValueError(f"not a valid reward spec: {_describe(exc)}") from None
+
+
+class OverlongConfig(_Strict):
+    """DAPO soft overlong punishment over the last ``cache_length`` tokens before the limit."""
+
+    enabled: bool = False
+    cache_length: int = Field(default=4, ge=1)
+    factor: float = Field(default=1.0, ge=0)
+
+
+class RunConfig(_Strict):
+    model: ModelConfig
+    dataset: str = Field(description="JSONL or Parquet in the veRL schema.")
+    reward: RewardConfig | None = Field(default=None, description="Unset only when the caller passes a reward "
+                                                                  "function in-process (tests, benchmarks).")
+    engine: Literal["transformers", "vllm"] = "transformers"
+    device: str = "cpu"
+
+    group_size: int = Field(default=8, ge=2, le=256, description="G, completions per prompt.")
+    prompts_per_step: int = Field(default=4, ge=1)
+    max_steps: int = Field(default=100, ge=1)
+    learning_rate: float = Field(default=1e-5, gt=0, le=1)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    epsilon_low: float = Field(default=0.2, ge=0, lt=1)
+    epsilon_high: float = Field(default=0.28, ge=0)
+    dual_clip_c: float | None = Field(default=None, gt=1)
+    beta: float = Field(default=0.0, ge=0, description="KL coefficient (k3 to the initial model).")
+    kl_times_ratio: bool = True
+    loss_type: LossType = "dapo"
+    scale_rewards: RewardScaling = "group"
+    dynamic_sampling: bool = False
+    max_resample_rounds: int = Field(default=3, ge=0, description="Extra generation rounds to fill the batch "
+                                                                 "with informative groups (dynamic sampling).")
+    overlong: OverlongConfig = Field(default_factory=OverlongConfig)
+    max_prompt_length: int = Field(default=256, ge=1)
+    max_completion_length: int = Field(default=64, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    mini_batches: int = Field(default=1, ge=1, description="Optimizer steps per rollout batch.")
+    gradient_accumulation: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    seed: int = 0
+    checkpoint_every: int = Field(default=0, ge=0, description="Steps between checkpoints; 0: only at the end.")
+    output_dir: str | None = Field(default=None, description="Checkpoints and metrics.jsonl; required to train.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.epsilon_high < self.epsilon_low:
+            raise ValueError(f"epsilon_high: {self.epsilon_high} must be >= epsilon_low ({self.epsilon_low})")
+        rollouts = self.rollouts_per_step
+        micro = self.mini_batches * self.gradient_accumulation
+        if rollouts % micro:
+            raise ValueError(f"mini_batches: prompts_per_step x group_size ({rollouts}) must divide evenly into "
+                             f"mini_batches x gradient_accumulation ({micro}) micro-batches")
+        if self.overlong.enabled and self.overlong.cache_length >= self.max_completion_length:
+            raise ValueError(f"overlong.cache_length: {self.overlong.cache_length} must be smaller than "
+                             f"max_completion_length ({self.max_completion_length})")
+        if self.warmup_steps and self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps: {self.warmup_steps} must be smaller than max_steps ({self.max_steps})")
+        if self.engine == "vllm" and self.device == "cpu":
+            raise ValueError("engine: vllm needs a GPU device (device: cuda)")
+        if self.device == "cpu" and self.model.dtype == "float16":
+            raise ValueError("model.dtype: float16 is not supported on CPU; use float32 or bfloat16")
+        return self
+
+    @property
+    def rollouts_per_step(self) -> int:
+        return self.prompts_per_step * self.group_size
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.rollouts_per_step // (self.mini_batches * self.gradient_accumulation)
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        message = str(item["msg"]).removeprefix("Value error, ")
+        # Cross-field checks already start their message with the field they blame.
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+def parse_config(data: dict[str, Any] | RunConfig) -> RunConfig:
+    """Validate a dict (or pass a RunConfig through); raise :class:`ConfigError` naming each bad field."""
+    if isinstance(data, RunConfig):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML (or JSON) run config; relative dataset/model/output paths are taken from the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path} must hold a mapping of settings at the top level")
+    base = path.parent
+    for key in ("dataset", "output_dir"):
+        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+            data[key] = str(base / data[key])
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("path"), str) and not Path(model["path"]).is_absolute():
+        model["path"] = str(base / model["path"])
+    return parse_config(data)

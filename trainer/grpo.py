@@ -1,0 +1,406 @@
+"""The GRPO-family training loop: sample prompts, roll out G completions each, score them through
+the reward source, compute group advantages, and take clipped-surrogate optimizer steps.
+
+One step = one rollout batch (``prompts_per_step`` x G rollouts) split into ``mini_batches``
+optimizer steps of ``gradient_accumulation`` micro-batches each. Everything random is seeded
+from (seed, step), and checkpoints hold model, optimizer, scheduler, RNG states and the data
+position, so a resumed run takes exactly the steps the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer import checkpoint
+from trainer.algorithms import (
+    entropy_from_logits,
+    group_advantages,
+    grpo_policy_loss,
+    informative_groups,
+    masked_mean,
+    overlong_penalty,
+    token_logprobs,
+)
+from trainer.config import RunConfig
+from trainer.data import PromptRow, PromptSampler, load_rows
+from trainer.rewards import HttpRewards, RewardOutcome, RewardSource
+from trainer.rollout import Rollout, RolloutEngine, SamplingSettings, TransformersEngine
+
+logger = logging.getLogger(__name__)
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+
+StepCallback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class RunOutcome:
+    status: str  # "succeeded" or "cancelled"
+    steps: int
+    checkpoint: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """A rollout batch as tensors: right-padded prompt+completion, completion-token positions."""
+
+    input_ids: torch.Tensor  # (B, L)
+    attention_mask: torch.Tensor  # (B, L)
+    gather_index: torch.Tensor  # (B, T): position in the shifted logits of completion token t
+    completion_mask: torch.Tensor  # (B, T)
+    completion_ids: torch.Tensor  # (B, T)
+
+
+def build_model(config: RunConfig, work_dir: Path) -> tuple[Any, Any]:
+    """The policy and its tokenizer from a local directory, or a tiny random model built here."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if config.model.tiny is not None:
+        from services.common.tiny_models import build_tiny_causal_lm
+
+        tiny = config.model.tiny
+        path = build_tiny_causal_lm(work_dir / "base-model", seed=tiny.seed, hidden_size=tiny.hidden_size,
+                                    num_layers=tiny.num_layers, num_heads=tiny.num_heads,
+                                    num_kv_heads=tiny.num_kv_heads)
+    else:
+        path = Path(config.model.path or "")
+        if not path.is_dir():
+            raise FileNotFoundError(f"model.path: {path} is not a local model directory")
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, config.model.dtype), "local_files_only": True}
+    if config.model.attn_implementation:
+        kwargs["attn_implementation"] = config.model.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs).to(config.device)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model, tokenizer
+
+
+def lr_lambda(config: RunConfig) -> Callable[[int], float]:
+    """Multiplier of the base learning rate after ``n`` optimizer steps: linear warm-up, then the schedule."""
+    total = config.max_steps * config.mini_batches
+    warmup = config.warmup_steps * config.mini_batches
+
+    def factor(n: int) -> float:
+        if warmup and n < warmup:
+            return (n + 1) / warmup
+        progress = min(1.0, (n - warmup) / max(1, total - warmup))
+        if config.lr_schedule == "linear":
+            return 1.0 - progress
+        if config.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def collate(rollouts: list[Rollout], pad_id: int) -> Batch:
+    lengths = [len(r.prompt_ids) + len(r.completion_ids) for r in rollouts]
+    width = max(lengths)
+    t_max = max(1, max(len(r.completion_ids) for r in rollouts))
+    input_ids = torch.full((len(rollouts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rollouts), width), dtype=torch.long)
+    gather_index = torch.zeros((len(rollouts), t_max), dtype=torch.long)
+    mask = torch.zeros((len(rollouts), t_max))
+    completion_ids = torch.full((len(rollouts), t_max), pad_id, dtype=torch.long)
+    for row, rollout in enumerate(rollouts):
+        ids = rollout.prompt_ids + rollout.completion_ids
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+        n_completion = len(rollout.completion_ids)
+        # Shifted logits: position p predicts token p + 1, so completion token t sits at p_len - 1 + t.
+        start = len(rollout.prompt_ids) - 1
+        gather_index[row, :n_completion] = torch.arange(start, start + n_completion)
+        mask[row, :n_completion] = 1.0
+        completion_ids[row, :n_completion] = torch.tensor(rollout.completion_ids)
+    return Batch(input_ids, attention, gather_index, mask, completion_ids)
+
+
+def completion_logprobs(model: Any, batch: Batch, temperature: float, *,
+                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(y_t | x, y_<t) on completion tokens ``(B, T)``, and optionally their entropies."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+    logits = logits[:, :-1].float() / temperature
+    index = batch.gather_index.to(device)
+    picked = torch.gather(logits, 1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    logp = token_logprobs(picked, batch.completion_ids.to(device))
+    entropy = entropy_from_logits(picked.detach()) if with_entropy else None
+    return logp, entropy
+
+
+def _slice(batch: Batch, rows: torch.Tensor) -> Batch:
+    return Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.gather_index[rows],
+                 batch.completion_mask[rows], batch.completion_ids[rows])
+
+
+class GRPOTrainer:
+    """Trains ``config``'s model against ``rewards`` (default: the rewardhub API the config names)."""
+
+    def __init__(self, config: RunConfig, *, rewards: RewardSource | None = None,
+                 output_dir: Path | None = None, engine: RolloutEngine | None = None) -> None:
+        self.config = config
+        self.output_dir = Path(output_dir or config.output_dir or "runs/latest")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+        self.rows: list[PromptRow] = load_rows(config.dataset)
+        self.model, self.tokenizer = build_model(config, self.output_dir)
+        self.model.train()
+        self.reference = self._frozen_copy() if config.beta > 0 else None
+        self.engine = engine or self._engine()
+        self.rewards = rewards if rewards is not None else HttpRewards(config.reward)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
+        self.sampler = PromptSampler(len(self.rows), config.seed)
+        self.step = 0
+        self.prompt_cache: dict[int, list[int]] = {}
+
+    # ---------------------------------------------------------------- setup
+
+    def _frozen_copy(self) -> Any:
+        reference = copy.deepcopy(self.model)
+        reference.eval()
+        for parameter in reference.parameters():
+            parameter.requires_grad_(False)
+        return reference
+
+    def _engine(self) -> RolloutEngine:
+        if self.config.engine == "vllm":
+            from trainer.rollout import VLLMEngine
+
+            return VLLMEngine(str(self.output_dir / "base-model") if self.config.model.tiny else
+                              str(self.config.model.path), self.tokenizer)
+        return TransformersEngine(self.model, self.tokenizer)
+
+    def encode_prompt(self, index: int) -> list[int]:
+        if index not in self.prompt_cache:
+            prompt = self.rows[index].prompt
+            if isinstance(prompt, list):
+                ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+                ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+            else:
+                ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            # Keep the end of an over-long prompt: the question usually comes last.
+            self.prompt_cache[index] = list(ids)[-self.config.max_prompt_length:]
+        return self.prompt_cache[index]
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self) -> Path:
+        state = checkpoint.TrainingState(step=self.step, sampler=self.sampler.state_dict(), extra={})
+        return checkpoint.save(self.output_dir / CHECKPOINTS, model=self.model, optimizer=self.optimizer,
+                               scheduler=self.scheduler, state=state)
+
+    def resume(self, path: Path | None = None) -> bool:
+        """Load ``path`` (default: the latest checkpoint in the output dir); False if there is none."""
+        path = path or checkpoint.latest(self.output_dir / CHECKPOINTS)
+        if path is None:
+            return False
+        state = checkpoint.load(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        self.step = state.step
+        self.sampler.load_state_dict(state.sampler)
+        self._truncate_metrics(state.step)
+        self.engine.sync_weights(self.model)
+        logger.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop logged steps after ``step`` (a run that died past its checkpoint will take them again)."""
+        path = self.output_dir / METRICS_FILE
+        if path.exists():
+            lines = [line for line in path.read_text().splitlines() if line.strip()]
+            path.write_text("".join(line + "\n" for line in lines if json.loads(line).get("step", 0) <= step))
+
+    # ---------------------------------------------------------------- one step
+
+    def _rollouts(self, indices: list[int], seed: int) -> tuple[list[Rollout], list[RewardOutcome], float, int]:
+        """Generate the groups chunk by chunk, sending each finished chunk to be scored."""
+        config = self.config
+        sampling = SamplingSettings(group_size=config.group_size, max_new_tokens=config.max_completion_length,
+                                    temperature=config.temperature, top_p=config.top_p)
+        rows = [self.rows[i] for i in indices]
+        chunk = max(1, math.ceil(len(indices) / 2))
+        rollouts: list[Rollout] = []
+        pending: list[Future[list[RewardOutcome]]] = []
+        started = time.perf_counter()
+        for offset in range(0, len(indices), chunk):
+            part = [self.encode_prompt(i) for i in indices[offset: offset + chunk]]
+            generated = self.engine.generate(part, sampling, seed=seed * 7919 + offset)
+            for rollout in generated:
+                rollout.prompt_index += offset
+            pending.append(self.rewards.submit(rows, generated))
+            rollouts.extend(generated)
+        generation_s = time.perf_counter() - started
+        outcomes = [outcome for future in pending for outcome in future.result()]
+        tokens = sum(len(r.completion_ids) for r in rollouts)
+        return rollouts, outcomes, generation_s, tokens
+
+    def _reward_tensor(self, rollouts: list[Rollout], outcomes: list[RewardOutcome]) -> torch.Tensor:
+        rewards = torch.tensor([o.score if o.score is not None else math.nan for o in outcomes], dtype=torch.float32)
+        if self.config.overlong.enabled:
+            lengths = torch.tensor([len(r.completion_ids) for r in rollouts])
+            penalty = overlong_penalty(lengths, max_length=self.config.max_completion_length,
+                                       cache_length=self.config.overlong.cache_length,
+                                       factor=self.config.overlong.factor)
+            rewards = rewards + penalty  # NaN stays NaN: an unscored rollout gets no penalty either
+        return rewards
+
+    def _collect(self, seed: int) -> tuple[list[Rollout], list[RewardOutcome], torch.Tensor, dict[str, float]]:
+        """One rollout batch; with dynamic sampling, groups without signal are replaced by fresh prompts."""
+        config = self.config
+        kept_rollouts: list[Rollout] = []
+        kept_outcomes: list[RewardOutcome] = []
+        kept_rewards: list[torch.Tensor] = []
+        generation_s, tokens, drawn, all_outcomes = 0.0, 0, 0, []
+        rounds = 0
+        while True:
+            needed = config.prompts_per_step - len(kept_rollouts) // config.group_size
+            indices = self.sampler.take(needed)
+            drawn += needed
+            rollouts, outcomes, seconds, n_tokens = self._rollouts(indices, seed * 101 + rounds)
+            generation_s += seconds
+            tokens += n_tokens
+            all_outcomes.extend(outcomes)
+            rewards = self._reward_tensor(rollouts, outcomes)
+            if config.dynamic_sampling and rounds < config.max_resample_rounds:
+                keep = informative_groups(rewards, config.group_size).repeat_interleave(config.group_size)
+            else:
+                keep = torch.ones(len(rollouts), dtype=torch.bool)
+            for i in torch.nonzero(keep).flatten().tolist():
+                kept_rollouts.append(rollouts[i])
+                kept_outcomes.append(outcomes[i])
+            kept_rewards.append(rewards[keep])
+            rounds += 1
+            if len(kept_rollouts) >= config.rollouts_per_step or not config.dynamic_sampling \
+                    or rounds > config.max_resample_rounds:
+                break
+        # Re-index prompts so each kept group is contiguous with its own index.
+        for n, rollout in enumerate(kept_rollouts):
+            rollout.prompt_index = n // config.group_size
+        scored = [o.score for o in all_outcomes if o.score is not None]
+        stats = {
+            "reward_mean": sum(scored) / len(scored) if scored else math.nan,
+            "reward_std": float(torch.tensor(scored).std()) if len(scored) > 1 else 0.0,
+            "non_ok_share": 1.0 - len(scored) / max(1, len(all_outcomes)),
+            "non_ok_count": float(len(all_outcomes) - len(scored)),
+            "prompts_drawn": float(drawn),
+            "tokens_per_s": tokens / generation_s if generation_s > 0 else 0.0,
+            "generation_s": generation_s,
+            "completion_length_mean": tokens / max(1, len(all_outcomes)),
+        }
+        return kept_rollouts, kept_outcomes, torch.cat(kept_rewards), stats
+
+    def _update(self, batch: Batch, advantages: torch.Tensor, seed: int) -> dict[str, float]:
+        """``mini_batches`` optimizer steps over the rollout batch, ``gradient_accumulation`` micro-batches each."""
+        config = self.config
+        with torch.no_grad():
+            old_logp, entropy = completion_logprobs(self.model, batch, config.temperature, with_entropy=True)
+            ref_logp = (completion_logprobs(self.reference, batch, config.temperature)[0]
+                        if self.reference is not None else None)
+        device = old_logp.device
+        mask = batch.completion_mask.to(device)
+        advantages = advantages.to(device)
+        order = torch.randperm(len(advantages), generator=torch.Generator().manual_seed(seed))
+        per_optimizer_step = len(order) // config.mini_batches
+        per_micro = per_optimizer_step // config.gradient_accumulation
+        sums: dict[str, float] = {}
+        loss_total, grad_norm_total, n_micro = 0.0, 0.0, 0
+        for mini in range(config.mini_batches):
+            rows = order[mini * per_optimizer_step:(mini + 1) * per_optimizer_step]
+            tokens_in_mini = mask[rows].sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            for micro in range(config.gradient_accumulation):
+                part = rows[micro * per_micro:(micro + 1) * per_micro]
+                logp, _ = completion_logprobs(self.model, _slice(batch, part), config.temperature)
+                out = grpo_policy_loss(
+                    logp, old_logp[part], advantages[part], mask[part], loss_type=config.loss_type,
+                    eps_low=config.epsilon_low, eps_high=config.epsilon_high, dual_clip_c=config.dual_clip_c,
+                    beta=config.beta, ref_logp=ref_logp[part] if ref_logp is not None else None,
+                    kl_times_ratio=config.kl_times_ratio, max_completion_length=config.max_completion_length,
+                    num_items_in_batch=tokens_in_mini if config.loss_type == "dapo" else None)
+                # dapo already divides by the mini-batch's token count; the others are per-micro means.
+                loss = out.loss if config.loss_type == "dapo" else out.loss / config.gradient_accumulation
+                loss.backward()
+                loss_total += float(loss.detach())
+                for name, value in out.metrics.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                n_micro += 1
+            if config.max_grad_norm is not None:
+                grad_norm_total += float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                                        config.max_grad_norm))
+            self.optimizer.step()
+            self.scheduler.step()
+        metrics = {name: value / n_micro for name, value in sums.items()}
+        metrics["loss"] = loss_total / config.mini_batches
+        metrics["grad_norm"] = grad_norm_total / config.mini_batches
+        metrics["entropy"] = float(masked_mean(entropy, mask)) if entropy is not None else math.nan
+        return metrics
+
+    def train_step(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        seed = self.config.seed * 1_000_003 + self.step
+        rollouts, _outcomes, rewards, metrics = self._collect(seed)
+        advantages = group_advantages(rewards, self.config.group_size, scale_rewards=self.config.scale_rewards)
+        metrics["informative_group_share"] = float(informative_groups(rewards, self.config.group_size)
+                                                   .float().mean())
+        # With beta > 0 the KL term still pulls towards the reference even when every advantage is 0.
+        if bool((advantages != 0).any()) or self.config.beta > 0:
+            batch = collate(rollouts, self.tokenizer.pad_token_id)
+            metrics.update(self._update(batch, advantages, seed))
+        else:
+            # Every group's rewards are equal: no gradient to take; the step still counts, and the
+            # schedule advances as many optimizer steps as an update would have taken.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                for _ in range(self.config.mini_batches):
+                    self.scheduler.step()
+            metrics.update({"loss": 0.0, "skipped_update": 1.0})
+        self.engine.sync_weights(self.model)
+        self.step += 1
+        metrics["step"] = self.step
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["step_time_s"] = time.perf_counter() - started
+        return metrics
+
+    # ---------------------------------------------------------------- the run
+
+    def train(self, *, on_step: StepCallback | None = None,
+              should_stop: Callable[[], bool] | None = None) -> RunOutcome:
+        """Train to ``max_steps`` (from where a resumed run left off); checkpoint on cadence, cancel and end."""
+        history: list[dict[str, Any]] = []
+        last_checkpoint: Path | None = checkpoint.latest(self.output_dir / CHECKPOINTS)
+        try:
+            with (self.output_dir / METRICS_FILE).open("a") as log:
+                while self.step < self.config.max_steps:
+                    if should_stop is not None and should_stop():
+                        last_checkpoint = self.save_checkpoint()
+                        return RunOutcome("cancelled", self.step, last_checkpoint, history)
+                    metrics = self.train_step()
+                    history.append(metrics)
+                    log.write(json.dumps(metrics) + "\n")
+                    log.flush()
+                    if on_step is not None:
+                        on_step(self.step, metrics)
+                    every = self.config.checkpoint_every
+                    if every and self.step % every == 0 and self.step < self.config.max_steps:
+                        last_checkpoint = self.save_checkpoint()
+            last_checkpoint = self.save_checkpoint()
+            return RunOutcome("succeeded", self.step, last_checkpoint, history)
+        finally:
+            self.rewards.close()
