@@ -130,6 +130,8 @@ class RunConfig(_Strict):
     max_completion_length: int = Field(default=64, ge=1)
     temperature: float = Field(default=1.0, gt=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
+    generation_chunks: int = Field(default=1, ge=1, description="Generate the step's prompts in this many chunks, "
+                                   "scoring each finished chunk while the next generates (slow graders).")
     mini_batches: int = Field(default=1, ge=1, description="Optimizer steps per rollout batch.")
     gradient_accumulation: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
     seed: int = 0

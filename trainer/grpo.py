@@ -55,11 +55,15 @@ class RunOutcome:
 
 @dataclass
 class Batch:
-    """A rollout batch as tensors: right-padded prompt+completion, completion-token positions."""
+    """A rollout batch as tensors: left-padded prompts followed by right-padded completions.
 
-    input_ids: torch.Tensor  # (B, L)
-    attention_mask: torch.Tensor  # (B, L)
-    gather_index: torch.Tensor  # (B, T): position in the shifted logits of completion token t
+    Every completion starts at the same column, so the model computes logits only for the last
+    T + 1 positions (``logits_to_keep``) instead of over every prompt token as well.
+    """
+
+    input_ids: torch.Tensor  # (B, P + T)
+    attention_mask: torch.Tensor  # (B, P + T)
+    position_ids: torch.Tensor  # (B, P + T): 0 at each row's first real token, as in generation
     completion_mask: torch.Tensor  # (B, T)
     completion_ids: torch.Tensor  # (B, T)
 
@@ -110,42 +114,36 @@ def lr_lambda(config: RunConfig) -> Callable[[int], float]:
 
 
 def collate(rollouts: list[Rollout], pad_id: int) -> Batch:
-    lengths = [len(r.prompt_ids) + len(r.completion_ids) for r in rollouts]
-    width = max(lengths)
+    p_max = max(len(r.prompt_ids) for r in rollouts)
     t_max = max(1, max(len(r.completion_ids) for r in rollouts))
-    input_ids = torch.full((len(rollouts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rollouts), width), dtype=torch.long)
-    gather_index = torch.zeros((len(rollouts), t_max), dtype=torch.long)
-    mask = torch.zeros((len(rollouts), t_max))
-    completion_ids = torch.full((len(rollouts), t_max), pad_id, dtype=torch.long)
+    input_ids = torch.full((len(rollouts), p_max + t_max), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rollouts), p_max + t_max), dtype=torch.long)
     for row, rollout in enumerate(rollouts):
-        ids = rollout.prompt_ids + rollout.completion_ids
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention[row, : len(ids)] = 1
-        n_completion = len(rollout.completion_ids)
-        # Shifted logits: position p predicts token p + 1, so completion token t sits at p_len - 1 + t.
-        start = len(rollout.prompt_ids) - 1
-        gather_index[row, :n_completion] = torch.arange(start, start + n_completion)
-        mask[row, :n_completion] = 1.0
-        completion_ids[row, :n_completion] = torch.tensor(rollout.completion_ids)
-    return Batch(input_ids, attention, gather_index, mask, completion_ids)
+        n_prompt, n_completion = len(rollout.prompt_ids), len(rollout.completion_ids)
+        input_ids[row, p_max - n_prompt: p_max] = torch.tensor(rollout.prompt_ids)
+        input_ids[row, p_max: p_max + n_completion] = torch.tensor(rollout.completion_ids, dtype=torch.long)
+        attention[row, p_max - n_prompt: p_max + n_completion] = 1
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    completion_mask = attention[:, p_max:].to(torch.float32)
+    return Batch(input_ids, attention, position_ids, completion_mask, input_ids[:, p_max:].clone())
 
 
 def completion_logprobs(model: Any, batch: Batch, temperature: float, *,
                         with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(y_t | x, y_<t) on completion tokens ``(B, T)``, and optionally their entropies."""
     device = next(model.parameters()).device
-    logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+    t_max = batch.completion_ids.shape[1]
+    # The logit at column c predicts the token at c + 1: the last T + 1 columns cover the completion.
+    logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                   position_ids=batch.position_ids.to(device), logits_to_keep=t_max + 1).logits
     logits = logits[:, :-1].float() / temperature
-    index = batch.gather_index.to(device)
-    picked = torch.gather(logits, 1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-    logp = token_logprobs(picked, batch.completion_ids.to(device))
-    entropy = entropy_from_logits(picked.detach()) if with_entropy else None
+    logp = token_logprobs(logits, batch.completion_ids.to(device))
+    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
     return logp, entropy
 
 
 def _slice(batch: Batch, rows: torch.Tensor) -> Batch:
-    return Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.gather_index[rows],
+    return Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.position_ids[rows],
                  batch.completion_mask[rows], batch.completion_ids[rows])
 
 
@@ -235,7 +233,8 @@ class GRPOTrainer:
         sampling = SamplingSettings(group_size=config.group_size, max_new_tokens=config.max_completion_length,
                                     temperature=config.temperature, top_p=config.top_p)
         rows = [self.rows[i] for i in indices]
-        chunk = max(1, math.ceil(len(indices) / 2))
+        # More than one chunk lets slow graders (code, LLM judges) score while the next chunk generates.
+        chunk = max(1, math.ceil(len(indices) / config.generation_chunks))
         rollouts: list[Rollout] = []
         pending: list[Future[list[RewardOutcome]]] = []
         started = time.perf_counter()
@@ -309,11 +308,15 @@ class GRPOTrainer:
     def _update(self, batch: Batch, advantages: torch.Tensor, seed: int) -> dict[str, float]:
         """``mini_batches`` optimizer steps over the rollout batch, ``gradient_accumulation`` micro-batches each."""
         config = self.config
+        # With one optimizer step per rollout batch the policy that sampled is the one being updated:
+        # π_old = π_θ (detached), so the extra no-grad forward is skipped, as TRL does.
+        on_policy = config.mini_batches == 1
         with torch.no_grad():
-            old_logp, entropy = completion_logprobs(self.model, batch, config.temperature, with_entropy=True)
+            old_logp = (None if on_policy else
+                        completion_logprobs(self.model, batch, config.temperature)[0])
             ref_logp = (completion_logprobs(self.reference, batch, config.temperature)[0]
                         if self.reference is not None else None)
-        device = old_logp.device
+        device = next(self.model.parameters()).device
         mask = batch.completion_mask.to(device)
         advantages = advantages.to(device)
         order = torch.randperm(len(advantages), generator=torch.Generator().manual_seed(seed))
@@ -327,9 +330,11 @@ class GRPOTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             for micro in range(config.gradient_accumulation):
                 part = rows[micro * per_micro:(micro + 1) * per_micro]
-                logp, _ = completion_logprobs(self.model, _slice(batch, part), config.temperature)
+                logp, entropy = completion_logprobs(self.model, _slice(batch, part), config.temperature,
+                                                    with_entropy=True)
+                old = logp.detach() if old_logp is None else old_logp[part]
                 out = grpo_policy_loss(
-                    logp, old_logp[part], advantages[part], mask[part], loss_type=config.loss_type,
+                    logp, old, advantages[part], mask[part], loss_type=config.loss_type,
                     eps_low=config.epsilon_low, eps_high=config.epsilon_high, dual_clip_c=config.dual_clip_c,
                     beta=config.beta, ref_logp=ref_logp[part] if ref_logp is not None else None,
                     kl_times_ratio=config.kl_times_ratio, max_completion_length=config.max_completion_length,
@@ -340,6 +345,8 @@ class GRPOTrainer:
                 loss_total += float(loss.detach())
                 for name, value in out.metrics.items():
                     sums[name] = sums.get(name, 0.0) + value
+                if entropy is not None:
+                    sums["entropy"] = sums.get("entropy", 0.0) + float(masked_mean(entropy, mask[part]))
                 n_micro += 1
             if config.max_grad_norm is not None:
                 grad_norm_total += float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
@@ -349,7 +356,6 @@ class GRPOTrainer:
         metrics = {name: value / n_micro for name, value in sums.items()}
         metrics["loss"] = loss_total / config.mini_batches
         metrics["grad_norm"] = grad_norm_total / config.mini_batches
-        metrics["entropy"] = float(masked_mean(entropy, mask)) if entropy is not None else math.nan
         return metrics
 
     def train_step(self) -> dict[str, Any]:
