@@ -63,7 +63,7 @@ def train(config_path: Annotated[Path, typer.Argument(help="A run config (YAML).
 
 
 def demo(
-    steps: Annotated[int, typer.Option(help="Training steps.")] = 40,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 60,
     seed: Annotated[int, typer.Option(help="Seed of the model and the run.")] = 0,
     work_dir: Annotated[Path | None, typer.Option(help="Where to put the run (default: a temp dir).")] = None,
 ) -> None:

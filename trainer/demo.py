@@ -40,7 +40,7 @@ def write_demo_dataset(path: Path, rows: int = 32) -> Path:
     return path
 
 
-def demo_config(work_dir: Path, *, url: str, project_id: str, steps: int = 40, seed: int = 0) -> RunConfig:
+def demo_config(work_dir: Path, *, url: str, project_id: str, steps: int = 60, seed: int = 0) -> RunConfig:
     return parse_config({
         "model": {"tiny": {"seed": seed}},
         "dataset": str(write_demo_dataset(work_dir / "demo.jsonl")),

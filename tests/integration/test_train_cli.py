@@ -1,0 +1,53 @@
+"""`rewardhub train config.yaml` trains against a live reward API and writes metrics and the reward curve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from rewardhub.cli import app
+from tests.conftest import LiveServer
+
+pytestmark = pytest.mark.slow
+
+
+def write_config(tmp_path: Path, url: str, **overrides: object) -> Path:
+    (tmp_path / "digits.jsonl").write_text("\n".join(
+        json.dumps({"prompt": [{"role": "user", "content": f"Say 7 ({i})"}], "reward_model": {"ground_truth": "7"}})
+        for i in range(4)) + "\n")
+    config = {"model": {"tiny": {"seed": 0}}, "dataset": "digits.jsonl", "output_dir": "run",
+              "reward": {"spec": {"type": "regex", "pattern": r"\d"}, "url": url, "api_key_env": "RH_CLI_KEY"},
+              "group_size": 4, "prompts_per_step": 2, "max_steps": 2, "max_completion_length": 4,
+              "learning_rate": 1e-3, **overrides}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_train_writes_metrics_checkpoint_and_curve(live_server: LiveServer, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RH_CLI_KEY", live_server.tenant.keys["trainer"])
+    result = CliRunner().invoke(app, ["train", str(write_config(tmp_path, live_server.url))])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"  # relative paths are taken from the config file's folder
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert (run / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-000002"
+
+
+def test_bad_config_names_the_field(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", str(write_config(tmp_path, "http://127.0.0.1:1", group_size=1))])
+    assert result.exit_code == 2
+    assert "group_size" in result.output
+
+
+def test_reward_outage_exits_non_zero_with_the_cause(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", str(write_config(
+        tmp_path, "http://127.0.0.1:9", reward={"spec": {"type": "exact"}, "url": "http://127.0.0.1:9",
+                                                "max_retries": 0})), ])
+    assert result.exit_code == 1, result.output
+    assert "127.0.0.1:9" in result.output
