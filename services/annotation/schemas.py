@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.annotation.models import AnnotatorRole, AnswerSource, LabelKind, Policy
-from services.common.validation import ID_PATTERN, StoredText
+from services.common.validation import ID_PATTERN, NameText, StoredText
 
 PROMPT_ID = Field(min_length=1, max_length=200, description="The trainer's own prompt id.")
 MAX_FEATURE_DIM = 16_384
@@ -37,7 +37,7 @@ class AnnotationProjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     project_id: str = Field(pattern=ID_PATTERN, description="The tenancy project this belongs to.")
-    name: StoredText = Field(min_length=1, max_length=200)
+    name: NameText = Field(min_length=1, max_length=200)
     description: StoredText = Field(default="", max_length=2000)
     label_budget: int = Field(ge=0, le=100_000_000, description="How many labels may be bought in all.")
     label_schema: LabelSchema = Field(default_factory=LabelSchema)
@@ -49,14 +49,6 @@ class AnnotationProjectCreate(BaseModel):
     answer_source: AnswerSource = Field(default=AnswerSource.human, description=(
         "`human`: purchases become annotation tasks. `answer_key`: the hidden answer key answers at once."))
     webhook_url: AnyHttpUrl | None = Field(default=None, description="POSTed a signed message when labels arrive.")
-
-    @field_validator("name")
-    @classmethod
-    def _strip(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be blank")
-        return value
 
 
 class AnnotationProjectUpdate(BaseModel):

@@ -10,22 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from services.common.models import Role
 from services.common.reward_api import GradeResponse, RewardItem, cap_batch
 from services.common.reward_specs import RewardSpec
-from services.common.validation import ID_PATTERN, StoredText
+from services.common.validation import ID_PATTERN, NameText, StoredText
 
 
 class ProjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: StoredText = Field(min_length=1, max_length=200, description="Unique project name.")
+    name: NameText = Field(min_length=1, max_length=200, description="Unique project name.")
     description: StoredText = Field(default="", max_length=2000)
-
-    @field_validator("name")
-    @classmethod
-    def _strip(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be blank")
-        return value
 
 
 class ProjectOut(BaseModel):
