@@ -12,6 +12,7 @@ process. TRL's time is the anchor: a ratio below 1.0 means ours is faster.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -61,7 +62,7 @@ def time_trl(model_dir: Path, args: argparse.Namespace, work: Path) -> list[floa
                           train_dataset=Dataset.from_list(rows), callbacks=[StepTimer()])
     stamps.append(time.perf_counter())
     trainer.train()
-    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(stamps)]
 
 
 def time_ours(args: argparse.Namespace, work: Path, *, http: bool) -> list[float]:
