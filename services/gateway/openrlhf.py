@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+from pydantic import ValidationError
+
 from services.common.auth import Principal
-from services.common.errors import ApiError
+from services.common.errors import ApiError, InvalidInput
 from services.common.reward_api import RewardItem
 from services.gateway import rewards
 from services.gateway.schemas import OpenRLHFRewardRequest, OpenRLHFRewardResponse, RewardsRequest
@@ -19,13 +21,28 @@ def completion_of(query: str, prompt: str | None) -> str:
     return query
 
 
+def _as_invalid_input(error: ValidationError) -> InvalidInput:
+    """Name the OpenRLHF field behind a RewardsRequest error (``items[3].completion`` is ``query[3]``)."""
+    first = error.errors()[0]
+    loc = list(first["loc"])
+    if len(loc) >= 2 and loc[0] == "items":
+        field = f"query[{loc[1]}]"
+    else:
+        field = ".".join(str(part) for part in loc) or "body"
+    return InvalidInput(f"{field}: {str(first['msg']).removeprefix('Value error, ')}", field=field)
+
+
 async def get_reward(principal: Principal, body: OpenRLHFRewardRequest, spec_ref: str, project_id: str | None,
                      on_non_ok: Literal["zero", "error"], auth: str) -> OpenRLHFRewardResponse:
     prompts = body.prompts or [None] * len(body.query)
     labels = body.labels or [None] * len(body.query)
-    items = [RewardItem(id=str(i), prompt=prompt or "", completion=completion_of(query, prompt), ground_truth=label)
-             for i, (query, prompt, label) in enumerate(zip(body.query, prompts, labels, strict=True))]
-    request = RewardsRequest(project_id=project_id, spec_ref=spec_ref, items=items)
+    try:
+        items = [RewardItem(id=str(i), prompt=prompt or "", completion=completion_of(query, prompt),
+                            ground_truth=label)
+                 for i, (query, prompt, label) in enumerate(zip(body.query, prompts, labels, strict=True))]
+        request = RewardsRequest(project_id=project_id, spec_ref=spec_ref, items=items)
+    except ValidationError as exc:
+        raise _as_invalid_input(exc) from None
     response = await rewards.score(principal, request, auth, None)
     results = json.loads(bytes(response.body))["results"]
     non_ok = [r for r in results if r["status"] != "ok"]

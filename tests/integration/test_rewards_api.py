@@ -195,3 +195,14 @@ def test_pathological_math_is_a_status_never_a_hang(tenant: Tenant, monkeypatch:
     # The tower and the nesting outlast the 2 s item limit; the factorial is parsed and simply wrong.
     assert [by_id[item["id"]]["status"] for item in bad] == ["timeout", "timeout", "ok"]
     assert by_id["bad2"]["score"] == 0.0 and by_id["bad0"]["score"] is None, by_id
+
+
+def test_openrlhf_bad_query_values_are_422_naming_the_field(client: TestClient, tenant: Tenant) -> None:
+    # Found by the OpenAPI fuzzer: a NUL in spec_ref reached the request model and was a 500.
+    response = client.post("/get_reward?spec_ref=%00", json={"query": ["x"]}, headers=bearer(tenant.keys["trainer"]))
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "spec_ref"
+    response = client.post("/get_reward?spec_ref=math@1", json={"query": ["a\u0000b"]},
+                           headers=bearer(tenant.keys["trainer"]))
+    assert response.status_code == 422
+    assert response.json()["error"]["field"].startswith("query")
