@@ -398,12 +398,12 @@ def ingest_step(session: Session, annotation_project_id: str, body: StepIn, *, i
                                                if p is not None and p.status is PurchaseStatus.labelled})
     out_groups = []
     for index, (group, result) in enumerate(zip(groups, votes, strict=True)):
-        purchase = known[index]
+        held = known[index]
         session.add(SelectionScore(rollout_group_id=group.id, policy=project.policy,
                                    score=decision.scores[index], reliability=decision.reliability[index],
                                    reliable=decision.reliable[index], selected=decision.selected[index],
                                    bought=index in bought_now, advantage_weight=weights[index]))
-        out_groups.append(_group_out(prompts[index], group, result, decision, index, purchase,
+        out_groups.append(_group_out(prompts[index], group, result, decision, index, held,
                                      index in bought_now, weights[index]))
     session.flush()
     out = StepOut(annotation_project_id=project.id, step=body.step, policy=project.policy, groups=out_groups,
