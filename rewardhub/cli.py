@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from rewardhub.eval_cli import eval_app
 from rewardhub.train_cli import demo, train
 from services.common.models import Role
 
@@ -18,6 +19,7 @@ keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 projects_app = typer.Typer(help="Manage projects.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(projects_app, name="projects")
+app.add_typer(eval_app, name="eval")
 app.command()(train)
 app.command()(demo)
 console = Console(stderr=True, soft_wrap=True)

@@ -13,6 +13,7 @@ SERVICES: dict[str, str] = {
     "verifier": "services.verifier.app:create_app",
     "annotation": "services.annotation.app:create_app",
     "trainer": "services.trainer.app:create_app",
+    "rubric_rm": "services.rubric_rm.app:create_app",
 }
 
 

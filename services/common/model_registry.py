@@ -9,6 +9,7 @@ MODEL_MODULES = [
     "services.gateway.models",
     "services.annotation.models",
     "services.trainer.models",
+    "services.rubric_rm.models",
 ]
 
 

@@ -174,6 +174,40 @@ class NutritionSpec(_Spec):
         return self
 
 
+class RubricSpec(_Spec):
+    """An LLM judge scores the completion against a rubric (the rubric_rm service, CDRRM).
+
+    ``pointwise``: the share of the rubric's hard rules the completion passes, principles as a
+    tie-break. ``pairwise_reference``: the completion against the item's ``ground_truth`` answer,
+    judged in both orders (1 win, 0.5 tie or disagreement between orders, 0 loss). An unparseable
+    judge output is status ``error`` and a rubric the service rejects ``invalid_input``, never 0.
+    """
+
+    type: Literal["rubric"] = "rubric"
+    rubric: str | dict[str, Any] | None = Field(default=None, description=(
+        "The rubric: text (one rule per line, a 'Principles:' header before principles; or JSON) or an object "
+        "{hard_rules: [...], principles: [...]}."))
+    rubric_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$", description="A rubric stored in rubric_rm.")
+    mode: Literal["pointwise", "pairwise_reference"] = "pointwise"
+    timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Time budget of one item's judgment.")
+    max_concurrency: int = Field(default=8, ge=1, le=256, description="Items judged at once.")
+
+    @field_validator("rubric")
+    @classmethod
+    def _non_blank(cls, rubric: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if isinstance(rubric, str) and not rubric.strip():
+            raise ValueError("must not be blank")
+        if isinstance(rubric, dict) and not rubric:
+            raise ValueError("must not be empty")
+        return rubric
+
+    @model_validator(mode="after")
+    def _one_rubric(self) -> RubricSpec:
+        if (self.rubric is None) == (self.rubric_id is None):
+            raise ValueError("give exactly one of rubric or rubric_id")
+        return self
+
+
 class MultiSpec(_Spec):
     """Weighted sum of named sub-graders; a failed gate zeroes the reward (OpenAI's `multi` shape)."""
 
@@ -186,6 +220,10 @@ class MultiSpec(_Spec):
 
     @model_validator(mode="after")
     def _names_exist(self) -> MultiSpec:
+        for name, grader in self.graders.items():
+            # Sub-graders run inside the verifier's process pool; a rubric judge is an HTTP call.
+            if isinstance(grader, RubricSpec):
+                raise ValueError(f"graders.{name}: a rubric grader cannot be part of a multi spec")
         for field_name in ("weights", "gates"):
             unknown = set(getattr(self, field_name)) - set(self.graders)
             if unknown:
@@ -195,7 +233,7 @@ class MultiSpec(_Spec):
 
 RewardSpec = Annotated[
     MathSpec | NumericSpec | MultipleChoiceSpec | ExactSpec | RegexSpec | InstructionSpec | JsonSchemaSpec
-    | CodeSpec | ToolCallSpec | NutritionSpec | MultiSpec,
+    | CodeSpec | ToolCallSpec | NutritionSpec | RubricSpec | MultiSpec,
     Field(discriminator="type"),
 ]
 MultiSpec.model_rebuild()

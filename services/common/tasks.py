@@ -18,7 +18,7 @@ from celery import Celery, Task
 
 from services.common.settings import get_settings
 
-TASK_MODULES = ["services.common.tasks"]
+TASK_MODULES = ["services.common.tasks", "services.rubric_rm.tasks"]
 
 
 def make_celery(redis_url: str | None) -> Celery:

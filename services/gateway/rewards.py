@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -62,9 +63,17 @@ def _grade_payload(spec: dict[str, Any], body: RewardsRequest, stream: bool, rec
             "deadline_s": _verifier_deadline(body.deadline_s, received_at), "stream": stream}
 
 
-def _client_timeout(body: RewardsRequest) -> float:
+def _client_timeout(body: RewardsRequest, spec: dict[str, Any]) -> float:
+    """How long to wait for the verifier: its deadline, or a budget that grows with the batch."""
     # The verifier enforces the deadline; leave it room to answer with timeouts rather than cut it off.
-    return (body.deadline_s or get_settings().http_timeout_s + len(body.items) * 0.05) + 30.0
+    if body.deadline_s:
+        return body.deadline_s + 30.0
+    budget = get_settings().http_timeout_s + len(body.items) * 0.05
+    if spec.get("type") == "rubric":
+        # LLM judgments: waves of max_concurrency items, each allowed the spec's per-item time.
+        waves = math.ceil(len(body.items) / int(spec.get("max_concurrency", 8)))
+        budget = max(budget, float(spec.get("timeout_s", 120.0)) * waves)
+    return budget + 30.0
 
 
 async def _post_grade(payload: dict[str, Any], auth: str, timeout_s: float) -> dict[str, Any]:
@@ -121,7 +130,7 @@ async def score(principal: Principal, body: RewardsRequest, auth: str, idempoten
                                      media_type=NDJSON)
         started = time.perf_counter()
         graded = await _post_grade(_grade_payload(spec, body, stream=False, received_at=received_at), auth,
-                                   _client_timeout(body))
+                                   _client_timeout(body, spec))
     except httpx.TransportError as exc:
         await _release(project_id, key)
         raise UpstreamUnavailable(f"the verifier service is unreachable: {type(exc).__name__}: {exc}") from exc
@@ -152,7 +161,7 @@ async def _stream(project_id: str, request_id: str, spec: dict[str, Any], spec_r
     lines: list[str] = []
     started = time.perf_counter()
     try:
-        async with service_client("verifier", timeout_s=_client_timeout(body),
+        async with service_client("verifier", timeout_s=_client_timeout(body, spec),
                                   headers={"Authorization": auth}) as client, \
                 client.stream("POST", "/v1/grade", json=_grade_payload(spec, body, True, received_at)) as response:
             if response.status_code >= 400:

@@ -7,9 +7,19 @@ returns (``*Result`` models with a ``status`` next to every value).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 Status = Literal["ok", "invalid_input", "timeout", "error"]
 Side = Literal["A", "B"]
@@ -335,6 +345,8 @@ def _check_text(value: str) -> str:
         raise ValueError("must be a non-empty string")
     if len(value) > MAX_TEXT_CHARS:
         raise ValueError(f"is longer than {MAX_TEXT_CHARS} characters")
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL; reject it here with the field's name
+        raise ValueError("must not contain NUL (\\x00) characters")
     return value
 
 
@@ -350,23 +362,61 @@ class DiagnoseRequest(_Request):
     response: NonEmptyText
 
 
+ProjectId = Annotated[str | None, Field(default=None, pattern=r"^[0-9a-f]{32}$",
+                                       description="The project to act in; optional when the key has one project.")]
+RubricId = Annotated[str | None, Field(default=None, pattern=r"^[0-9a-f]{32}$", description="A stored rubric's id.")]
+RubricText = Annotated[str | None, Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS, description=(
+    "A rubric as text: JSON, the judge's numbered rendering, or one rule per line (see rubric_text.py)."))]
+GenerateMethod = Literal["generator", "diagnose_synthesise"]
+
+
+def field_error(title: str, field: str, message: str) -> ValidationError:
+    """A validation error located at ``field`` (a model-level check otherwise reports the whole body)."""
+    return ValidationError.from_exception_data(title, [InitErrorDetails(
+        type=PydanticCustomError("value_error", message), loc=(field,), input=None)])
+
+
+def _one_rubric_source(model: BaseModel, names: tuple[str, ...]) -> None:
+    given = [name for name in names if getattr(model, name) is not None]
+    if len(given) > 1:
+        raise field_error(type(model).__name__, given[1], f"give only one of {', '.join(names)}")
+
+
 class GenerateRubricRequest(_Request):
-    """A rubric for a new pair; ``method`` picks the trained generator or diagnose + synthesise."""
+    """A rubric for a new pair; ``method`` picks the trained generator or diagnose + synthesise.
+
+    The rubric is stored (versioned) and, with ``use_cache``, reused for the same instruction and
+    generator version instead of calling the LLM again.
+    """
 
     instruction: NonEmptyText
     response_a: NonEmptyText
     response_b: NonEmptyText
-    method: Literal["generator", "diagnose_synthesise"] = "generator"
+    method: GenerateMethod = "generator"
     seed: int = 0
+    use_cache: bool = Field(default=True, description="Reuse the newest stored rubric for this instruction.")
+    project_id: ProjectId = None
 
 
 class PairwiseJudgeRequest(_Request):
-    """Judge a pair in both orders; without ``rubric`` one is generated first."""
+    """Judge a pair in both orders; without ``rubric``, ``rubric_text`` or ``rubric_id`` one is generated
+    first (and cached like /v1/rubrics/generate)."""
 
     instruction: NonEmptyText
     response_a: NonEmptyText
     response_b: NonEmptyText
     rubric: Rubric | None = None
+    rubric_text: RubricText = None
+    rubric_id: RubricId = None
+    method: GenerateMethod = Field(default="generator", description="How a missing rubric is generated.")
+    seed: int = 0
+    use_cache: bool = True
+    project_id: ProjectId = None
+
+    @model_validator(mode="after")
+    def _at_most_one_rubric(self) -> PairwiseJudgeRequest:
+        _one_rubric_source(self, ("rubric", "rubric_text", "rubric_id"))
+        return self
 
 
 class PointwiseJudgeRequest(_Request):
@@ -374,7 +424,116 @@ class PointwiseJudgeRequest(_Request):
 
     instruction: NonEmptyText
     response: NonEmptyText
+    rubric: Rubric | None = None
+    rubric_text: RubricText = None
+    rubric_id: RubricId = None
+    project_id: ProjectId = None
+
+    @model_validator(mode="after")
+    def _one_rubric(self) -> PointwiseJudgeRequest:
+        _one_rubric_source(self, ("rubric", "rubric_text", "rubric_id"))
+        if self.rubric is None and self.rubric_text is None and self.rubric_id is None:
+            raise field_error("PointwiseJudgeRequest", "rubric", "field required (or give rubric_text or rubric_id)")
+        return self
+
+
+class SynthesiseRequest(_Request):
+    """Synthesise a rubric from two diagnoses (CDRRM step 2); ``expected_winner`` only fills the check."""
+
+    instruction: NonEmptyText
+    diagnosis_a: Diagnosis
+    diagnosis_b: Diagnosis
+    expected_winner: Side | None = None
+    seed: int = 0
+    max_rules: int = Field(default=6, ge=1, le=MAX_HARD_RULES)
+    max_principles: int = Field(default=4, ge=0, le=MAX_PRINCIPLES)
+    store: bool = Field(default=False, description="Store the rubric (method diagnose_synthesise).")
+    project_id: ProjectId = None
+
+
+class FilterRequest(_Request):
+    """CDRRM step 3. ``pairs``: diagnose and synthesise each, then filter; ``examples``: filter only."""
+
+    pairs: list[PreferencePair] | None = Field(default=None, min_length=1, max_length=10_000)
+    examples: list[RubricExample] | None = Field(default=None, min_length=1, max_length=100_000)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FilterRequest:
+        if (self.pairs is None) == (self.examples is None):
+            raise field_error(type(self).__name__, "pairs", "give exactly one of pairs or examples")
+        return self
+
+
+class SftExportRequest(FilterRequest):
+    """The generator's SFT set as chat JSONL: ``examples`` as given (already filtered), or ``pairs``
+    run through diagnose → synthesise → filter first."""
+
+
+class GeneratedRubric(RubricResult):
+    """A rubric result with where it is stored; ``cached`` = reused without an LLM call."""
+
+    rubric_id: str | None = None
+    version: int | None = None
+    generator_version: str | None = None
+    cached: bool = False
+
+
+class SynthesisOut(SynthesisResult):
+    rubric_id: str | None = None
+    version: int | None = None
+
+
+class PairwiseJudgeResponse(PairwiseJudgment):
+    """The order-invariant verdict with the rubric it used (and its stored id, when it has one)."""
+
+    rubric: Rubric | None = None
+    rubric_id: str | None = None
+    rubric_cached: bool | None = None
+
+
+class PointwiseJudgeResponse(PointwiseJudgment):
+    rubric_id: str | None = None
+
+
+class StoredRubricOut(BaseModel):
+    id: str
+    project_id: str
+    instruction_hash: str
+    generator_version: str
+    version: int
+    instruction: str
     rubric: Rubric
+    method: str
+    created_at: datetime
+
+
+JobKind = Literal["judge_pairwise", "judge_pointwise", "generate"]
+
+
+class JobRequest(_Request):
+    """A large batch run by a worker: each item is the body of the matching single route."""
+
+    kind: JobKind
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=100_000)
+    max_concurrency: int = Field(default=8, ge=1, le=256)
+    project_id: ProjectId = None
+
+
+class JobOut(BaseModel):
+    id: str
+    project_id: str
+    kind: str
+    state: Literal["queued", "running", "succeeded", "failed"]
+    total: int
+    done: int
+    progress: float = Field(description="done / total")
+    summary: dict[str, Any] | None = None
+    results: list[dict[str, Any]] | None = Field(default=None, description="In item order, once succeeded.")
+    error: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 class PipelineRequest(_Request):

@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from services.common.app_factory import create_service_app
@@ -21,16 +21,18 @@ graders_only = require_roles(Role.admin, Role.trainer)
 
 @router.post("/v1/grade", response_model=GradeResponse,
              responses={200: {"content": {"application/x-ndjson": {}}}})
-async def grade(body: GradeRequest, _principal: Principal = Depends(graders_only)) -> Response:
+async def grade(body: GradeRequest, request: Request, _principal: Principal = Depends(graders_only)) -> Response:
     """Grade a batch against a resolved spec (the gateway's `/v1/rewards` forwards here)."""
+    # Graders that call other services (rubric) do so with the caller's key and project scope.
+    auth = request.headers.get("authorization")
     if body.stream:
         async def lines() -> AsyncIterator[bytes]:
-            async for result in grading.grade_stream(body.spec, body.items, body.deadline_s):
+            async for result in grading.grade_stream(body.spec, body.items, body.deadline_s, auth):
                 yield (result.model_dump_json() + "\n").encode()
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
     started = time.perf_counter()
-    results = await grading.grade_batch(body.spec, body.items, body.deadline_s)
+    results = await grading.grade_batch(body.spec, body.items, body.deadline_s, auth)
     response = GradeResponse(results=results, summary=summarise(results),
                              elapsed_ms=round((time.perf_counter() - started) * 1000, 3))
     return Response(json.dumps(response.model_dump(mode="json")), media_type="application/json")

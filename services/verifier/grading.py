@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from services.common.reward_api import ItemResult, RewardItem
-from services.common.reward_specs import CodeSpec, RewardSpec
+from services.common.reward_specs import CodeSpec, RewardSpec, RubricSpec
 from services.common.settings import get_settings
 from services.verifier.pool import GraderPool, PoolOutcome
 
@@ -82,14 +82,26 @@ def _item_timeout(spec: Any) -> float:
     return configured
 
 
-async def grade_batch(spec: Any, items: list[RewardItem], deadline_s: float | None) -> list[ItemResult]:
+async def grade_batch(spec: Any, items: list[RewardItem], deadline_s: float | None,
+                      auth: str | None = None) -> list[ItemResult]:
+    if isinstance(spec, RubricSpec):  # an LLM judge over HTTP: it waits, so it stays off the process pool
+        from services.verifier.graders.rubric import grade_rubric_batch
+
+        return await grade_rubric_batch(spec, items, deadline_s, auth)
     outcomes = await get_pool().map(grade_one, _task_args(spec, items), item_timeout_s=_item_timeout(spec),
                                     deadline_s=deadline_s)
     return [_item_result(item, outcome) for item, outcome in zip(items, outcomes, strict=True)]
 
 
-async def grade_stream(spec: Any, items: list[RewardItem], deadline_s: float | None) -> AsyncIterator[ItemResult]:
+async def grade_stream(spec: Any, items: list[RewardItem], deadline_s: float | None,
+                       auth: str | None = None) -> AsyncIterator[ItemResult]:
     """Yield each item's result as soon as it is done (completion order, not request order)."""
+    if isinstance(spec, RubricSpec):
+        from services.verifier.graders.rubric import grade_rubric_stream
+
+        async for result in grade_rubric_stream(spec, items, deadline_s, auth):
+            yield result
+        return
     pool = get_pool()
     timeout = _item_timeout(spec)
     deadline = time.monotonic() + deadline_s if deadline_s else None

@@ -16,6 +16,7 @@ from services.common.reward_specs import (
     NutritionSpec,
     RegexSpec,
     RewardSpec,
+    RubricSpec,
     ToolCallSpec,
 )
 from services.verifier.graders.choice import grade_choice
@@ -60,6 +61,9 @@ def _dispatch(spec: RewardSpec, completion: str, ground_truth: Any) -> GradeResu
         return grade_nutrition(spec, completion, ground_truth)
     if isinstance(spec, MultiSpec):
         return grade_multi(spec, completion, ground_truth, grade)
+    if isinstance(spec, RubricSpec):
+        # An LLM judge over HTTP: grading.grade_batch sends it to graders.rubric, never to this sync path.
+        return failed("rubric specs are judged by the rubric_rm service, not in the grader pool")
     if isinstance(spec, CodeSpec):
         from services.verifier.graders.code import grade_code
 
