@@ -18,7 +18,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
-        'rubrics',
+        'rubric_versions',
         sa.Column('id', sa.String(length=32), nullable=False),
         sa.Column('project_id', sa.String(length=32), nullable=False),
         sa.Column('instruction_hash', sa.String(length=64), nullable=False),
@@ -28,13 +28,13 @@ def upgrade() -> None:
         sa.Column('rubric', sa.JSON(), nullable=False),
         sa.Column('method', sa.String(length=32), nullable=False),
         sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_rubrics_project_id_projects'),
+        sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_rubric_versions_project_id_projects'),
                                 ondelete='CASCADE'),
-        sa.PrimaryKeyConstraint('id', name=op.f('pk_rubrics')),
+        sa.PrimaryKeyConstraint('id', name=op.f('pk_rubric_versions')),
         sa.UniqueConstraint('project_id', 'instruction_hash', 'generator_version', 'version',
-                            name='uq_rubrics_cache_key_version'),
+                            name='uq_rubric_versions_cache_key_version'),
     )
-    op.create_index('ix_rubrics_cache_key', 'rubrics', ['project_id', 'instruction_hash', 'generator_version'],
+    op.create_index('ix_rubric_versions_cache_key', 'rubric_versions', ['project_id', 'instruction_hash', 'generator_version'],
                     unique=False)
     op.create_table(
         'rubric_jobs',
@@ -62,5 +62,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index(op.f('ix_rubric_jobs_project_id'), table_name='rubric_jobs')
     op.drop_table('rubric_jobs')
-    op.drop_index('ix_rubrics_cache_key', table_name='rubrics')
-    op.drop_table('rubrics')
+    op.drop_index('ix_rubric_versions_cache_key', table_name='rubric_versions')
+    op.drop_table('rubric_versions')

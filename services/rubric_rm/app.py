@@ -15,6 +15,7 @@ from fastapi.responses import Response
 
 from services.common.app_factory import create_service_app
 from services.common.auth import Principal, require_roles
+from services.common.llm.types import ChatBackend
 from services.common.models import Role
 from services.common.validation import ID_PATTERN
 from services.rubric_rm import jobs, operations, tasks
@@ -43,38 +44,44 @@ from services.rubric_rm.sft_export import export_generator_sft
 IdPath = Annotated[str, Path(pattern=ID_PATTERN, description="An id (32 hex characters).")]
 trainers = require_roles(Role.admin, Role.trainer)
 router = APIRouter(tags=["rubric_rm"])
+# The LLM backend as a dependency: settings pick it; tests override `judge_backend` with a test double.
+Backend = Annotated[ChatBackend, Depends(judge_backend)]
 
 
-async def _filter(body: FilterRequest) -> FilterReport:
+async def _filter(body: FilterRequest, backend: ChatBackend) -> FilterReport:
     if body.examples is not None:
         return consistency_filter(body.examples)
     assert body.pairs is not None
-    return await run_cdrrm_pipeline(judge_backend(), body.pairs, seed=body.seed)
+    return await run_cdrrm_pipeline(backend, body.pairs, seed=body.seed)
 
 
 @router.post("/v1/diagnose", response_model=DiagnosisResult)
-async def diagnose(body: DiagnoseRequest, _principal: Principal = Depends(trainers)) -> DiagnosisResult:
+async def diagnose(body: DiagnoseRequest, backend: Backend,
+                   _principal: Principal = Depends(trainers)) -> DiagnosisResult:
     """CDRRM step 1: a structured diagnosis of one response."""
-    return await diagnose_response(judge_backend(), body.instruction, body.response)
+    return await diagnose_response(backend, body.instruction, body.response)
 
 
 @router.post("/v1/rubrics/synthesise", response_model=SynthesisOut)
-async def synthesise(body: SynthesiseRequest, principal: Principal = Depends(trainers)) -> SynthesisOut:
+async def synthesise(body: SynthesiseRequest, backend: Backend,
+                     principal: Principal = Depends(trainers)) -> SynthesisOut:
     """CDRRM step 2: a rubric from both diagnoses, blind to which response won (stored with `store`)."""
-    return await operations.synthesise(principal, body, judge_backend())
+    return await operations.synthesise(principal, body, backend)
 
 
 @router.post("/v1/rubrics/filter", response_model=FilterReport)
-async def filter_rubrics(body: FilterRequest, _principal: Principal = Depends(trainers)) -> FilterReport:
+async def filter_rubrics(body: FilterRequest, backend: Backend,
+                         _principal: Principal = Depends(trainers)) -> FilterReport:
     """CDRRM step 3: drop every pair of an instruction if any of its rubrics predicts the wrong winner."""
-    return await _filter(body)
+    return await _filter(body, backend)
 
 
 @router.post("/v1/rubrics/generate", response_model=GeneratedRubric)
-async def generate(body: GenerateRubricRequest, principal: Principal = Depends(trainers)) -> GeneratedRubric:
+async def generate(body: GenerateRubricRequest, backend: Backend,
+                   principal: Principal = Depends(trainers)) -> GeneratedRubric:
     """A rubric for a new pair, reused from the store when the instruction and generator version match."""
     project_id = await operations.resolve_project(principal, body.project_id)
-    return await operations.generate_cached(project_id, body, judge_backend())
+    return await operations.generate_cached(project_id, body, backend)
 
 
 @router.get("/v1/rubrics/{rubric_id}", response_model=StoredRubricOut)
@@ -84,12 +91,12 @@ async def get_rubric(rubric_id: IdPath, principal: Principal = Depends(trainers)
 
 
 @router.post("/v1/rubrics/sft-export", responses={200: {"content": {"application/x-ndjson": {}}}})
-async def sft_export(body: SftExportRequest, _principal: Principal = Depends(trainers)) -> Response:
+async def sft_export(body: SftExportRequest, backend: Backend, _principal: Principal = Depends(trainers)) -> Response:
     """The rubric generator's SFT set as chat JSONL, the chosen answer first in exactly half the records.
 
     Counts are in the headers `X-Chosen-First`, `X-Chosen-Second`, `X-Skipped` (examples without a rubric).
     """
-    examples = body.examples if body.examples is not None else (await _filter(body)).kept
+    examples = body.examples if body.examples is not None else (await _filter(body, backend)).kept
     export = export_generator_sft(examples, seed=body.seed)
     text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in export.records)
     return Response(text, media_type="application/x-ndjson",
@@ -98,16 +105,17 @@ async def sft_export(body: SftExportRequest, _principal: Principal = Depends(tra
 
 
 @router.post("/v1/judge/pairwise", response_model=PairwiseJudgeResponse)
-async def judge_pairwise(body: PairwiseJudgeRequest, principal: Principal = Depends(trainers)) -> PairwiseJudgeResponse:
+async def judge_pairwise(body: PairwiseJudgeRequest, backend: Backend,
+                         principal: Principal = Depends(trainers)) -> PairwiseJudgeResponse:
     """Judge in both orders with a rubric (given, stored, or generated); the verdict is order-invariant."""
-    return await operations.judge_pair(principal, body, judge_backend())
+    return await operations.judge_pair(principal, body, backend)
 
 
 @router.post("/v1/judge/pointwise", response_model=PointwiseJudgeResponse)
-async def judge_pointwise(body: PointwiseJudgeRequest,
+async def judge_pointwise(body: PointwiseJudgeRequest, backend: Backend,
                           principal: Principal = Depends(trainers)) -> PointwiseJudgeResponse:
     """A scalar reward in [0, 1]: the share of hard rules passed, principles as a tie-break."""
-    return await operations.judge_point(principal, body, judge_backend())
+    return await operations.judge_point(principal, body, backend)
 
 
 @router.post("/v1/jobs", response_model=JobOut, status_code=202)

@@ -22,11 +22,11 @@ from services.common.models import new_id
 class StoredRubric(Base):
     """One version of the rubric for (project, instruction hash, generator version)."""
 
-    __tablename__ = "rubrics"
+    __tablename__ = "rubric_versions"
     __table_args__ = (
         UniqueConstraint("project_id", "instruction_hash", "generator_version", "version",
-                         name="uq_rubrics_cache_key_version"),
-        Index("ix_rubrics_cache_key", "project_id", "instruction_hash", "generator_version"),
+                         name="uq_rubric_versions_cache_key_version"),
+        Index("ix_rubric_versions_cache_key", "project_id", "instruction_hash", "generator_version"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)

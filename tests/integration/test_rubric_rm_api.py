@@ -286,7 +286,9 @@ def test_tiny_random_model_yields_parse_failures_never_scores(tiny_model_dir: Pa
     _configure(monkeypatch, REWARDHUB_LLM_LOCAL_MODEL_PATH=str(tiny_model_dir))
     assert isinstance(backends.judge_backend(), backends.TokenCap)  # a local model is built from settings
     # The same model with a short output budget keeps the test fast; random weights write nonsense anyway.
-    backends.pin_backend(backends.TokenCap(LocalTransformersBackend(tiny_model_dir, max_new_tokens=12), 12))
+    # It comes in through the route's backend dependency, the way a test swaps the judge.
+    tiny = backends.TokenCap(LocalTransformersBackend(tiny_model_dir, max_new_tokens=12), 12)
+    client.app.dependency_overrides[backends.judge_backend] = lambda: tiny  # type: ignore[attr-defined]
     point = post(client, tenant, "/v1/judge/pointwise", {"instruction": "q", "response": "r",
                                                          "rubric_text": RUBRIC_TEXT}).json()
     assert point["status"] == "invalid_input" and point["score"] is None and point["raw_output"] is not None
