@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +33,8 @@ def run_training(config: Any, *, title: str) -> Any:
 
     trainer = GRPOTrainer(config)
     resumed = trainer.resume()
+    if not trainer.collective.is_main:  # the main rank shows progress and writes the plot
+        return trainer.train()
     with _progress() as progress:
         task = progress.add_task("train", total=config.max_steps, completed=trainer.step,
                                  status="resumed" if resumed else "")
@@ -46,7 +50,26 @@ def run_training(config: Any, *, title: str) -> Any:
     return outcome
 
 
-def train(config_path: Annotated[Path, typer.Argument(help="A run config (YAML).", exists=False)]) -> None:
+def deepspeed_command(config_path: Path, num_gpus: int, master_port: int) -> list[str]:
+    """The ``deepspeed`` launcher running ``rewardhub train CONFIG`` once per GPU (rank)."""
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_gpus),
+            "--master_port", str(master_port), "--no_local_rank", "--module", "rewardhub.cli",
+            "train", str(config_path)]
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 1
+
+
+def train(
+    config_path: Annotated[Path, typer.Argument(help="A run config (YAML).", exists=False)],
+    num_gpus: Annotated[int | None, typer.Option(
+        "--num-gpus", min=1, help="Ranks for a config with a deepspeed section (default: every visible GPU, "
+                                  "or 1 on CPU); runs the deepspeed launcher.")] = None,
+    master_port: Annotated[int, typer.Option(help="Rendezvous port of the ranks (deepspeed runs).")] = 29500,
+) -> None:
     """Train a model with GRPO-family RL against the reward API (config: see README)."""
     from trainer.config import ConfigError, load_config
     from trainer.rewards import RewardServiceError
@@ -55,6 +78,13 @@ def train(config_path: Annotated[Path, typer.Argument(help="A run config (YAML).
         config = load_config(config_path)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="CONFIG") from None
+    if num_gpus is not None and config.deepspeed is None:
+        raise typer.BadParameter("--num-gpus needs a deepspeed section in the config", param_hint="--num-gpus")
+    if config.deepspeed is not None and "LOCAL_RANK" not in os.environ:
+        # Not yet inside a rank: start one per GPU and wait for them.
+        command = deepspeed_command(config_path.resolve(), num_gpus or _gpu_count(), master_port)
+        console.print(f"launching: {' '.join(command)}")
+        raise typer.Exit(subprocess.call(command))
     try:
         run_training(config, title=config_path.stem)
     except RewardServiceError as exc:

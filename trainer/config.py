@@ -57,7 +57,9 @@ class ModelConfig(_Strict):
     tiny: TinyModelConfig | None = Field(default=None, description="Build a tiny random model instead.")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
+        default=None, description="Unset: flash_attention_2 on a GPU with flash-attn installed and a 16-bit "
+                                  "dtype, otherwise transformers' default.")
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -99,6 +101,29 @@ class OverlongConfig(_Strict):
     factor: float = Field(default=1.0, ge=0)
 
 
+class DeepSpeedConfig(_Strict):
+    """Data-parallel training with DeepSpeed ZeRO, launched by ``rewardhub train --num-gpus N``.
+
+    ``prompts_per_step`` stays the global batch: each of the N ranks rolls out and trains on
+    ``prompts_per_step / N`` prompts, so a config means the same run on 1 or 8 GPUs. Under ZeRO-3
+    each rank gathers the full weights while it generates (ranks generate different lengths, so
+    layer-by-layer gathering would leave them waiting on each other).
+    """
+
+    zero_stage: Literal[2, 3] = Field(default=2, description="2: optimizer state and gradients sharded; "
+                                                             "3: parameters sharded as well.")
+    offload_optimizer: bool = Field(default=False, description="Keep optimizer state in CPU memory (ZeRO-Offload).")
+    offload_params: bool = Field(default=False, description="Keep sharded parameters in CPU memory (ZeRO-3 only).")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Raw DeepSpeed config keys merged "
+                                      "over the generated config (e.g. bucket sizes).")
+
+    @model_validator(mode="after")
+    def _offload_needs_stage3(self) -> DeepSpeedConfig:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params: parameter offload needs zero_stage 3")
+        return self
+
+
 class RunConfig(_Strict):
     model: ModelConfig
     dataset: str = Field(description="JSONL or Parquet in the veRL schema.")
@@ -106,6 +131,10 @@ class RunConfig(_Strict):
                                                                   "function in-process (tests, benchmarks).")
     engine: Literal["transformers", "vllm"] = "transformers"
     device: str = "cpu"
+    deepspeed: DeepSpeedConfig | None = Field(default=None, description="Multi-GPU data parallelism with "
+                                              "DeepSpeed ZeRO-2/3 (see README: Training on several GPUs).")
+    vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, lt=1, description="Share of GPU memory the "
+                                               "colocated vLLM engine may take (engine: vllm).")
 
     group_size: int = Field(default=8, ge=2, le=256, description="G, completions per prompt.")
     prompts_per_step: int = Field(default=4, ge=1)
@@ -154,6 +183,11 @@ class RunConfig(_Strict):
             raise ValueError(f"warmup_steps: {self.warmup_steps} must be smaller than max_steps ({self.max_steps})")
         if self.engine == "vllm" and self.device == "cpu":
             raise ValueError("engine: vllm needs a GPU device (device: cuda)")
+        if self.model.attn_implementation == "flash_attention_2":
+            if self.device == "cpu":
+                raise ValueError("model.attn_implementation: flash_attention_2 needs a GPU device (device: cuda)")
+            if self.model.dtype == "float32":
+                raise ValueError("model.attn_implementation: flash_attention_2 needs model.dtype bfloat16 or float16")
         if self.device == "cpu" and self.model.dtype == "float16":
             raise ValueError("model.dtype: float16 is not supported on CPU; use float32 or bfloat16")
         return self

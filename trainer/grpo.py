@@ -9,7 +9,7 @@ position, so a resumed run takes exactly the steps the uninterrupted one would h
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import logging
 import math
@@ -35,6 +35,14 @@ from trainer.algorithms import (
 )
 from trainer.config import RunConfig
 from trainer.data import PromptRow, PromptSampler, load_rows
+from trainer.distributed import (
+    Collective,
+    check_world_size,
+    deepspeed_config,
+    device_for_rank,
+    init_collective,
+)
+from trainer.policy import DeepSpeedPolicy, LocalPolicy, Policy, frozen_copy, sharded_reference
 from trainer.rewards import HttpRewards, RewardOutcome, RewardSource
 from trainer.rollout import Rollout, RolloutEngine, SamplingSettings, TransformersEngine
 
@@ -68,25 +76,32 @@ class Batch:
     completion_ids: torch.Tensor  # (B, T)
 
 
-def build_model(config: RunConfig, work_dir: Path) -> tuple[Any, Any]:
+def build_model(config: RunConfig, work_dir: Path, *, device: str | None = None,
+                collective: Collective | None = None) -> tuple[Any, Any]:
     """The policy and its tokenizer from a local directory, or a tiny random model built here."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    collective = collective or Collective()
     if config.model.tiny is not None:
         from services.common.tiny_models import build_tiny_causal_lm
 
         tiny = config.model.tiny
-        path = build_tiny_causal_lm(work_dir / "base-model", seed=tiny.seed, hidden_size=tiny.hidden_size,
-                                    num_layers=tiny.num_layers, num_heads=tiny.num_heads,
-                                    num_kv_heads=tiny.num_kv_heads)
+        path = work_dir / "base-model"
+        if collective.is_main:  # one writer; the other ranks load what it wrote
+            build_tiny_causal_lm(path, seed=tiny.seed, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
+                                 num_heads=tiny.num_heads, num_kv_heads=tiny.num_kv_heads)
+        collective.barrier()
     else:
         path = Path(config.model.path or "")
         if not path.is_dir():
             raise FileNotFoundError(f"model.path: {path} is not a local model directory")
     kwargs: dict[str, Any] = {"dtype": getattr(torch, config.model.dtype), "local_files_only": True}
-    if config.model.attn_implementation:
-        kwargs["attn_implementation"] = config.model.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs).to(config.device)
+    attention = config.model.attn_implementation or _default_attention(config)
+    if attention:
+        kwargs["attn_implementation"] = attention
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if not _zero3(config):  # under ZeRO-3 the weights were loaded already sharded onto the device
+        model = model.to(device or config.device)
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -95,22 +110,17 @@ def build_model(config: RunConfig, work_dir: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def lr_lambda(config: RunConfig) -> Callable[[int], float]:
-    """Multiplier of the base learning rate after ``n`` optimizer steps: linear warm-up, then the schedule."""
-    total = config.max_steps * config.mini_batches
-    warmup = config.warmup_steps * config.mini_batches
+def _default_attention(config: RunConfig) -> str | None:
+    """flash_attention_2 where it can run (GPU, 16-bit weights, flash-attn installed), else transformers' choice."""
+    if not config.device.startswith("cuda") or config.model.dtype == "float32":
+        return None
+    import importlib.util
 
-    def factor(n: int) -> float:
-        if warmup and n < warmup:
-            return (n + 1) / warmup
-        progress = min(1.0, (n - warmup) / max(1, total - warmup))
-        if config.lr_schedule == "linear":
-            return 1.0 - progress
-        if config.lr_schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else None
 
-    return factor
+
+def _zero3(config: RunConfig) -> bool:
+    return config.deepspeed is not None and config.deepspeed.zero_stage == 3
 
 
 def collate(rollouts: list[Rollout], pad_id: int) -> Batch:
@@ -151,40 +161,56 @@ class GRPOTrainer:
     """Trains ``config``'s model against ``rewards`` (default: the rewardhub API the config names)."""
 
     def __init__(self, config: RunConfig, *, rewards: RewardSource | None = None,
-                 output_dir: Path | None = None, engine: RolloutEngine | None = None) -> None:
+                 output_dir: Path | None = None, engine: RolloutEngine | None = None,
+                 collective: Collective | None = None) -> None:
         self.config = config
+        self.collective = collective or init_collective(config)
+        check_world_size(config, self.collective.world_size)
         self.output_dir = Path(output_dir or config.output_dir or "runs/latest")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
         self.rows: list[PromptRow] = load_rows(config.dataset)
-        self.model, self.tokenizer = build_model(config, self.output_dir)
-        self.model.train()
-        self.reference = self._frozen_copy() if config.beta > 0 else None
+        self.device = device_for_rank(config)
+        if _zero3(config):
+            # While this object lives, from_pretrained loads the weights straight into ZeRO-3 shards.
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_deepspeed = HfDeepSpeedConfig(deepspeed_config(config, self.collective.world_size))
+        model, self.tokenizer = build_model(config, self.output_dir, device=self.device, collective=self.collective)
+        model.train()
+        self.reference: Any = frozen_copy(model) if config.beta > 0 and not _zero3(config) else None
+        self.policy: Policy = (DeepSpeedPolicy(model, config, self.collective) if config.deepspeed is not None
+                               else LocalPolicy(model, config))
+        if config.beta > 0 and isinstance(self.policy, DeepSpeedPolicy) and self.policy.zero3:
+            fresh, _ = build_model(config, self.output_dir, device=self.device, collective=self.collective)
+            self.reference = sharded_reference(fresh, self.policy)
+        self.model = self.policy.module
+        self.scheduler = self.policy.scheduler
         self.engine = engine or self._engine()
         self.rewards = rewards if rewards is not None else HttpRewards(config.reward)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
-                                           weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
         self.sampler = PromptSampler(len(self.rows), config.seed)
         self.step = 0
         self.prompt_cache: dict[int, list[int]] = {}
 
     # ---------------------------------------------------------------- setup
 
-    def _frozen_copy(self) -> Any:
-        reference = copy.deepcopy(self.model)
-        reference.eval()
-        for parameter in reference.parameters():
-            parameter.requires_grad_(False)
-        return reference
-
     def _engine(self) -> RolloutEngine:
         if self.config.engine == "vllm":
             from trainer.rollout import VLLMEngine
 
             return VLLMEngine(str(self.output_dir / "base-model") if self.config.model.tiny else
-                              str(self.config.model.path), self.tokenizer)
+                              str(self.config.model.path), self.tokenizer,
+                              gpu_memory_utilization=self.config.vllm_gpu_memory_utilization,
+                              dtype=self.config.model.dtype, rank=self.collective.rank,
+                              distributed=self.collective.distributed)
         return TransformersEngine(self.model, self.tokenizer)
+
+    def _sync_engine(self) -> None:
+        if isinstance(self.engine, TransformersEngine):
+            self.engine.sync_weights(self.model)  # it samples with the policy module itself
+        else:
+            with self.policy.gathered():  # full tensors under ZeRO-3
+                self.engine.sync_weights(self.model)
 
     def encode_prompt(self, index: int) -> list[int]:
         if index not in self.prompt_cache:
@@ -202,19 +228,19 @@ class GRPOTrainer:
 
     def save_checkpoint(self) -> Path:
         state = checkpoint.TrainingState(step=self.step, sampler=self.sampler.state_dict(), extra={})
-        return checkpoint.save(self.output_dir / CHECKPOINTS, model=self.model, optimizer=self.optimizer,
-                               scheduler=self.scheduler, state=state)
+        return self.policy.save(self.output_dir / CHECKPOINTS, state)
 
     def resume(self, path: Path | None = None) -> bool:
         """Load ``path`` (default: the latest checkpoint in the output dir); False if there is none."""
         path = path or checkpoint.latest(self.output_dir / CHECKPOINTS)
         if path is None:
             return False
-        state = checkpoint.load(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        state = self.policy.load(path)
         self.step = state.step
         self.sampler.load_state_dict(state.sampler)
-        self._truncate_metrics(state.step)
-        self.engine.sync_weights(self.model)
+        if self.collective.is_main:
+            self._truncate_metrics(state.step)
+        self._sync_engine()
         logger.info("resumed from %s at step %d", path, self.step)
         return True
 
@@ -260,50 +286,75 @@ class GRPOTrainer:
             rewards = rewards + penalty  # NaN stays NaN: an unscored rollout gets no penalty either
         return rewards
 
-    def _collect(self, seed: int) -> tuple[list[Rollout], list[RewardOutcome], torch.Tensor, dict[str, float]]:
-        """One rollout batch; with dynamic sampling, groups without signal are replaced by fresh prompts."""
-        config = self.config
+    def _collect(self, seed: int) -> tuple[list[Rollout], torch.Tensor, dict[str, float]]:
+        """This rank's share of one rollout batch, with its rewards; with dynamic sampling, groups
+        without signal are replaced by fresh prompts. Ranks draw in lockstep from one shared sampler."""
+        config, world = self.config, self.collective
+        group = config.group_size
+        per_rank = config.prompts_per_step // world.world_size
         kept_rollouts: list[Rollout] = []
-        kept_outcomes: list[RewardOutcome] = []
         kept_rewards: list[torch.Tensor] = []
-        generation_s, tokens, drawn, all_outcomes = 0.0, 0, 0, []
+        generation_s, tokens, drawn = 0.0, 0, 0
+        scores: list[float | None] = []
         rounds = 0
         while True:
-            needed = config.prompts_per_step - len(kept_rollouts) // config.group_size
-            indices = self.sampler.take(needed)
-            drawn += needed
-            rollouts, outcomes, seconds, n_tokens = self._rollouts(indices, seed * 101 + rounds)
+            needed = per_rank - len(kept_rollouts) // group
+            width = world.max_int(needed)
+            mine = self.sampler.take(width * world.world_size)[world.rank * width: world.rank * width + needed]
+            drawn += len(mine)
+            if mine:
+                round_seed = (seed * 101 + rounds) * world.world_size + world.rank
+                rollouts, outcomes, seconds, n_tokens = self._rollouts(mine, round_seed)
+            else:  # this rank's batch is full; it still keeps step with the others' draws
+                rollouts, outcomes, seconds, n_tokens = [], [], 0.0, 0
             generation_s += seconds
             tokens += n_tokens
-            all_outcomes.extend(outcomes)
+            scores.extend(o.score for o in outcomes)
             rewards = self._reward_tensor(rollouts, outcomes)
             if config.dynamic_sampling and rounds < config.max_resample_rounds:
-                keep = informative_groups(rewards, config.group_size).repeat_interleave(config.group_size)
+                keep = informative_groups(rewards, group).repeat_interleave(group)
             else:
                 keep = torch.ones(len(rollouts), dtype=torch.bool)
-            for i in torch.nonzero(keep).flatten().tolist():
-                kept_rollouts.append(rollouts[i])
-                kept_outcomes.append(outcomes[i])
+            kept_rollouts.extend(rollouts[i] for i in torch.nonzero(keep).flatten().tolist())
             kept_rewards.append(rewards[keep])
             rounds += 1
-            if len(kept_rollouts) >= config.rollouts_per_step or not config.dynamic_sampling \
-                    or rounds > config.max_resample_rounds:
+            done = (len(kept_rollouts) >= per_rank * group or not config.dynamic_sampling
+                    or rounds > config.max_resample_rounds)
+            if not world.any(not done):
                 break
         # Re-index prompts so each kept group is contiguous with its own index.
         for n, rollout in enumerate(kept_rollouts):
-            rollout.prompt_index = n // config.group_size
-        scored = [o.score for o in all_outcomes if o.score is not None]
-        stats = {
+            rollout.prompt_index = n // group
+        return kept_rollouts, torch.cat(kept_rewards), self._rollout_stats(scores, drawn, tokens, generation_s)
+
+    def _rollout_stats(self, scores: list[float | None], drawn: int, tokens: int,
+                       generation_s: float) -> dict[str, float]:
+        """Reward and throughput numbers over every rank's rollouts."""
+        parts = self.collective.all_gather((scores, drawn, tokens, generation_s))
+        every = [score for part in parts for score in part[0]]
+        scored = [score for score in every if score is not None]
+        tokens_all = sum(part[2] for part in parts)
+        slowest = max(part[3] for part in parts)  # ranks generate side by side
+        return {
             "reward_mean": sum(scored) / len(scored) if scored else math.nan,
             "reward_std": float(torch.tensor(scored).std()) if len(scored) > 1 else 0.0,
-            "non_ok_share": 1.0 - len(scored) / max(1, len(all_outcomes)),
-            "non_ok_count": float(len(all_outcomes) - len(scored)),
-            "prompts_drawn": float(drawn),
-            "tokens_per_s": tokens / generation_s if generation_s > 0 else 0.0,
-            "generation_s": generation_s,
-            "completion_length_mean": tokens / max(1, len(all_outcomes)),
+            "non_ok_share": 1.0 - len(scored) / max(1, len(every)),
+            "non_ok_count": float(len(every) - len(scored)),
+            "prompts_drawn": float(sum(part[1] for part in parts)),
+            "tokens_per_s": tokens_all / slowest if slowest > 0 else 0.0,
+            "generation_s": slowest,
+            "completion_length_mean": tokens_all / max(1, len(every)),
         }
-        return kept_rollouts, kept_outcomes, torch.cat(kept_rewards), stats
+
+    def _advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This rank's advantages, computed over every rank's rewards (batch scaling needs them all),
+        and the share of informative groups."""
+        parts = self.collective.all_gather(rewards.tolist())
+        everything = torch.tensor([value for part in parts for value in part], dtype=torch.float32)
+        advantages = group_advantages(everything, self.config.group_size, scale_rewards=self.config.scale_rewards)
+        start = sum(len(part) for part in parts[: self.collective.rank])
+        share = float(informative_groups(everything, self.config.group_size).float().mean())
+        return advantages[start: start + len(rewards)], share
 
     def _update(self, batch: Batch, advantages: torch.Tensor, seed: int) -> dict[str, float]:
         """``mini_batches`` optimizer steps over the rollout batch, ``gradient_accumulation`` micro-batches each."""
@@ -311,12 +362,13 @@ class GRPOTrainer:
         # With one optimizer step per rollout batch the policy that sampled is the one being updated:
         # π_old = π_θ (detached), so the extra no-grad forward is skipped, as TRL does.
         on_policy = config.mini_batches == 1
+        forward = self.policy.forward_model
         with torch.no_grad():
             old_logp = (None if on_policy else
-                        completion_logprobs(self.model, batch, config.temperature)[0])
+                        completion_logprobs(forward, batch, config.temperature)[0])
             ref_logp = (completion_logprobs(self.reference, batch, config.temperature)[0]
                         if self.reference is not None else None)
-        device = next(self.model.parameters()).device
+        device = torch.device(self.device)
         mask = batch.completion_mask.to(device)
         advantages = advantages.to(device)
         order = torch.randperm(len(advantages), generator=torch.Generator().manual_seed(seed))
@@ -326,11 +378,10 @@ class GRPOTrainer:
         loss_total, grad_norm_total, n_micro = 0.0, 0.0, 0
         for mini in range(config.mini_batches):
             rows = order[mini * per_optimizer_step:(mini + 1) * per_optimizer_step]
-            tokens_in_mini = mask[rows].sum()
-            self.optimizer.zero_grad(set_to_none=True)
+            tokens_in_mini = self._tokens_per_rank(mask[rows].sum()) if config.loss_type == "dapo" else None
             for micro in range(config.gradient_accumulation):
                 part = rows[micro * per_micro:(micro + 1) * per_micro]
-                logp, entropy = completion_logprobs(self.model, _slice(batch, part), config.temperature,
+                logp, entropy = completion_logprobs(forward, _slice(batch, part), config.temperature,
                                                     with_entropy=True)
                 old = logp.detach() if old_logp is None else old_logp[part]
                 out = grpo_policy_loss(
@@ -338,35 +389,40 @@ class GRPOTrainer:
                     eps_low=config.epsilon_low, eps_high=config.epsilon_high, dual_clip_c=config.dual_clip_c,
                     beta=config.beta, ref_logp=ref_logp[part] if ref_logp is not None else None,
                     kl_times_ratio=config.kl_times_ratio, max_completion_length=config.max_completion_length,
-                    num_items_in_batch=tokens_in_mini if config.loss_type == "dapo" else None)
+                    num_items_in_batch=tokens_in_mini)
                 # dapo already divides by the mini-batch's token count; the others are per-micro means.
                 loss = out.loss if config.loss_type == "dapo" else out.loss / config.gradient_accumulation
-                loss.backward()
+                self.policy.backward(loss)
                 loss_total += float(loss.detach())
                 for name, value in out.metrics.items():
                     sums[name] = sums.get(name, 0.0) + value
                 if entropy is not None:
                     sums["entropy"] = sums.get("entropy", 0.0) + float(masked_mean(entropy, mask[part]))
                 n_micro += 1
-            if config.max_grad_norm is not None:
-                grad_norm_total += float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                                        config.max_grad_norm))
-            self.optimizer.step()
-            self.scheduler.step()
+                grad_norm = self.policy.micro_step(boundary=micro == config.gradient_accumulation - 1)
+                grad_norm_total += grad_norm or 0.0
         metrics = {name: value / n_micro for name, value in sums.items()}
         metrics["loss"] = loss_total / config.mini_batches
         metrics["grad_norm"] = grad_norm_total / config.mini_batches
-        return metrics
+        return self.collective.mean_metrics(metrics)
+
+    def _tokens_per_rank(self, local_tokens: torch.Tensor) -> torch.Tensor:
+        """dapo's normaliser: the mini-batch's tokens over all ranks, divided by the ranks, because
+        data parallelism averages the ranks' gradients (the sum over every token / every token)."""
+        if not self.collective.distributed:
+            return local_tokens
+        total = sum(self.collective.all_gather(float(local_tokens)))
+        return torch.tensor(total / self.collective.world_size, device=local_tokens.device)
 
     def train_step(self) -> dict[str, Any]:
         started = time.perf_counter()
         seed = self.config.seed * 1_000_003 + self.step
-        rollouts, _outcomes, rewards, metrics = self._collect(seed)
-        advantages = group_advantages(rewards, self.config.group_size, scale_rewards=self.config.scale_rewards)
-        metrics["informative_group_share"] = float(informative_groups(rewards, self.config.group_size)
-                                                   .float().mean())
+        with self.policy.generation():  # every rank enters once, however many rounds it generates
+            rollouts, rewards, metrics = self._collect(seed)
+        advantages, metrics["informative_group_share"] = self._advantages(rewards)
         # With beta > 0 the KL term still pulls towards the reference even when every advantage is 0.
-        if bool((advantages != 0).any()) or self.config.beta > 0:
+        # The decision is the same on every rank: each computed advantages over all of them.
+        if self.collective.any(bool((advantages != 0).any())) or self.config.beta > 0:
             batch = collate(rollouts, self.tokenizer.pad_token_id)
             metrics.update(self._update(batch, advantages, seed))
         else:
@@ -377,7 +433,7 @@ class GRPOTrainer:
                 for _ in range(self.config.mini_batches):
                     self.scheduler.step()
             metrics.update({"loss": 0.0, "skipped_update": 1.0})
-        self.engine.sync_weights(self.model)
+        self._sync_engine()
         self.step += 1
         metrics["step"] = self.step
         metrics["lr"] = self.scheduler.get_last_lr()[0]
@@ -391,17 +447,20 @@ class GRPOTrainer:
         """Train to ``max_steps`` (from where a resumed run left off); checkpoint on cadence, cancel and end."""
         history: list[dict[str, Any]] = []
         last_checkpoint: Path | None = checkpoint.latest(self.output_dir / CHECKPOINTS)
+        main = self.collective.is_main
         try:
-            with (self.output_dir / METRICS_FILE).open("a") as log:
+            with (self.output_dir / METRICS_FILE).open("a") if main else contextlib.nullcontext() as log:
                 while self.step < self.config.max_steps:
-                    if should_stop is not None and should_stop():
+                    # The main rank decides; every rank stops at the same step.
+                    if self.collective.any(main and should_stop is not None and should_stop()):
                         last_checkpoint = self.save_checkpoint()
                         return RunOutcome("cancelled", self.step, last_checkpoint, history)
                     metrics = self.train_step()
                     history.append(metrics)
-                    log.write(json.dumps(metrics) + "\n")
-                    log.flush()
-                    if on_step is not None:
+                    if log is not None:
+                        log.write(json.dumps(metrics) + "\n")
+                        log.flush()
+                    if on_step is not None and main:
                         on_step(self.step, metrics)
                     every = self.config.checkpoint_every
                     if every and self.step % every == 0 and self.step < self.config.max_steps:

@@ -89,22 +89,38 @@ def _until_eos(tokens: list[int], eos: int | None) -> tuple[list[int], bool]:
 
 
 class VLLMEngine:
-    """vLLM sampling on GPU; the policy's weights are pushed into vLLM after every optimizer step."""
+    """vLLM sampling on GPU, colocated with training; the policy's weights are pushed into vLLM's
+    model after every optimizer step.
+
+    The engine runs in this process (no engine-core subprocess) so that its model object can be
+    reached to load weights; in a DeepSpeed run each rank holds its own engine on its own GPU
+    (vLLM's ``external_launcher`` backend joins the ranks' process group instead of starting one).
+    """
 
     def __init__(self, model_path: str, tokenizer: Any, gpu_memory_utilization: float = 0.3,
-                 dtype: str = "bfloat16") -> None:
+                 dtype: str = "bfloat16", rank: int = 0, distributed: bool = False) -> None:
+        import os
+
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
             from vllm import LLM
         except ImportError as exc:  # the gpu extra is optional
             raise RuntimeError("the vLLM rollout engine needs the gpu extra: pip install 'rewardhub[gpu]'") from exc
         self.tokenizer = tokenizer
-        self.llm = LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                       enable_prefix_caching=True)
+        extra: dict[str, Any] = {"distributed_executor_backend": "external_launcher"} if distributed else {}
+        self.llm = LLM(model=model_path, dtype="float16" if dtype == "float16" else "bfloat16",
+                       gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True,
+                       tensor_parallel_size=1, seed=rank, **extra)
+
+    def _model(self) -> Any:
+        executor = self.llm.llm_engine.model_executor
+        return executor.driver_worker.model_runner.model
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        # In-process engine (no tensor parallelism): load the policy's tensors into vLLM's model.
-        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-        runner.model.load_weights(((name, t.detach()) for name, t in model.state_dict().items()))
+        weights = ((name, tensor.detach()) for name, tensor in model.state_dict().items())
+        self._model().load_weights(weights)
+        # Cached prefixes hold keys and values computed with the old weights.
+        self.llm.reset_prefix_cache()
 
     def generate(self, prompts: list[list[int]], sampling: SamplingSettings, seed: int) -> list[Rollout]:
         from vllm import SamplingParams

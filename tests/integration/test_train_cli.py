@@ -51,3 +51,9 @@ def test_reward_outage_exits_non_zero_with_the_cause(tmp_path: Path) -> None:
                                                 "max_retries": 0})), ])
     assert result.exit_code == 1, result.output
     assert "127.0.0.1:9" in result.output
+
+
+def test_num_gpus_needs_a_deepspeed_section(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", str(write_config(tmp_path, "http://127.0.0.1:1")), "--num-gpus", "2"])
+    assert result.exit_code == 2
+    assert "--num-gpus needs a deepspeed section" in result.output

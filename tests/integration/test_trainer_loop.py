@@ -125,8 +125,7 @@ def test_cancel_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
     assert checkpoint.latest(Path(config.output_dir) / CHECKPOINTS) == outcome.checkpoint
 
     fresh = GRPOTrainer(make_config(tmp_path, "fresh"), rewards=CallableRewards(letter_share))
-    state = checkpoint.load(outcome.checkpoint, model=fresh.model, optimizer=fresh.optimizer,
-                            scheduler=fresh.scheduler)
+    state = fresh.policy.load(outcome.checkpoint)
     assert state.step == 1 and state.sampler["position"] == config.prompts_per_step
     trained = trainer.model.state_dict()
     assert all(torch.equal(value, trained[name]) for name, value in fresh.model.state_dict().items())

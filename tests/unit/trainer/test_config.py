@@ -47,6 +47,14 @@ def test_defaults_and_derived_sizes() -> None:
     ({"reward": {"spec": {"type": "regex", "pattern": "("}}}, "reward.spec", "not a valid regular expression"),
     ({"reward": {"spec": "not a ref!"}}, "reward.spec", "name@version"),
     ({"reward": {"spec": "gsm8k@2", "concurrency": 0}}, "reward.concurrency", "greater than or equal to 1"),
+    ({"deepspeed": {"zero_stage": 1}}, "deepspeed.zero_stage", "2 or 3"),
+    ({"deepspeed": {"zero_stage": 2, "offload_params": True}}, "deepspeed", "needs zero_stage 3"),
+    ({"deepspeed": {"zero": 3}}, "deepspeed.zero", "Extra inputs are not permitted"),
+    ({"model": {"tiny": {}, "attn_implementation": "flash_attention_2"}}, "model.attn_implementation",
+     "needs a GPU"),
+    ({"model": {"tiny": {}, "attn_implementation": "flash_attention_2"}, "device": "cuda"},
+     "model.attn_implementation", "bfloat16 or float16"),
+    ({"vllm_gpu_memory_utilization": 1.0}, "vllm_gpu_memory_utilization", "less than 1"),
 ])
 def test_bad_settings_name_the_field(overrides: dict[str, Any], field: str, words: str) -> None:
     with pytest.raises(ConfigError) as error:
