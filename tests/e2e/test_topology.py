@@ -4,7 +4,9 @@ Each service of `rewardhub.service_map.SERVICES`, and the Celery worker, is star
 command docker-compose.yml gives it (`rewardhub` from this virtualenv, loopback host, a free
 port), against the real PostgreSQL and Redis, with `REWARDHUB_<NAME>_URL` pointing at the other
 processes. The compose `migrate` command runs first, the compose healthchecks are run against
-the live processes, and one `/v1/rewards` request crosses from the gateway to the verifier.
+the live processes, one `/v1/rewards` request crosses from the gateway to the verifier, and one
+rubric job goes from the rubric_rm process through Redis to the worker, which judges with
+ScriptedLLMServer (an OpenAI-compatible TEST DOUBLE on a loopback port) and writes to Postgres.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from rewardhub.service_map import SERVICES
+from services.common.llm.scripted import ScriptedLLMServer
 from services.common.tasks import make_celery
 from tests.conftest import REPO_ROOT
+from tests.integration.test_rubric_rm_api import RUBRIC_TEXT, judge_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -127,7 +131,7 @@ class Topology:
 
 
 def process_env(compose_env: dict[str, Any], *, database_url: str, redis_url: str, data_dir: Path,
-                urls: dict[str, str]) -> dict[str, str]:
+                urls: dict[str, str], llm_url: str) -> dict[str, str]:
     """The compose environment of a service, with the infrastructure moved to this machine."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "REDIS_URL")
@@ -135,7 +139,8 @@ def process_env(compose_env: dict[str, Any], *, database_url: str, redis_url: st
     variables = {"REWARDHUB_SECRET_KEY": SECRET_KEY}
     env.update({key: interpolate(str(value), variables) for key, value in compose_env.items()})
     env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, REWARDHUB_DATA_DIR=str(data_dir),
-               REWARDHUB_LOG_JSON="false", REWARDHUB_LLM_BASE_URL="")
+               REWARDHUB_LOG_JSON="false", REWARDHUB_LLM_BASE_URL=llm_url, REWARDHUB_LLM_MODEL="judge",
+               REWARDHUB_LLM_MAX_RETRIES="0")
     for key in list(env):
         match = SERVICE_URL.fullmatch(key)
         if match and key != "REWARDHUB_LLM_BASE_URL":
@@ -182,7 +187,13 @@ def request_count(url: str, service: str, route: str) -> float:
 
 
 @pytest.fixture
-def topology(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[Topology]:
+def judge_double() -> Iterator[str]:
+    with ScriptedLLMServer(judge_script) as server:
+        yield server.start()
+
+
+@pytest.fixture
+def topology(postgres_url: str, redis_url: str, tmp_path: Path, judge_double: str) -> Iterator[Topology]:
     compose = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
     ports = {name: free_port() for name in SERVICES}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
@@ -190,7 +201,7 @@ def topology(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[Topo
 
     def env_of(compose_name: str) -> dict[str, str]:
         return process_env(compose[compose_name].get("environment", {}), database_url=postgres_url,
-                           redis_url=redis_url, data_dir=data_dir, urls=urls)
+                           redis_url=redis_url, data_dir=data_dir, urls=urls, llm_url=judge_double)
 
     topo = Topology(compose=compose, env=env_of(compose_service_for(compose, "migrate")), workdir=tmp_path)
     try:
@@ -241,3 +252,32 @@ def test_compose_topology_serves_a_reward_request_across_processes(topology: Top
     assert [r["status"] for r in results] == ["ok", "ok"]
     # The grading happened in the verifier process, reached over HTTP.
     assert request_count(verifier.url, "verifier", "/v1/grade") == graded_before + 1
+
+
+def test_rubric_job_runs_on_the_worker_through_redis(topology: Topology) -> None:
+    rubric_rm, worker = topology.running["rubric_rm"], topology.running["worker"]
+    project_id = run_cli(["projects", "create", "jobs"], topology.env, topology.workdir).strip().splitlines()[-1]
+    key = run_cli(["keys", "create", "--role", "trainer", "--project", project_id], topology.env,
+                  topology.workdir).strip().splitlines()[-1]
+    headers = {"Authorization": f"Bearer {key}"}
+    items = [{"instruction": "2+2?", "response": "4" if i % 2 else "5 WRONG", "rubric_text": RUBRIC_TEXT}
+             for i in range(8)]
+    created = httpx.post(rubric_rm.url + "/v1/jobs", json={"project_id": project_id, "kind": "judge_pointwise",
+                                                           "items": items}, headers=headers, timeout=60)
+    assert created.status_code == 202, f"{created.text}\n{topology.logs()}"
+    job_id = created.json()["id"]
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{rubric_rm.url}/v1/jobs/{job_id}", headers=headers, timeout=30).json()
+        if body["state"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.2)
+    assert body["state"] == "succeeded", f"{body}\n{topology.logs()}"
+    assert body["done"] == body["total"] == 8 and body["progress"] == 1.0
+    assert [r["status"] for r in body["results"]] == ["ok"] * 8
+    scores = [r["score"] for r in body["results"]]
+    assert scores[1] > scores[0]  # the double passes the right answer's rules and fails the wrong one's
+    # The worker process ran it (taken from Redis), not the API process.
+    assert "rubric_rm.run_job" in worker.log.read_text(errors="replace")
+    assert "rubric_rm.run_job" not in rubric_rm.log.read_text(errors="replace")

@@ -261,3 +261,18 @@ def test_prompt_sampler_resumes_its_order() -> None:
     resumed = PromptSampler(5, seed=3)
     resumed.load_state_dict(interrupted.state_dict())
     assert [resumed.take(3), resumed.take(3)] == taken[2:]
+
+
+def test_bf16_weights_with_gradient_checkpointing_train(tmp_path: Path) -> None:
+    """The GPU settings also run on CPU: bfloat16 weights, activations recomputed in backward."""
+    config = make_config(tmp_path, "bf16", max_steps=2, model={"tiny": {"seed": 0}, "dtype": "bfloat16",
+                                                                "gradient_checkpointing": True})
+    trainer = GRPOTrainer(config, rewards=CallableRewards(letter_share))
+    assert trainer.model.is_gradient_checkpointing
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.bfloat16}
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    outcome = trainer.train()
+    assert outcome.status == "succeeded"
+    assert all(math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) for m in outcome.history)
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
