@@ -148,3 +148,16 @@ def test_prometheus_exports_the_metrics_of_running_runs(live_server: LiveServer)
         run_id = run.id
     text = httpx.get(f"{live_server.url}/metrics").text
     assert f'rewardhub_trainer_reward_mean{{run_id="{run_id}"}} 0.625' in text
+
+
+def test_a_deepspeed_run_is_one_rank_in_its_worker(trainer_client: httpx.Client, live_server: LiveServer,
+                                                   tmp_path: Path) -> None:
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (dev extra)")
+    config = run_config(tmp_path, live_server.url, max_steps=2, deepspeed={"zero_stage": 2})
+    created = trainer_client.post(RUNS, json={"name": "zero2", "config": config})
+    assert created.status_code == 201, created.text
+    run = wait_for(trainer_client, created.json()["id"], lambda r: r["status"] in ("succeeded", "failed"))
+    assert run["status"] == "succeeded", run
+    final = Path(run["checkpoint"])
+    assert json.loads((final / "state.json").read_text())["world_size"] == 1  # a DeepSpeed checkpoint
+    assert (final / "rng-rank0.pt").exists() and (final / "model.pt").exists()
