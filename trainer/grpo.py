@@ -138,10 +138,14 @@ def collate(rollouts: list[Rollout], pad_id: int) -> Batch:
     return Batch(input_ids, attention, position_ids, completion_mask, input_ids[:, p_max:].clone())
 
 
-def completion_logprobs(model: Any, batch: Batch, temperature: float, *,
-                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log π(y_t | x, y_<t) on completion tokens ``(B, T)``, and optionally their entropies."""
-    device = next(model.parameters()).device
+def completion_logprobs(model: Any, batch: Batch, temperature: float, *, with_entropy: bool = False,
+                        device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(y_t | x, y_<t) on completion tokens ``(B, T)``, and optionally their entropies.
+
+    ``device`` is where the forward runs; by default the parameters' device (with ZeRO-3 parameter
+    offload the parameters rest in CPU memory while the forward runs on the GPU).
+    """
+    device = device or next(model.parameters()).device
     t_max = batch.completion_ids.shape[1]
     # The logit at column c predicts the token at c + 1: the last T + 1 columns cover the completion.
     logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
@@ -203,7 +207,7 @@ class GRPOTrainer:
                               gpu_memory_utilization=self.config.vllm_gpu_memory_utilization,
                               dtype=self.config.model.dtype, rank=self.collective.rank,
                               distributed=self.collective.distributed)
-        return TransformersEngine(self.model, self.tokenizer)
+        return TransformersEngine(self.model, self.tokenizer, device=self.device)
 
     def _sync_engine(self) -> None:
         if isinstance(self.engine, TransformersEngine):
@@ -365,8 +369,8 @@ class GRPOTrainer:
         forward = self.policy.forward_model
         with torch.no_grad():
             old_logp = (None if on_policy else
-                        completion_logprobs(forward, batch, config.temperature)[0])
-            ref_logp = (completion_logprobs(self.reference, batch, config.temperature)[0]
+                        completion_logprobs(forward, batch, config.temperature, device=self.device)[0])
+            ref_logp = (completion_logprobs(self.reference, batch, config.temperature, device=self.device)[0]
                         if self.reference is not None else None)
         device = torch.device(self.device)
         mask = batch.completion_mask.to(device)
@@ -382,7 +386,7 @@ class GRPOTrainer:
             for micro in range(config.gradient_accumulation):
                 part = rows[micro * per_micro:(micro + 1) * per_micro]
                 logp, entropy = completion_logprobs(forward, _slice(batch, part), config.temperature,
-                                                    with_entropy=True)
+                                                    with_entropy=True, device=self.device)
                 old = logp.detach() if old_logp is None else old_logp[part]
                 out = grpo_policy_loss(
                     logp, old, advantages[part], mask[part], loss_type=config.loss_type,

@@ -38,9 +38,10 @@ class RolloutEngine(Protocol):
 class TransformersEngine:
     """Samples with the policy itself (``model.generate``): no weight copy, works on CPU."""
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any, device: torch.device | str | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.device = device
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -56,7 +57,7 @@ class TransformersEngine:
         for i, ids in enumerate(prompts):
             input_ids[i, width - len(ids):] = torch.tensor(ids)
             attention[i, width - len(ids):] = 1
-        device = next(self.model.parameters()).device
+        device = self.device or next(self.model.parameters()).device
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         was_training = self.model.training
