@@ -11,48 +11,20 @@ expired lease) are covered once, against the same routes, in tests/unit/annotati
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-import webui
-from tests.conftest import REQUIRE_SERVICES, LiveServer, bearer
+from tests.conftest import LiveServer, bearer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
 PASSWORD = "correct horse battery"
 API = "/services/annotation/v1/annotation/projects"
 UI = "/services/annotation/ui"
 N = 4
 WIDTH = 3  # feature width (a stand-in for the policy's hidden size)
-
-
-def require(ok: bool, reason: str) -> None:
-    if ok:
-        return
-    if REQUIRE_SERVICES:
-        pytest.fail(reason + "; REWARDHUB_REQUIRE_SERVICES=1 makes this a failure", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    require(CHROMIUM.is_file(), f"Debian's Chromium is not at {CHROMIUM} (install it with `apt-get install "
-                                "chromium`; this test never downloads a browser)")
-    missing = webui.missing_vendor()
-    require(not missing, f"{', '.join(missing)} not installed for the web UI; run `{webui.INSTALL_HINT}`")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM))
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def group(prompt_id: str, answers: list[str | None], seed: int) -> dict[str, Any]:

@@ -6,23 +6,19 @@ downloaded. The pages need KaTeX and Chart.js from ``npm ci --prefix webui``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-import webui
 from services.annotation import purchases
 from services.annotation.schemas import RolloutGroupIn, StepIn
 from services.common.db import session_scope
-from tests.conftest import REPO_ROOT, REQUIRE_SERVICES, LiveServer, bearer
+from tests.conftest import REPO_ROOT, LiveServer, bearer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = REPO_ROOT / "test-artifacts" / "webui-dashboard.png"
 PASSWORD = "correct horse battery"
 API = "/services/annotation/v1/annotation/projects"
@@ -34,30 +30,6 @@ PROMPTS = {
     "q2": (r"Prompt q2: how many roots has $x^2 = c$?", ["2", "1", "2", None]),
     "q3": (r"Prompt q3: evaluate $\int_0^1 x\,dx$.", ["\\frac{1}{2}", "1", "\\frac{1}{2}", "\\frac{1}{2}"]),
 }
-
-
-def require(ok: bool, reason: str) -> None:
-    if ok:
-        return
-    if REQUIRE_SERVICES:
-        pytest.fail(reason + "; REWARDHUB_REQUIRE_SERVICES=1 makes this a failure", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    require(CHROMIUM.is_file(), f"Debian's Chromium is not at {CHROMIUM} (install it with `apt-get install "
-                                "chromium`; this test never downloads a browser)")
-    missing = webui.missing_vendor()
-    require(not missing, f"{', '.join(missing)} not installed for the web UI; run `{webui.INSTALL_HINT}`")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM))
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def store_step(pid: str) -> None:
