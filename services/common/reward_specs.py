@@ -218,12 +218,18 @@ class MultiSpec(_Spec):
                                     description="name -> minimum sub-score; below it the reward is 0.")
     normalise: bool = Field(default=True, description="Divide by the sum of weights.")
 
+    def has_rubric(self) -> bool:
+        return any(isinstance(grader, RubricSpec) or (isinstance(grader, MultiSpec) and grader.has_rubric())
+                   for grader in self.graders.values())
+
     @model_validator(mode="after")
     def _names_exist(self) -> MultiSpec:
         for name, grader in self.graders.items():
-            # Sub-graders run inside the verifier's process pool; a rubric judge is an HTTP call.
-            if isinstance(grader, RubricSpec):
-                raise ValueError(f"graders.{name}: a rubric grader cannot be part of a multi spec")
+            # A rubric judge is an HTTP call made beside the process pool, so it may only be a direct
+            # part of the outermost multi; a nested multi is graded whole inside the pool.
+            if isinstance(grader, MultiSpec) and grader.has_rubric():
+                raise ValueError(f"graders.{name}: a rubric grader can only be a direct part of the outermost "
+                                 f"multi spec, not of a nested one")
         for field_name in ("weights", "gates"):
             unknown = set(getattr(self, field_name)) - set(self.graders)
             if unknown:

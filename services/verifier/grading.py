@@ -14,8 +14,9 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from services.common.reward_api import ItemResult, RewardItem
-from services.common.reward_specs import CodeSpec, RewardSpec, RubricSpec
+from services.common.reward_specs import CodeSpec, MultiSpec, RewardSpec, RubricSpec
 from services.common.settings import get_settings
+from services.verifier.graders.result import GradeResult
 from services.verifier.pool import GraderPool, PoolOutcome
 
 _SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(RewardSpec)
@@ -36,6 +37,22 @@ def grade_one(spec_json: str, completion: str, ground_truth: Any) -> dict[str, A
     result = grade(_spec_from_json(spec_json), completion, ground_truth)
     return {"score": result.score, "status": result.status, "sub_scores": dict(result.sub_scores),
             "details": dict(result.details), "elapsed_ms": (time.perf_counter() - started) * 1000}
+
+
+def grade_components(spec_json: str, completion: str, ground_truth: Any) -> dict[str, Any]:
+    """Run in a pool worker: every part of a multi spec except its rubric judges, each as a plain dict."""
+    from services.verifier.graders.multi import ground_truth_for
+    from services.verifier.graders.registry import grade
+
+    started = time.perf_counter()
+    parts = {}
+    for name, sub in _spec_from_json(spec_json).graders.items():
+        if isinstance(sub, RubricSpec):
+            continue
+        result = grade(sub, completion, ground_truth_for(name, ground_truth))
+        parts[name] = {"score": result.score, "status": result.status, "sub_scores": dict(result.sub_scores),
+                       "details": dict(result.details)}
+    return {"parts": parts, "elapsed_ms": (time.perf_counter() - started) * 1000}
 
 
 _POOL: GraderPool | None = None
@@ -88,6 +105,8 @@ async def grade_batch(spec: Any, items: list[RewardItem], deadline_s: float | No
         from services.verifier.graders.rubric import grade_rubric_batch
 
         return await grade_rubric_batch(spec, items, deadline_s, auth)
+    if isinstance(spec, MultiSpec) and spec.has_rubric():
+        return await _grade_multi_with_judges(spec, items, deadline_s, auth)
     outcomes = await get_pool().map(grade_one, _task_args(spec, items), item_timeout_s=_item_timeout(spec),
                                     deadline_s=deadline_s)
     return [_item_result(item, outcome) for item, outcome in zip(items, outcomes, strict=True)]
@@ -100,6 +119,11 @@ async def grade_stream(spec: Any, items: list[RewardItem], deadline_s: float | N
         from services.verifier.graders.rubric import grade_rubric_stream
 
         async for result in grade_rubric_stream(spec, items, deadline_s, auth):
+            yield result
+        return
+    if isinstance(spec, MultiSpec) and spec.has_rubric():
+        # Each item waits for its slowest part anyway; the batch finishes with its slowest judge.
+        for result in await _grade_multi_with_judges(spec, items, deadline_s, auth):
             yield result
         return
     pool = get_pool()
@@ -117,3 +141,47 @@ async def grade_stream(spec: Any, items: list[RewardItem], deadline_s: float | N
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def _grade_multi_with_judges(spec: MultiSpec, items: list[RewardItem], deadline_s: float | None,
+                                   auth: str | None) -> list[ItemResult]:
+    """A multi spec with rubric parts: the other parts on the pool, each judge over HTTP, side by side,
+    then the weighted sum and gates over all of them (the same rule as a pure multi)."""
+    from services.verifier.graders.multi import combine, ground_truth_for
+    from services.verifier.graders.rubric import grade_rubric_batch
+
+    judges = {name: sub for name, sub in spec.graders.items() if isinstance(sub, RubricSpec)}
+
+    async def judged(name: str, judge: RubricSpec) -> list[ItemResult]:
+        routed = [item.model_copy(update={"ground_truth": ground_truth_for(name, item.ground_truth)})
+                  for item in items]
+        return await grade_rubric_batch(judge, routed, deadline_s, auth)
+
+    async def local() -> list[PoolOutcome] | None:
+        if len(judges) == len(spec.graders):
+            return None
+        return await get_pool().map(grade_components, _task_args(spec, items), item_timeout_s=_item_timeout(spec),
+                                    deadline_s=deadline_s)
+
+    local_outcomes, *judged_parts = await asyncio.gather(local(), *(judged(n, j) for n, j in judges.items()))
+    results = []
+    for index, item in enumerate(items):
+        parts: dict[str, GradeResult] = {}
+        elapsed_ms = 0.0
+        if local_outcomes is not None:
+            outcome = local_outcomes[index]
+            if outcome.status != "ok" or outcome.value is None:  # the pool killed or lost the item
+                results.append(_item_result(item, outcome))
+                continue
+            parts.update({name: GradeResult(**part) for name, part in outcome.value["parts"].items()})
+            elapsed_ms = outcome.value["elapsed_ms"]
+        for name, judged_items in zip(judges, judged_parts, strict=True):
+            verdict = judged_items[index]
+            parts[name] = GradeResult(score=verdict.score or 0.0, status=verdict.status,
+                                      details={**verdict.details, "sub_scores": verdict.sub_scores})
+            elapsed_ms = max(elapsed_ms, verdict.elapsed_ms)
+        combined = combine(spec, {name: parts[name] for name in spec.graders})
+        results.append(ItemResult(id=item.id, score=combined.score if combined.status == "ok" else None,
+                                  status=combined.status, sub_scores=combined.sub_scores, details=combined.details,
+                                  elapsed_ms=round(elapsed_ms, 3)))
+    return results

@@ -342,6 +342,35 @@ def test_rewards_rubric_spec_bad_rubric_and_reference_mode(embedded: TestClient,
     assert lines[0]["type"] == "result" and lines[0]["status"] == "ok" and lines[-1]["type"] == "summary"
     missing = embedded.post("/v1/rewards", json={"spec": {"type": "rubric"}, "items": [item]}, headers=headers)
     assert missing.status_code == 422 and missing.json()["error"]["field"].startswith("spec")
-    nested = embedded.post("/v1/rewards", json={"spec": {"type": "multi", "graders": {
-        "r": {"type": "rubric", "rubric": RUBRIC_TEXT}}}, "items": [item]}, headers=headers)
+    nested = embedded.post("/v1/rewards", json={"spec": {"type": "multi", "graders": {"inner": {
+        "type": "multi", "graders": {"r": {"type": "rubric", "rubric": RUBRIC_TEXT}}}}}, "items": [item]},
+        headers=headers)
     assert nested.status_code == 422
+    assert "outermost multi" in nested.json()["error"]["message"]
+
+
+def test_rewards_multi_spec_gates_a_rubric_judge(embedded: TestClient, tenant: Tenant) -> None:
+    """A format gate (pool) and a rubric judge (rubric_rm over HTTP) in one multi spec."""
+    spec = {"type": "multi", "graders": {"format": {"type": "regex", "pattern": r"^\d"},
+                                         "judge": {"type": "rubric", "rubric": RUBRIC_TEXT}},
+            "weights": {"format": 1.0, "judge": 3.0}, "gates": {"format": 1.0}}
+    items = [{"id": "good", "prompt": "What is 2 + 2?", "completion": "4"},
+             {"id": "wrong", "prompt": "What is 2 + 2?", "completion": "5 WRONG"},
+             {"id": "unformatted", "prompt": "What is 2 + 2?", "completion": "four"},
+             {"id": "garbled", "prompt": "GARBAGE", "completion": "4"}]
+    for stream in (False, True):
+        response = embedded.post("/v1/rewards", json={"spec": spec, "items": items, "stream": stream},
+                                 headers=bearer(tenant.keys["trainer"]))
+        assert response.status_code == 200, response.text
+        lines = [json.loads(line) for line in response.text.splitlines()] if stream else response.json()["results"]
+        results = {r["id"]: r for r in lines if r.get("type", "result") == "result"}
+        # (1 x 1 + 3 x 2.5/3) / 4 and (1 x 1 + 3 x 0.5/3) / 4: the judge's pointwise scores, weighted.
+        assert results["good"]["status"] == "ok" and results["good"]["score"] == pytest.approx(3.5 / 4)
+        assert results["good"]["sub_scores"] == {"format": 1.0, "judge": pytest.approx(2.5 / 3)}
+        assert results["wrong"]["score"] == pytest.approx(1.5 / 4)
+        # The gate zeroes the reward even though the judge liked the answer.
+        assert results["unformatted"]["status"] == "ok" and results["unformatted"]["score"] == 0.0
+        assert results["unformatted"]["details"]["failed_gates"] == ["format"]
+        # An unparseable judge output leaves the sum undecided: error, no score.
+        assert results["garbled"]["status"] == "error" and results["garbled"]["score"] is None
+        assert results["garbled"]["details"]["undecided"] == ["judge"]

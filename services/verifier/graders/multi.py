@@ -9,24 +9,29 @@ from services.common.reward_specs import MultiSpec, RewardSpec
 from services.verifier.graders.result import GradeResult
 
 Grade = Callable[[RewardSpec, str, Any], GradeResult]
+# The weakest status first: one sub-grader that cannot decide means the sum cannot be trusted.
+_WEAKEST_FIRST = ["error", "timeout", "invalid_input"]
 
 
-def _ground_truth_for(name: str, ground_truth: Any) -> Any:
-    # A dict keyed by sub-grader name routes a different reference to each; anything else is shared.
+def ground_truth_for(name: str, ground_truth: Any) -> Any:
+    """A dict keyed by sub-grader name routes a different reference to each; anything else is shared."""
     if isinstance(ground_truth, dict) and name in ground_truth:
         return ground_truth[name]
     return ground_truth
 
 
 def grade_multi(spec: MultiSpec, completion: str, ground_truth: Any, grade: Grade) -> GradeResult:
-    results = {name: grade(sub, completion, _ground_truth_for(name, ground_truth)) for name, sub in spec.graders.items()}
+    return combine(spec, {name: grade(sub, completion, ground_truth_for(name, ground_truth))
+                          for name, sub in spec.graders.items()})
+
+
+def combine(spec: MultiSpec, results: dict[str, GradeResult]) -> GradeResult:
+    """score = Σ w_i s_i (/ Σ w_i when normalised), or 0 if some s_g < gate_g; not ok if any part is not ok."""
     undecided = {n: r for n, r in results.items() if r.status != "ok"}
     sub_scores = {n: r.score for n, r in results.items() if r.status == "ok"}
     details: dict[str, Any] = {n: r.details for n, r in results.items()}
     if undecided:
-        # The weakest status wins: one sub-grader that cannot decide means the sum cannot be trusted.
-        order = ["error", "timeout", "invalid_input"]
-        status = min((r.status for r in undecided.values()), key=order.index)
+        status = min((r.status for r in undecided.values()), key=_WEAKEST_FIRST.index)
         return GradeResult(score=0.0, status=status, sub_scores=sub_scores,
                            details={"undecided": sorted(undecided), **details})
     failed_gates = [n for n, minimum in spec.gates.items() if sub_scores[n] < minimum]
