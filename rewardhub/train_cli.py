@@ -82,7 +82,14 @@ def train(
         raise typer.BadParameter("--num-gpus needs a deepspeed section in the config", param_hint="--num-gpus")
     if config.deepspeed is not None and "LOCAL_RANK" not in os.environ:
         # Not yet inside a rank: start one per GPU and wait for them.
-        command = deepspeed_command(config_path.resolve(), num_gpus or _gpu_count(), master_port)
+        from trainer.distributed import check_world_size
+
+        ranks = num_gpus or _gpu_count()
+        try:
+            check_world_size(config, ranks)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{exc} (--num-gpus {ranks})", param_hint="CONFIG") from None
+        command = deepspeed_command(config_path.resolve(), ranks, master_port)
         console.print(f"launching: {' '.join(command)}")
         raise typer.Exit(subprocess.call(command))
     try:

@@ -57,3 +57,10 @@ def test_num_gpus_needs_a_deepspeed_section(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", str(write_config(tmp_path, "http://127.0.0.1:1")), "--num-gpus", "2"])
     assert result.exit_code == 2
     assert "--num-gpus needs a deepspeed section" in result.output
+
+
+def test_a_batch_that_does_not_split_over_the_gpus_fails_before_launching(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "http://127.0.0.1:1", deepspeed={"zero_stage": 2})  # 2 prompts per step
+    result = CliRunner().invoke(app, ["train", str(config), "--num-gpus", "3"], env={"COLUMNS": "300"})
+    assert result.exit_code == 2
+    assert "prompts_per_step: 2 must be a multiple of the number of ranks (3)" in result.output
