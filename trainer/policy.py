@@ -1,8 +1,8 @@
 """The trained policy with its optimizer: one process (torch) or DeepSpeed ZeRO across ranks.
 
 Both expose the same small surface to the loop: the module to run forward, ``backward``,
-``micro_step`` (an optimizer step at each accumulation boundary), a context for generation, the
-full weights for a rollout engine, and checkpoint save/load.
+``micro_step`` (an optimizer step at each accumulation boundary), contexts for generation and
+for reading the full weights (ZeRO-3 gathers its shards), and checkpoint save/load.
 """
 
 from __future__ import annotations
@@ -74,9 +74,6 @@ class LocalPolicy:
     def forward_model(self) -> Any:
         return self.module
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.module.state_dict())
-
     def save(self, directory: Path, state: checkpoint.TrainingState) -> Path:
         return checkpoint.save(directory, model=self.module, optimizer=self.optimizer, scheduler=self.scheduler,
                                state=state)
@@ -120,10 +117,6 @@ class DeepSpeedPolicy:
 
     def generation(self) -> contextlib.AbstractContextManager[None]:
         return self.gathered()
-
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        with self.gathered():
-            return {name: tensor.detach().clone() for name, tensor in self.module.state_dict().items()}
 
     @contextlib.contextmanager
     def gathered(self) -> Iterator[None]:

@@ -7,19 +7,21 @@ import atexit
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from functools import lru_cache
 from typing import Any
 
 from pydantic import TypeAdapter
 
 from services.common.reward_api import ItemResult, RewardItem
-from services.common.reward_specs import CodeSpec, MultiSpec, RewardSpec, RubricSpec
+from services.common.reward_specs import CodeSpec, MathSpec, MultiSpec, RewardSpec, RubricSpec
 from services.common.settings import get_settings
 from services.verifier.graders.result import GradeResult
 from services.verifier.pool import GraderPool, PoolOutcome
 
 _SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(RewardSpec)
+# math-verify counts its budget in whole seconds, so one second is the least a first try can get.
+QUICK_PASS_S = 1.0
 # Graders whose work is cheap pure-Python string handling run inline: a process hop costs more.
 WORKER_IMPORTS = ("math_verify", "services.verifier.graders.registry")
 
@@ -99,6 +101,46 @@ def _item_timeout(spec: Any) -> float:
     return configured
 
 
+def _quick_pass(spec: Any) -> Any | None:
+    """The cheaper spec every item is tried with first, or None.
+
+    An adversarial completion (an exponent tower, deep nesting) can use a math spec's whole budget;
+    with many of them the rest of the batch would wait behind them. Every item is tried with
+    ``QUICK_PASS_S`` first; one that runs out goes to the back of the queue with the full budget,
+    so the batch's ordinary items are all graded before any straggler gets its second try.
+    """
+    if isinstance(spec, MathSpec) and spec.timeout_s > QUICK_PASS_S:
+        return spec.model_copy(update={"timeout_s": QUICK_PASS_S})
+    return None
+
+
+def _ran_out(outcome: PoolOutcome) -> bool:
+    """The grader gave up within its own budget (a hard kill or the batch deadline is final)."""
+    return outcome.status == "ok" and outcome.value is not None and outcome.value["status"] == "timeout"
+
+
+def _pool_gradings(spec: Any, items: list[RewardItem], deadline_s: float | None) -> list[Coroutine[Any, Any, ItemResult]]:
+    """One coroutine per item, queued on the pool in item order as soon as they are scheduled."""
+    pool, timeout = get_pool(), _item_timeout(spec)
+    deadline = time.monotonic() + deadline_s if deadline_s else None
+    quick = _quick_pass(spec)
+    full_args = _task_args(spec, items)
+    first_args = _task_args(quick, items) if quick is not None else full_args
+
+    async def grade(item: RewardItem, first: tuple[Any, ...], full: tuple[Any, ...]) -> ItemResult:
+        outcome = await pool.submit(grade_one, first, item_timeout_s=timeout, deadline=deadline)
+        if quick is None or not _ran_out(outcome):
+            return _item_result(item, outcome)
+        spent_ms = outcome.value["elapsed_ms"] if outcome.value else 0.0
+        result = _item_result(item, await pool.submit(grade_one, full, item_timeout_s=timeout, deadline=deadline))
+        return result.model_copy(update={
+            "elapsed_ms": round(result.elapsed_ms + spent_ms, 3),
+            "details": {**result.details, "first_try": f"ran out of {QUICK_PASS_S:g}s; graded again with "
+                                                      f"the spec's {spec.timeout_s:g}s after the rest of the batch"}})
+
+    return [grade(item, first, full) for item, first, full in zip(items, first_args, full_args, strict=True)]
+
+
 async def grade_batch(spec: Any, items: list[RewardItem], deadline_s: float | None,
                       auth: str | None = None) -> list[ItemResult]:
     if isinstance(spec, RubricSpec):  # an LLM judge over HTTP: it waits, so it stays off the process pool
@@ -107,9 +149,7 @@ async def grade_batch(spec: Any, items: list[RewardItem], deadline_s: float | No
         return await grade_rubric_batch(spec, items, deadline_s, auth)
     if isinstance(spec, MultiSpec) and spec.has_rubric():
         return await _grade_multi_with_judges(spec, items, deadline_s, auth)
-    outcomes = await get_pool().map(grade_one, _task_args(spec, items), item_timeout_s=_item_timeout(spec),
-                                    deadline_s=deadline_s)
-    return [_item_result(item, outcome) for item, outcome in zip(items, outcomes, strict=True)]
+    return list(await asyncio.gather(*_pool_gradings(spec, items, deadline_s)))
 
 
 async def grade_stream(spec: Any, items: list[RewardItem], deadline_s: float | None,
@@ -126,15 +166,7 @@ async def grade_stream(spec: Any, items: list[RewardItem], deadline_s: float | N
         for result in await _grade_multi_with_judges(spec, items, deadline_s, auth):
             yield result
         return
-    pool = get_pool()
-    timeout = _item_timeout(spec)
-    deadline = time.monotonic() + deadline_s if deadline_s else None
-
-    async def run(item: RewardItem, args: tuple[Any, ...]) -> ItemResult:
-        outcome = await pool.submit(grade_one, args, item_timeout_s=timeout, deadline=deadline)
-        return _item_result(item, outcome)
-
-    tasks = [asyncio.ensure_future(run(item, args)) for item, args in zip(items, _task_args(spec, items), strict=True)]
+    tasks = [asyncio.ensure_future(grading) for grading in _pool_gradings(spec, items, deadline_s)]
     try:
         for finished in asyncio.as_completed(tasks):
             yield await finished

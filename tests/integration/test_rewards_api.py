@@ -197,6 +197,34 @@ def test_pathological_math_is_a_status_never_a_hang(tenant: Tenant, monkeypatch:
     assert by_id["bad2"]["score"] == 0.0 and by_id["bad0"]["score"] is None, by_id
 
 
+def test_a_straggler_is_tried_again_only_after_the_rest(tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One pool worker, the exponent tower queued first: it runs out of the 1 s first try, the
+    ordinary items are graded, and only then does the tower get the spec's full budget."""
+    from services.common.settings import reset_settings_cache
+    from services.verifier import grading
+
+    monkeypatch.setenv("REWARDHUB_VERIFIER_WORKERS", "1")
+    monkeypatch.setenv("REWARDHUB_VERIFIER_ITEM_TIMEOUT_S", "4")
+    reset_settings_cache()
+    grading.shutdown_pool()  # the next request starts a one-worker pool
+    try:
+        normal = [{"id": f"ok{n}", "completion": f"so \\boxed{{{n}/2}}", "ground_truth": f"{n / 2}"}
+                  for n in range(1, 4)]
+        tower = {"id": "tower", "completion": PATHOLOGICAL[0], "ground_truth": "1"}
+        with TestClient(build_embedded_app()) as client:
+            response = _post(client, tenant, {"spec": {"type": "math", "timeout_s": 2}, "items": [tower, *normal],
+                                               "stream": True})
+        assert response.status_code == 200, response.text
+        results = [json.loads(line) for line in response.text.splitlines()][:-1]  # the last line is the summary
+        assert [r["id"] for r in results] == ["ok1", "ok2", "ok3", "tower"]
+        assert all(r["status"] == "ok" and r["score"] == 1.0 for r in results[:3])
+        assert results[3]["status"] == "timeout" and "graded again" in results[3]["details"]["first_try"]
+        assert results[3]["elapsed_ms"] >= 2000  # both tries: at least 1 s each
+    finally:
+        grading.shutdown_pool()
+        reset_settings_cache()
+
+
 def test_openrlhf_bad_query_values_are_422_naming_the_field(client: TestClient, tenant: Tenant) -> None:
     # Found by the OpenAPI fuzzer: a NUL in spec_ref reached the request model and was a 500.
     response = client.post("/get_reward?spec_ref=%00", json={"query": ["x"]}, headers=bearer(tenant.keys["trainer"]))
