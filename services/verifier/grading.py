@@ -111,6 +111,11 @@ def _quick_pass(spec: Any) -> Any | None:
     """
     if isinstance(spec, MathSpec) and spec.timeout_s > QUICK_PASS_S:
         return spec.model_copy(update={"timeout_s": QUICK_PASS_S})
+    if isinstance(spec, MultiSpec):  # its math parts, the same way
+        quick_parts = {name: _quick_pass(part) for name, part in spec.graders.items()}
+        if any(part is not None for part in quick_parts.values()):
+            return spec.model_copy(update={"graders": {name: quick_parts[name] or part
+                                                       for name, part in spec.graders.items()}})
     return None
 
 
@@ -136,7 +141,7 @@ def _pool_gradings(spec: Any, items: list[RewardItem], deadline_s: float | None)
         return result.model_copy(update={
             "elapsed_ms": round(result.elapsed_ms + spent_ms, 3),
             "details": {**result.details, "first_try": f"ran out of {QUICK_PASS_S:g}s; graded again with "
-                                                      f"the spec's {spec.timeout_s:g}s after the rest of the batch"}})
+                                                      "the full budget after the rest of the batch"}})
 
     return [grade(item, first, full) for item, first, full in zip(items, first_args, full_args, strict=True)]
 
