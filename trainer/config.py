@@ -101,13 +101,31 @@ class OverlongConfig(_Strict):
     factor: float = Field(default=1.0, ge=0)
 
 
+_DERIVED_DEEPSPEED_KEYS = {
+    "train_micro_batch_size_per_gpu": "prompts_per_step, group_size, mini_batches and gradient_accumulation",
+    "train_batch_size": "prompts_per_step, group_size, mini_batches and gradient_accumulation",
+    "gradient_accumulation_steps": "gradient_accumulation",
+    "gradient_clipping": "max_grad_norm",
+    "bf16": "model.dtype", "fp16": "model.dtype",
+    "optimizer": "learning_rate, weight_decay and deepspeed.offload_optimizer",
+    "scheduler": "lr_schedule and warmup_steps",
+}
+_DERIVED_ZERO_KEYS = {
+    "stage": "deepspeed.zero_stage",
+    "offload_optimizer": "deepspeed.offload_optimizer",
+    "offload_param": "deepspeed.offload_params",
+    "stage3_gather_16bit_weights_on_model_save": "the checkpoint's consolidated model.pt",
+}
+
+
 class DeepSpeedConfig(_Strict):
     """Data-parallel training with DeepSpeed ZeRO, launched by ``rewardhub train --num-gpus N``.
 
     ``prompts_per_step`` stays the global batch: each of the N ranks rolls out and trains on
     ``prompts_per_step / N`` prompts, so a config means the same run on 1 or 8 GPUs. Under ZeRO-3
-    each rank gathers the full weights while it generates (ranks generate different lengths, so
-    layer-by-layer gathering would leave them waiting on each other).
+    each rank samples with a full local copy of the weights, refreshed from the shards after every
+    step (generating on the shards would gather them layer by layer at every token, in lockstep
+    with ranks that generate other lengths).
     """
 
     zero_stage: Literal[2, 3] = Field(default=2, description="2: optimizer state and gradients sharded; "
@@ -122,6 +140,20 @@ class DeepSpeedConfig(_Strict):
         if self.offload_params and self.zero_stage != 3:
             raise ValueError("offload_params: parameter offload needs zero_stage 3")
         return self
+
+    @field_validator("overrides")
+    @classmethod
+    def _no_derived_keys(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        # These follow from the run config; overriding them would desynchronise the loop and DeepSpeed.
+        derived = {key: source for key, source in _DERIVED_DEEPSPEED_KEYS.items() if key in overrides}
+        zero = overrides.get("zero_optimization")
+        if isinstance(zero, dict):
+            derived.update({f"zero_optimization.{key}": source for key, source in _DERIVED_ZERO_KEYS.items()
+                            if key in zero})
+        if derived:
+            raise ValueError("; ".join(f"{key} follows from {source}; set that instead"
+                                       for key, source in derived.items()))
+        return overrides
 
 
 class RunConfig(_Strict):
@@ -181,6 +213,9 @@ class RunConfig(_Strict):
                              f"max_completion_length ({self.max_completion_length})")
         if self.warmup_steps and self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps: {self.warmup_steps} must be smaller than max_steps ({self.max_steps})")
+        if self.deepspeed is not None and self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device: {self.device!r} with deepspeed must be 'cuda' (each rank takes the GPU of "
+                             f"its local rank) or 'cpu'")
         if self.engine == "vllm" and self.device == "cpu":
             raise ValueError("engine: vllm needs a GPU device (device: cuda)")
         if self.model.attn_implementation == "flash_attention_2":

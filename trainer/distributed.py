@@ -1,8 +1,8 @@
 """Data parallelism: the collectives the training loop needs, and the DeepSpeed ZeRO configuration.
 
 A run with a ``deepspeed`` section is launched once per rank (``rewardhub train --num-gpus N``
-runs the ``deepspeed`` launcher). Every rank holds the same prompt sampler, so drawing prompts
-needs no communication: each draw takes ``n x world_size`` indices and rank r keeps its slice.
+runs the ``deepspeed`` launcher). Every rank holds the same prompt sampler: each draw takes what the ranks need
+together (one small all-gather of the counts) and rank r keeps its slice.
 Rewards and metrics are gathered so that every rank computes the same group advantages and the
 main rank logs global numbers.
 """
@@ -106,6 +106,10 @@ def check_world_size(config: RunConfig, world_size: int) -> None:
     if config.prompts_per_step % world_size:
         raise ValueError(f"prompts_per_step: {config.prompts_per_step} must be a multiple of the number of "
                          f"ranks ({world_size})")
+    if world_size > 1 and config.engine == "vllm" and config.dynamic_sampling:
+        # Ranks refill different numbers of groups, so they would call vLLM a different number of
+        # times, and vLLM's external launcher runs its ranks in lockstep.
+        raise ValueError("dynamic_sampling: not supported with engine vllm on several ranks")
     per_rank = config.rollouts_per_step // world_size
     micro = config.mini_batches * config.gradient_accumulation
     if per_rank % micro:

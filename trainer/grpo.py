@@ -76,32 +76,35 @@ class Batch:
     completion_ids: torch.Tensor  # (B, T)
 
 
-def build_model(config: RunConfig, work_dir: Path, *, device: str | None = None,
-                collective: Collective | None = None) -> tuple[Any, Any]:
-    """The policy and its tokenizer from a local directory, or a tiny random model built here."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    collective = collective or Collective()
-    if config.model.tiny is not None:
-        from services.common.tiny_models import build_tiny_causal_lm
-
-        tiny = config.model.tiny
-        path = work_dir / "base-model"
-        if collective.is_main:  # one writer; the other ranks load what it wrote
-            build_tiny_causal_lm(path, seed=tiny.seed, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
-                                 num_heads=tiny.num_heads, num_kv_heads=tiny.num_kv_heads)
-        collective.barrier()
-    else:
+def model_source(config: RunConfig, work_dir: Path, collective: Collective) -> Path:
+    """The model directory: ``model.path``, or a tiny random model that the main rank writes once."""
+    if config.model.tiny is None:
         path = Path(config.model.path or "")
         if not path.is_dir():
             raise FileNotFoundError(f"model.path: {path} is not a local model directory")
+        return path
+    from services.common.tiny_models import build_tiny_causal_lm
+
+    tiny = config.model.tiny
+    path = work_dir / "base-model"
+    if collective.is_main:  # one writer; the other ranks load what it wrote
+        build_tiny_causal_lm(path, seed=tiny.seed, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
+                             num_heads=tiny.num_heads, num_kv_heads=tiny.num_kv_heads)
+    collective.barrier()
+    return path
+
+
+def load_model(config: RunConfig, path: Path, *, device: str, sharded: bool = False) -> tuple[Any, Any]:
+    """The model and its tokenizer; ``sharded``: loaded straight into ZeRO-3 shards (HfDeepSpeedConfig alive)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     kwargs: dict[str, Any] = {"dtype": getattr(torch, config.model.dtype), "local_files_only": True}
     attention = config.model.attn_implementation or _default_attention(config)
     if attention:
         kwargs["attn_implementation"] = attention
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    if not _zero3(config):  # under ZeRO-3 the weights were loaded already sharded onto the device
-        model = model.to(device or config.device)
+    if not sharded:  # ZeRO-3 shards already sit on the rank's device
+        model = model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -175,22 +178,33 @@ class GRPOTrainer:
         torch.manual_seed(config.seed)
         self.rows: list[PromptRow] = load_rows(config.dataset)
         self.device = device_for_rank(config)
-        if _zero3(config):
+        source = model_source(config, self.output_dir, self.collective)
+        zero3 = _zero3(config)
+        sampler_copy = None
+        if zero3 and engine is None and config.engine == "transformers":
+            # ZeRO-3 shards every weight: generating on the sharded module would gather them layer by
+            # layer at every token, in lockstep with ranks that generate other lengths. Each rank
+            # samples with a full local copy instead, refreshed from the shards after every step.
+            sampler_copy, _ = load_model(config, source, device=self.device)
+            sampler_copy.requires_grad_(False)
+        if zero3:
             # While this object lives, from_pretrained loads the weights straight into ZeRO-3 shards.
             from transformers.integrations import HfDeepSpeedConfig
 
             self._hf_deepspeed = HfDeepSpeedConfig(deepspeed_config(config, self.collective.world_size))
-        model, self.tokenizer = build_model(config, self.output_dir, device=self.device, collective=self.collective)
+        model, self.tokenizer = load_model(config, source, device=self.device, sharded=zero3)
         model.train()
-        self.reference: Any = frozen_copy(model) if config.beta > 0 and not _zero3(config) else None
+        self.reference: Any = frozen_copy(model) if config.beta > 0 and not zero3 else None
         self.policy: Policy = (DeepSpeedPolicy(model, config, self.collective) if config.deepspeed is not None
                                else LocalPolicy(model, config))
-        if config.beta > 0 and isinstance(self.policy, DeepSpeedPolicy) and self.policy.zero3:
-            fresh, _ = build_model(config, self.output_dir, device=self.device, collective=self.collective)
+        if config.beta > 0 and isinstance(self.policy, DeepSpeedPolicy) and zero3:
+            fresh, _ = load_model(config, source, device=self.device, sharded=True)
             self.reference = sharded_reference(fresh, self.policy)
         self.model = self.policy.module
         self.scheduler = self.policy.scheduler
-        self.engine = engine or self._engine()
+        self.engine = engine or self._engine(sampler_copy)
+        if sampler_copy is not None:
+            self._sync_engine()
         self.rewards = rewards if rewards is not None else HttpRewards(config.reward)
         self.sampler = PromptSampler(len(self.rows), config.seed)
         self.step = 0
@@ -198,7 +212,7 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------- setup
 
-    def _engine(self) -> RolloutEngine:
+    def _engine(self, sampler_copy: Any = None) -> RolloutEngine:
         if self.config.engine == "vllm":
             from trainer.rollout import VLLMEngine
 
@@ -207,10 +221,12 @@ class GRPOTrainer:
                               gpu_memory_utilization=self.config.vllm_gpu_memory_utilization,
                               dtype=self.config.model.dtype, rank=self.collective.rank,
                               distributed=self.collective.distributed)
+        if sampler_copy is not None:
+            return TransformersEngine(sampler_copy, self.tokenizer, device=self.device, copy_weights=True)
         return TransformersEngine(self.model, self.tokenizer, device=self.device)
 
     def _sync_engine(self) -> None:
-        if isinstance(self.engine, TransformersEngine):
+        if isinstance(self.engine, TransformersEngine) and not self.engine.copy_weights:
             self.engine.sync_weights(self.model)  # it samples with the policy module itself
         else:
             with self.policy.gathered():  # full tensors under ZeRO-3
@@ -303,8 +319,9 @@ class GRPOTrainer:
         rounds = 0
         while True:
             needed = per_rank - len(kept_rollouts) // group
-            width = world.max_int(needed)
-            mine = self.sampler.take(width * world.world_size)[world.rank * width: world.rank * width + needed]
+            needs = world.all_gather(needed)  # every rank takes the same draw and its own slice of it
+            start = sum(needs[: world.rank])
+            mine = self.sampler.take(sum(needs))[start: start + needed]
             drawn += len(mine)
             if mine:
                 round_seed = (seed * 101 + rounds) * world.world_size + world.rank
@@ -421,8 +438,7 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, Any]:
         started = time.perf_counter()
         seed = self.config.seed * 1_000_003 + self.step
-        with self.policy.generation():  # every rank enters once, however many rounds it generates
-            rollouts, rewards, metrics = self._collect(seed)
+        rollouts, rewards, metrics = self._collect(seed)
         advantages, metrics["informative_group_share"] = self._advantages(rewards)
         # With beta > 0 the KL term still pulls towards the reference even when every advantage is 0.
         # The decision is the same on every rank: each computed advantages over all of them.

@@ -1,8 +1,8 @@
 """The trained policy with its optimizer: one process (torch) or DeepSpeed ZeRO across ranks.
 
 Both expose the same small surface to the loop: the module to run forward, ``backward``,
-``micro_step`` (an optimizer step at each accumulation boundary), contexts for generation and
-for reading the full weights (ZeRO-3 gathers its shards), and checkpoint save/load.
+``micro_step`` (an optimizer step at each accumulation boundary), a context for reading the
+full weights (ZeRO-3 gathers its shards), and checkpoint save/load.
 """
 
 from __future__ import annotations
@@ -64,9 +64,6 @@ class LocalPolicy:
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 
-    def generation(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
     def gathered(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
@@ -114,9 +111,6 @@ class DeepSpeedPolicy:
             return None
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
-
-    def generation(self) -> contextlib.AbstractContextManager[None]:
-        return self.gathered()
 
     @contextlib.contextmanager
     def gathered(self) -> Iterator[None]:

@@ -36,15 +36,25 @@ class RolloutEngine(Protocol):
 
 
 class TransformersEngine:
-    """Samples with the policy itself (``model.generate``): no weight copy, works on CPU."""
+    """Samples with ``model.generate``: with the policy module itself (no copy, works on CPU), or,
+    with ``copy_weights``, with its own full copy whose weights are refreshed from the policy's."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: torch.device | str | None = None) -> None:
+    def __init__(self, model: Any, tokenizer: Any, device: torch.device | str | None = None,
+                 copy_weights: bool = False) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
+        self.copy_weights = copy_weights
 
+    @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module) -> None:
-        self.model = model
+        if not self.copy_weights:
+            self.model = model
+            return
+        # Called with ZeRO-3's shards gathered: each parameter's data is the full tensor.
+        own = dict(self.model.named_parameters())
+        for name, parameter in model.named_parameters():
+            own[name].data.copy_(parameter.data)
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], sampling: SamplingSettings, seed: int) -> list[Rollout]:
@@ -66,7 +76,9 @@ class TransformersEngine:
             output = self.model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
                 temperature=sampling.temperature, top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens,
-                num_return_sequences=sampling.group_size, pad_token_id=pad, eos_token_id=eos)
+                num_return_sequences=sampling.group_size, pad_token_id=pad, eos_token_id=eos,
+                # Each rank samples its own prompts on its own: no lockstep with the other ranks.
+                synced_gpus=False)
         finally:
             torch.random.set_rng_state(generator_state)
             self.model.train(was_training)

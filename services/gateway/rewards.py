@@ -63,16 +63,26 @@ def _grade_payload(spec: dict[str, Any], body: RewardsRequest, stream: bool, rec
             "deadline_s": _verifier_deadline(body.deadline_s, received_at), "stream": stream}
 
 
+def _judges(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The spec's LLM judges: the spec itself, or the rubric parts of a multi (judged side by side)."""
+    if spec.get("type") == "rubric":
+        return [spec]
+    if spec.get("type") == "multi":
+        return [part for part in (spec.get("graders") or {}).values()
+                if isinstance(part, dict) and part.get("type") == "rubric"]
+    return []
+
+
 def _client_timeout(body: RewardsRequest, spec: dict[str, Any]) -> float:
     """How long to wait for the verifier: its deadline, or a budget that grows with the batch."""
     # The verifier enforces the deadline; leave it room to answer with timeouts rather than cut it off.
     if body.deadline_s:
         return body.deadline_s + 30.0
     budget = get_settings().http_timeout_s + len(body.items) * 0.05
-    if spec.get("type") == "rubric":
+    for judge in _judges(spec):
         # LLM judgments: waves of max_concurrency items, each allowed the spec's per-item time.
-        waves = math.ceil(len(body.items) / int(spec.get("max_concurrency", 8)))
-        budget = max(budget, float(spec.get("timeout_s", 120.0)) * waves)
+        waves = math.ceil(len(body.items) / int(judge.get("max_concurrency", 8)))
+        budget = max(budget, float(judge.get("timeout_s", 120.0)) * waves)
     return budget + 30.0
 
 

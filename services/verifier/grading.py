@@ -119,9 +119,18 @@ def _quick_pass(spec: Any) -> Any | None:
     return None
 
 
-def _ran_out(outcome: PoolOutcome) -> bool:
-    """The grader gave up within its own budget (a hard kill or the batch deadline is final)."""
-    return outcome.status == "ok" and outcome.value is not None and outcome.value["status"] == "timeout"
+def _ran_out(outcome: PoolOutcome, spec: Any, quick: Any) -> bool:
+    """A shortened math budget ran out (a hard kill or the batch deadline is final).
+
+    For a multi, only when one of its shortened parts is among the undecided ones: a code part
+    that used its own full budget is not tried again.
+    """
+    if outcome.status != "ok" or outcome.value is None or outcome.value["status"] != "timeout":
+        return False
+    if not isinstance(spec, MultiSpec):
+        return True
+    shortened = {name for name, part in quick.graders.items() if part is not spec.graders[name]}
+    return bool(shortened & set(outcome.value["details"].get("undecided", [])))
 
 
 def _pool_gradings(spec: Any, items: list[RewardItem], deadline_s: float | None) -> list[Coroutine[Any, Any, ItemResult]]:
@@ -134,7 +143,7 @@ def _pool_gradings(spec: Any, items: list[RewardItem], deadline_s: float | None)
 
     async def grade(item: RewardItem, first: tuple[Any, ...], full: tuple[Any, ...]) -> ItemResult:
         outcome = await pool.submit(grade_one, first, item_timeout_s=timeout, deadline=deadline)
-        if quick is None or not _ran_out(outcome):
+        if quick is None or not _ran_out(outcome, spec, quick):
             return _item_result(item, outcome)
         spent_ms = outcome.value["elapsed_ms"] if outcome.value else 0.0
         result = _item_result(item, await pool.submit(grade_one, full, item_timeout_s=timeout, deadline=deadline))

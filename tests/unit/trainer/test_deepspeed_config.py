@@ -68,3 +68,10 @@ def test_a_world_of_one_is_the_identity() -> None:
     assert one.all_gather({"a": 1}) == [{"a": 1}]
     assert one.max_int(3) == 3 and one.any(False) is False
     assert one.mean_metrics({"loss": 0.5}) == {"loss": 0.5}
+
+
+def test_vllm_with_dynamic_sampling_needs_one_rank() -> None:
+    config = run(engine="vllm", device="cuda", dynamic_sampling=True)
+    check_world_size(config, 1)
+    with pytest.raises(ValueError, match="dynamic_sampling: not supported with engine vllm on several ranks"):
+        check_world_size(config, 2)
