@@ -9,7 +9,6 @@ the embedded default: the rewardhub server in a background thread, SQLite, no Do
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import RunConfig, parse_config
+from trainer.distributed import free_port
 
 DEMO_SPEC: dict[str, Any] = {
     "type": "multi",
@@ -48,12 +48,6 @@ def demo_config(work_dir: Path, *, url: str, project_id: str, steps: int = 60, s
         "group_size": 8, "prompts_per_step": 4, "max_steps": steps, "learning_rate": 3e-3,
         "max_completion_length": 8, "loss_type": "dapo", "seed": seed, "output_dir": str(work_dir / "run"),
     })
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

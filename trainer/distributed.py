@@ -73,7 +73,7 @@ def init_collective(config: RunConfig) -> Collective:
         # Started without a launcher (the run service, a plain `python`): a world of one rank,
         # which still gets ZeRO-Offload and DeepSpeed's mixed precision.
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                           "MASTER_PORT": str(_free_port())})
+                           "MASTER_PORT": str(free_port())})
 
     if config.device.startswith("cuda"):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -174,7 +174,8 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
     import socket
 
     with socket.socket() as sock:

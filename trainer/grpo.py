@@ -187,15 +187,16 @@ class GRPOTrainer:
             # samples with a full local copy instead, refreshed from the shards after every step.
             sampler_copy, _ = load_model(config, source, device=self.device)
             sampler_copy.requires_grad_(False)
+        ds_config = deepspeed_config(config, self.collective.world_size) if config.deepspeed is not None else None
         if zero3:
             # While this object lives, from_pretrained loads the weights straight into ZeRO-3 shards.
             from transformers.integrations import HfDeepSpeedConfig
 
-            self._hf_deepspeed = HfDeepSpeedConfig(deepspeed_config(config, self.collective.world_size))
+            self._hf_deepspeed = HfDeepSpeedConfig(ds_config)
         model, self.tokenizer = load_model(config, source, device=self.device, sharded=zero3)
         model.train()
         self.reference: Any = frozen_copy(model) if config.beta > 0 and not zero3 else None
-        self.policy: Policy = (DeepSpeedPolicy(model, config, self.collective) if config.deepspeed is not None
+        self.policy: Policy = (DeepSpeedPolicy(model, config, self.collective, ds_config) if ds_config is not None
                                else LocalPolicy(model, config))
         if config.beta > 0 and isinstance(self.policy, DeepSpeedPolicy) and zero3:
             fresh, _ = load_model(config, source, device=self.device, sharded=True)

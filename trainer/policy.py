@@ -18,7 +18,7 @@ import torch
 
 from trainer import checkpoint
 from trainer.config import RunConfig
-from trainer.distributed import Collective, deepspeed_config, reference_config
+from trainer.distributed import Collective, reference_config
 
 
 def lr_lambda(config: RunConfig) -> Callable[[int], float]:
@@ -82,13 +82,13 @@ class LocalPolicy:
 class DeepSpeedPolicy:
     """The policy wrapped by ``deepspeed.initialize`` (ZeRO-2 or ZeRO-3) on every rank."""
 
-    def __init__(self, model: Any, config: RunConfig, collective: Collective) -> None:
+    def __init__(self, model: Any, config: RunConfig, collective: Collective, ds_config: dict[str, Any]) -> None:
         import deepspeed
 
         assert config.deepspeed is not None
         self.config = config
         self.collective = collective
-        self.ds_config = deepspeed_config(config, collective.world_size)
+        self.ds_config = ds_config
         optimizer = None
         if "optimizer" not in self.ds_config:
             optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,

@@ -22,7 +22,7 @@ from services.verifier.pool import GraderPool, PoolOutcome
 _SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(RewardSpec)
 # math-verify counts its budget in whole seconds, so one second is the least a first try can get.
 QUICK_PASS_S = 1.0
-# Graders whose work is cheap pure-Python string handling run inline: a process hop costs more.
+# Imported once in each pool worker at start, so the first item of a batch does not pay for them.
 WORKER_IMPORTS = ("math_verify", "services.verifier.graders.registry")
 
 
@@ -37,8 +37,13 @@ def grade_one(spec_json: str, completion: str, ground_truth: Any) -> dict[str, A
 
     started = time.perf_counter()
     result = grade(_spec_from_json(spec_json), completion, ground_truth)
+    return {**_plain(result), "elapsed_ms": (time.perf_counter() - started) * 1000}
+
+
+def _plain(result: GradeResult) -> dict[str, Any]:
+    """A grade as plain data, cheap to pickle back from a worker."""
     return {"score": result.score, "status": result.status, "sub_scores": dict(result.sub_scores),
-            "details": dict(result.details), "elapsed_ms": (time.perf_counter() - started) * 1000}
+            "details": dict(result.details)}
 
 
 def grade_components(spec_json: str, completion: str, ground_truth: Any) -> dict[str, Any]:
@@ -51,9 +56,7 @@ def grade_components(spec_json: str, completion: str, ground_truth: Any) -> dict
     for name, sub in _spec_from_json(spec_json).graders.items():
         if isinstance(sub, RubricSpec):
             continue
-        result = grade(sub, completion, ground_truth_for(name, ground_truth))
-        parts[name] = {"score": result.score, "status": result.status, "sub_scores": dict(result.sub_scores),
-                       "details": dict(result.details)}
+        parts[name] = _plain(grade(sub, completion, ground_truth_for(name, ground_truth)))
     return {"parts": parts, "elapsed_ms": (time.perf_counter() - started) * 1000}
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,15 +20,10 @@ import torch
 import yaml
 
 from tests.conftest import LiveServer
+from trainer.distributed import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (dev extra)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_config(folder: Path, url: str, *, stage: int, **overrides: Any) -> Path:
@@ -50,7 +44,7 @@ def launch(config: Path, key: str, *extra: str) -> subprocess.CompletedProcess[s
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     env.update({"RH_DS_KEY": key, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     command = [sys.executable, "-m", "rewardhub.cli", "train", str(config), "--num-gpus", "2",
-               "--master-port", str(_free_port()), *extra]
+               "--master-port", str(free_port()), *extra]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
     return result
