@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from rewardhub.adapters import verl
-from rewardhub.adapters.trl import TRLRewardFunction
+from rewardhub.adapters.trl import AsyncTRLRewardFunction, TRLRewardFunction, completion_text
 from rewardhub.client import AsyncRewardClient, RewardClient, RewardHubError, make_items
 from tests.conftest import LiveServer
 
@@ -75,6 +75,56 @@ def test_trl_reward_function(live_server: LiveServer) -> None:
     assert scores == [1.0, 0.0]
     numeric = TRLRewardFunction({"type": "numeric"}, base_url=live_server.url, api_key=live_server.tenant.keys["trainer"])
     assert numeric(prompts=["p"], completions=["\\boxed{4}"], ground_truth=["four-ish"]) == [None]
+
+
+TOOL_TURN = [{"role": "assistant", "content": "", "tool_calls": [{"type": "function",
+                                                                 "function": {"name": "lookup", "arguments": {}}}]},
+             {"role": "tool", "name": "lookup", "content": "42"},
+             {"role": "assistant", "content": "I cannot tell."}]
+
+
+def test_completion_text_grades_assistant_text_only() -> None:
+    assert completion_text("plain") == "plain"
+    assert completion_text(TOOL_TURN) == "I cannot tell."
+    assert completion_text(TOOL_TURN, "assistant") == "I cannot tell."  # the empty tool-call turn adds nothing
+    blocks = [{"role": "assistant", "content": [{"type": "text", "text": "The answer is "},
+                                                {"type": "image", "image": "..."}, {"type": "text", "text": "4"}]}]
+    assert completion_text(blocks) == "The answer is 4"
+    two = [{"role": "assistant", "content": "first"}, {"role": "user", "content": "\\boxed{9}"},
+           {"role": "assistant", "content": "second"}]
+    assert completion_text(two) == "second" and completion_text(two, "assistant") == "first\nsecond"
+    assert completion_text([{"role": "tool", "content": "42"}]) == ""
+
+
+def test_trl_tool_message_answer_is_not_the_models(live_server: LiveServer) -> None:
+    reward = TRLRewardFunction({"type": "numeric"}, base_url=live_server.url,
+                               api_key=live_server.tenant.keys["trainer"])
+    assert reward(prompts=[[{"role": "user", "content": "answer?"}]], completions=[TOOL_TURN],
+                  ground_truth=["42"]) == [0.0]
+    blocks = [[{"role": "assistant", "content": [{"type": "text", "text": "\\boxed{42}"}]}]]
+    assert reward(prompts=["p"], completions=blocks, ground_truth=["42"]) == [1.0]
+    zero = TRLRewardFunction({"type": "numeric"}, base_url=live_server.url,
+                             api_key=live_server.tenant.keys["trainer"], non_ok_reward=0.0)
+    metrics: list[tuple[str, float]] = []
+    assert zero(prompts=["p"], completions=["\\boxed{4}"], ground_truth=["four-ish"],
+                log_metric=lambda name, value: metrics.append((name, value))) == [0.0]
+    assert metrics == [("rewardhub_numeric/ok_rate", 0.0)]
+
+
+def test_async_trl_reward_function_keeps_one_client_per_event_loop(live_server: LiveServer) -> None:
+    reward = AsyncTRLRewardFunction(MATH, base_url=live_server.url, api_key=live_server.tenant.keys["trainer"])
+
+    async def several() -> list[list[float | None]]:
+        calls = [reward(prompts=["p"], completions=[[{"role": "assistant", "content": f"\\boxed{{{i}}}"}]],
+                        ground_truth=[str(i)]) for i in range(5)]
+        results = list(await asyncio.gather(*calls))
+        results.append(await reward(prompts=["p"], completions=["\\boxed{1}"], ground_truth=["2"]))
+        return results
+
+    assert asyncio.run(several()) == [[1.0]] * 5 + [[0.0]]
+    assert reward.clients_created == 1
+    assert asyncio.run(several())[0] == [1.0]  # a new loop gets its own client, never the old loop's
+    assert reward.clients_created == 2
 
 
 def test_verl_compute_score_sync_batch_async(live_server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
