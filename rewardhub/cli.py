@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,9 +13,14 @@ from rewardhub.eval_cli import eval_app
 from rewardhub.train_cli import demo, train
 from services.common.models import Role
 
+if TYPE_CHECKING:
+    from services.common.settings import Settings
+
 KEEP_ALIVE_S = 75
 
-app = typer.Typer(help="rewardhub: rewards, labels and GRPO-family training for RLVR.", no_args_is_help=True)
+# Tracebacks without local variables: they would print settings and URLs with their passwords.
+app = typer.Typer(help="rewardhub: rewards, labels and GRPO-family training for RLVR.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 projects_app = typer.Typer(help="Manage projects.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -25,7 +31,7 @@ app.command()(demo)
 console = Console(stderr=True, soft_wrap=True)
 
 
-def _settings():
+def _settings() -> Settings:
     from services.common.settings import get_settings
 
     return get_settings()
@@ -41,7 +47,7 @@ def up(
     import uvicorn
 
     from rewardhub.embedded import bootstrap, build_embedded_app
-    from services.common.logging import configure_logging
+    from services.common.logging import configure_logging, mask_url
 
     settings = _settings()
     configure_logging("embedded", settings.log_level, json_logs=False)
@@ -49,7 +55,7 @@ def up(
     application = build_embedded_app()
     url = f"http://{host}:{port}"
     console.print(f"[bold green]rewardhub[/] is up at [link={url}]{url}[/]  (API docs: {url}/docs)")
-    console.print(f"database: {settings.effective_database_url}")
+    console.print(f"database: {mask_url(settings.effective_database_url)}")
     if boot.admin_key and boot.newly_created:
         console.print(f"first admin key (shown once, also saved to {boot.admin_key_file}):")
         console.print(f"  [bold]{boot.admin_key}[/]")
@@ -76,13 +82,16 @@ def serve(
     import uvicorn
 
     from rewardhub.service_map import SERVICES
-    from services.common.logging import configure_logging
+    from services.common.logging import configure_logging, mask_url
 
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; known: {', '.join(sorted(SERVICES))}",
                                  param_hint="SERVICE")
     settings = _settings()
     configure_logging(service, settings.log_level, settings.log_json)
+    logging.getLogger("rewardhub.cli").info(
+        "serving %s on %s:%d; database %s; broker %s", service, host, port,
+        mask_url(settings.effective_database_url), mask_url(settings.redis_url) if settings.redis_url else "in-process")
     os.environ["REWARDHUB_SERVICE"] = service
     module, _, factory = SERVICES[service].partition(":")
     uvicorn.run(f"{module}:{factory}", factory=True, host=host, port=port, workers=workers,
@@ -115,14 +124,16 @@ def migrate(
 ) -> None:
     """Apply database migrations (production: run once before starting the services)."""
     from services.common import migrate as migrations
+    from services.common.logging import mask_url
 
     settings = _settings()
+    shown = mask_url(settings.effective_database_url)
     if downgrade_to is not None:
         migrations.downgrade(revision=downgrade_to)
-        console.print(f"downgraded {settings.effective_database_url} to {downgrade_to}")
+        console.print(f"downgraded {shown} to {downgrade_to}")
     else:
         migrations.upgrade(revision=revision)
-        console.print(f"migrated {settings.effective_database_url} to {revision}")
+        console.print(f"migrated {shown} to {revision}")
 
 
 @projects_app.command("create")

@@ -357,17 +357,24 @@ class Adjudication(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class IdempotencyRecord(Base):
-    """The stored answer to a write sent with an idempotency key, written in the write's transaction."""
+# Idempotency records live in the shared ``idempotency_records`` table (services.common.idempotency);
+# annotation's endpoints name themselves ``annotation/<annotation project id>/<endpoint>`` there.
 
-    __tablename__ = "annotation_idempotency"
-    __table_args__ = (UniqueConstraint("annotation_project_id", "endpoint", "key"),)
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    annotation_project_id: Mapped[str] = mapped_column(ForeignKey("annotation_projects.id", ondelete="CASCADE"))
-    endpoint: Mapped[str] = mapped_column(String(100))
-    key: Mapped[str] = mapped_column(String(200))
-    request_hash: Mapped[str] = mapped_column(String(64))
-    status_code: Mapped[int] = mapped_column(Integer)
-    response: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+class LoginAttempt(Base):
+    """One web-UI login attempt that counts against a username or a client address.
+
+    Kept in the database (not in memory) so every annotation replica sees the same counts.
+    ``subject`` is an HMAC of the typed username or the address: a password typed into the
+    username box never lands in the database. A row is written before the password is checked
+    (so a burst of parallel guesses cannot all slip past the limit) and removed again when the
+    attempt turns out not to count (refused while locked, or a correct password).
+    """
+
+    __tablename__ = "annotation_login_attempts"
+    __table_args__ = (Index("ix_annotation_login_attempts_subject", "scope", "subject", "attempted_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=ordered_id)
+    scope: Mapped[str] = mapped_column(String(16))  # "account" or "address"
+    subject: Mapped[str] = mapped_column(String(64))
+    attempted_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

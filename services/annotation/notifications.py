@@ -8,6 +8,17 @@ commits made by other replicas.
 
 Webhook signature: ``X-Rewardhub-Signature: sha256=<hex HMAC-SHA256(secret, f"{timestamp}." + body)>``
 with ``X-Rewardhub-Timestamp`` (Unix seconds); check it with ``verify_signature``.
+
+Where a webhook may point (SSRF guard). A webhook URL is chosen by a project admin but fetched
+from inside the platform's network, so it could aim at the metadata service (169.254.169.254),
+a database on loopback or anything on the private network. ``check_webhook_url`` refuses non-
+http(s) schemes and every host that resolves to a non-public address (loopback, private, link-
+local, unique-local, unspecified, multicast, reserved, documentation, CGNAT; IPv4-mapped, NAT64
+and 6to4 IPv6 forms are judged by the IPv4 address inside). It runs when the URL is set and again
+before every delivery, since DNS can change; the delivery then connects to the address that was
+checked (the host name still goes in ``Host`` and TLS SNI), so a second lookup cannot swap in
+another one, and redirects are never followed. Operators who do want internal receivers set
+``REWARDHUB_WEBHOOK_ALLOW_PRIVATE=true`` or list hosts/CIDRs in ``REWARDHUB_WEBHOOK_ALLOWED_HOSTS``.
 """
 
 from __future__ import annotations
@@ -15,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -32,6 +45,7 @@ from sqlalchemy.orm import Session
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 from tenacity.wait import wait_base
 
+from services.common.errors import InvalidInput
 from services.common.settings import get_settings
 
 log = logging.getLogger("rewardhub.annotation.notifications")
@@ -62,11 +76,138 @@ def verify_signature(secret: str, timestamp: str | int, body: bytes, signature: 
     return hmac.compare_digest(sign(secret, ts, body), signature)
 
 
+# ------------------------------------------------------------------------------ URL checking
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Not every non-public range is flagged by ``ipaddress`` on every Python version (3.11 calls
+# 224.0.0.1 and ff0e::1 "global"), so these are refused explicitly as well.
+_BLOCKED_NETWORKS: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+    "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4", "255.255.255.255/32",
+    "::/128", "::1/128", "::/96", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "fc00::/7",
+    "fe80::/10", "fec0::/10", "ff00::/8"))
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+UNRESOLVABLE = "webhook_host_unresolvable"
+NOT_ALLOWED = "webhook_url_not_allowed"
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """Where one delivery goes: the URL to connect to (host pinned to a checked address, or
+    unchanged) and the ``Host`` header and SNI name that keep the original host name."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+
+def embedded_ipv4(address: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv6 form stands for (mapped, NAT64, 6to4), else the address itself."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address in _NAT64:
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if address.sixtofour is not None:
+            return address.sixtofour
+    return address
+
+
+def is_public(address: IPAddress) -> bool:
+    """True for a globally reachable unicast address; False for every range an SSRF would aim at."""
+    address = embedded_ipv4(address)
+    if any(address in network for network in _BLOCKED_NETWORKS if network.version == address.version):
+        return False
+    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_loopback
+                                      or address.is_link_local or address.is_private or address.is_unspecified)
+
+
+def _allowlist() -> tuple[set[str], list[IPNetwork]]:
+    """The operator's ``webhook_allowed_hosts``: host names (lower case) and networks."""
+    names: set[str] = set()
+    networks: list[IPNetwork] = []
+    for entry in (e.strip() for e in get_settings().webhook_allowed_hosts.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            names.add(entry.lower().rstrip("."))
+    return names, networks
+
+
+def _resolve(host: str, port: int, field_name: str) -> list[IPAddress]:
+    """Every address the host resolves to, the way the HTTP client's connect would resolve it."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError) as exc:
+        raise InvalidInput(f"{field_name}: the host {host!r} does not resolve ({exc})", field=field_name,
+                           code=UNRESOLVABLE) from exc
+    found: list[IPAddress] = []
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if address not in found:
+            found.append(address)
+    return found
+
+
+def check_webhook_url(url: str, *, field_name: str = "webhook_url") -> list[IPAddress]:
+    """Refuse a webhook URL that is not http(s) or whose host resolves to any non-public address.
+
+    Returns the checked addresses (empty where the operator's settings let the host through by
+    name or allow private addresses). Raises ``InvalidInput`` naming ``field_name``.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise InvalidInput(f"{field_name}: not a valid URL ({exc})", field=field_name, code=NOT_ALLOWED) from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidInput(f"{field_name}: webhooks must be http:// or https:// URLs with a host",
+                           field=field_name, code=NOT_ALLOWED)
+    settings = get_settings()
+    names, networks = _allowlist()
+    host = parsed.host.lower().rstrip(".")
+    if settings.webhook_allow_private or host in names:
+        return []
+    addresses = _resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80), field_name)
+    for address in addresses:
+        if not is_public(address) and not any(embedded_ipv4(address) in n or address in n for n in networks):
+            raise InvalidInput(f"{field_name}: the host {parsed.host!r} resolves to {address}, which is not a "
+                               "public address; webhooks may not reach loopback, private, link-local or "
+                               "reserved addresses (an operator can allow them with "
+                               "REWARDHUB_WEBHOOK_ALLOW_PRIVATE or REWARDHUB_WEBHOOK_ALLOWED_HOSTS)",
+                               field=field_name, code=NOT_ALLOWED)
+    return addresses
+
+
+def webhook_target(url: str) -> WebhookTarget:
+    """Check the URL now and pin the connection to the address that passed the check."""
+    addresses = check_webhook_url(url)
+    parsed = httpx.URL(url)
+    try:
+        ipaddress.ip_address(parsed.host)
+        return WebhookTarget(url)  # a literal address: nothing to pin
+    except ValueError:
+        pass
+    if not addresses:
+        return WebhookTarget(url)
+    pinned = parsed.copy_with(host=str(addresses[0]))
+    host_header = parsed.host if parsed.port is None else f"{parsed.host}:{parsed.port}"
+    extensions = {"sni_hostname": parsed.host} if parsed.scheme == "https" else {}
+    return WebhookTarget(str(pinned), {"Host": host_header}, extensions)
+
+
 # ------------------------------------------------------------------------------------- webhook
 
 
 class WebhookRejected(Exception):
-    """The receiver answered with a status that retrying will not fix."""
+    """The receiver answered with a status that retrying will not fix, or the URL is not allowed."""
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -90,9 +231,11 @@ def send_webhook(url: str, secret: str, payload: dict[str, Any], *, attempts: in
                                 wait=wait or wait_exponential(multiplier=0.5, max=30),
                                 retry=retry_if_exception(_retryable)):
             with attempt:
+                target = _delivery_target(url)
                 timestamp = int(time.time())
-                response = http.post(url, content=body, headers={
-                    "Content-Type": "application/json", "User-Agent": "rewardhub-annotation",
+                response = http.post(target.url, content=body, follow_redirects=False,
+                                     extensions=target.extensions, headers={
+                    **target.headers, "Content-Type": "application/json", "User-Agent": "rewardhub-annotation",
                     "X-Rewardhub-Event": str(payload.get("event", "labels")),
                     "X-Rewardhub-Delivery": uuid.uuid4().hex, TIMESTAMP_HEADER: str(timestamp),
                     SIGNATURE_HEADER: sign(secret, timestamp, body)})
@@ -100,11 +243,24 @@ def send_webhook(url: str, secret: str, payload: dict[str, Any], *, attempts: in
                     response.raise_for_status()
                 if response.status_code >= 400:
                     raise WebhookRejected(f"{url} answered {response.status_code}")
+                if response.is_redirect:
+                    raise WebhookRejected(f"{url} answered a redirect ({response.status_code}); webhook deliveries "
+                                          "do not follow redirects")
                 return response.status_code
     finally:
         if own_client:
             http.close()
     raise AssertionError("unreachable")
+
+
+def _delivery_target(url: str) -> WebhookTarget:
+    """The checked target of one delivery attempt: a refused URL is final, a failed lookup is retried."""
+    try:
+        return webhook_target(url)
+    except InvalidInput as exc:
+        if exc.code == UNRESOLVABLE:
+            raise httpx.ConnectError(exc.message) from exc
+        raise WebhookRejected(exc.message) from exc
 
 
 _EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="annotation-webhook")

@@ -11,6 +11,11 @@ uses the token of an anonymous session cookie set when the login page is shown, 
 issues a new token, so a token seen before login is worthless after it. Changing a password
 (or disabling the account, or revoking the key) ends its sessions at the next request.
 
+Login limits. Failed logins count per username and per client address, in the database so every
+replica agrees (``login_throttle``); past ``login_max_failures_per_account`` or ``…_per_address``
+within ``login_window_s`` a login answers 429 with ``Retry-After`` and the password is not even
+checked. Wrong admin keys count against the address.
+
 Who sees what. Annotator accounts log in with username and password and label in the projects
 they are members of; accounts with role reviewer or admin also see the dashboard of those
 projects. An admin API key can be entered on the login page instead: it sees the dashboard of
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -38,7 +44,7 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import webui
-from services.annotation import accounts, purchases, queue
+from services.annotation import accounts, login_throttle, purchases, queue
 from services.annotation.app import request_time
 from services.annotation.models import AnnotationProject, Annotator, LabelKind
 from services.annotation.schemas import LabelSchema, QueueStats, Submission, TaskView
@@ -135,12 +141,12 @@ def read_session(request: Request) -> SessionData | None:
 
 
 def ui_root(request: Request) -> str:
-    return request.scope.get("root_path", "").rstrip("/") + router.prefix
+    return str(request.scope.get("root_path", "")).rstrip("/") + router.prefix
 
 
 def ui_path(request: Request, route: str, /, **params: Any) -> str:
     """A path (no scheme or host, so it is right behind any proxy) to a named UI route."""
-    return request.scope.get("root_path", "").rstrip("/") + str(request.app.url_path_for(route, **params))
+    return str(request.scope.get("root_path", "")).rstrip("/") + str(request.app.url_path_for(route, **params))
 
 
 def write_session(request: Request, response: Response, data: SessionData) -> None:
@@ -282,13 +288,42 @@ def _login_csrf_ok(request: Request, token: str) -> bool:
     return data is not None and bool(token) and hmac.compare_digest(data.csrf.encode(), token.encode())
 
 
+def client_address(request: Request) -> str:
+    """The caller's address as the ASGI server saw it (``scope["client"]``).
+
+    Behind a reverse proxy that is the proxy's address, so every user would share one address
+    limit: run uvicorn with ``--proxy-headers --forwarded-allow-ips=<the proxy's address>`` so
+    that it puts the ``X-Forwarded-For`` client there. The header is never read here directly,
+    since any client can send one.
+    """
+    return request.client.host if request.client is not None and request.client.host else "unknown"
+
+
+def _locked_page(request: Request, attempt: login_throttle.Attempt, *, next_url: str,
+                 username: str = "") -> HTMLResponse:
+    minutes = max(1, math.ceil(attempt.retry_after_s / 60))
+    error = (f"Too many failed login attempts for this account or from this address. Logging in is locked; "
+             f"try again in {minutes} minute{'s' if minutes != 1 else ''}.")
+    response = _login_page(request, error=error, status_code=429, next_url=next_url, username=username)
+    response.headers["Retry-After"] = str(attempt.retry_after_s)
+    return response
+
+
 @router.post("/login", name="ui_login_submit")
 def login(request: Request, username: FormText = "", password: FormText = "", csrf_token: FormText = "",
-          next: FormText = "", session: Session = Depends(get_session)) -> Response:
+          next: FormText = "", now: datetime | None = Depends(request_time),
+          session: Session = Depends(get_session)) -> Response:
+    """Password login, limited per username and per address (see ``login_throttle``)."""
     if not _login_csrf_ok(request, csrf_token):
         return _login_page(request, error="Your login form expired. Please enter your details again.",
                            status_code=403, next_url=next, username=username)
-    annotator = accounts.authenticate(session, username.strip(), password) if username and password else None
+    annotator = None
+    if username.strip() and password:
+        attempt = login_throttle.begin(username, client_address(request), now=now)
+        if attempt.refused:
+            return _locked_page(request, attempt, next_url=next, username=username)
+        annotator = accounts.authenticate(session, username.strip(), password)
+        login_throttle.finish(attempt, succeeded=annotator is not None)
     if annotator is None:
         return _login_page(request, error="Wrong username or password.", status_code=401, next_url=next,
                            username=username)
@@ -301,11 +336,18 @@ def login(request: Request, username: FormText = "", password: FormText = "", cs
 
 @router.post("/login/key", name="ui_login_key")
 def login_with_key(request: Request, api_key: FormText = "", csrf_token: FormText = "", next: FormText = "",
-                   session: Session = Depends(get_session)) -> Response:
+                   now: datetime | None = Depends(request_time), session: Session = Depends(get_session)) -> Response:
+    """Admin-key login; wrong keys count against the address like wrong passwords."""
     if not _login_csrf_ok(request, csrf_token):
         return _login_page(request, error="Your login form expired. Please enter your details again.",
                            status_code=403, next_url=next)
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(api_key.strip()))) if api_key else None
+    key = None
+    if api_key.strip():
+        attempt = login_throttle.begin(None, client_address(request), now=now)
+        if attempt.refused:
+            return _locked_page(request, attempt, next_url=next)
+        key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(api_key.strip())))
+        login_throttle.finish(attempt, succeeded=key is not None and key.revoked_at is None)
     if key is None or key.revoked_at is not None:
         return _login_page(request, error="That API key is not valid.", status_code=401, next_url=next)
     if key.role is not Role.admin:

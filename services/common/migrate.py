@@ -7,6 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from services.common.db import prepare_sqlite_storage
 from services.common.settings import get_settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -21,8 +22,10 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def upgrade(url: str | None = None, revision: str = "head") -> None:
-    if url is None and get_settings().is_sqlite:
-        get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    """Migrate to ``revision``; a new SQLite file is created owner-only first (see ``prepare_sqlite_storage``)."""
+    target = url or get_settings().effective_database_url
+    if target.startswith("sqlite"):
+        prepare_sqlite_storage(target, get_settings().data_dir if url is None else None)
     command.upgrade(alembic_config(url), revision)
 
 

@@ -15,6 +15,7 @@ from services.annotation.schemas import RolloutGroupIn, StepIn
 from services.common.auth import create_api_key
 from services.common.db import session_scope
 from services.common.models import Project, Role
+from services.common.settings import reset_settings_cache
 from tests.conftest import Tenant, bearer
 
 T0 = datetime(2026, 2, 1, 8, 0, tzinfo=UTC)
@@ -77,7 +78,11 @@ def error(response: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ projects
 
 
-def test_admin_creates_a_project_and_roles_and_tenants_are_enforced(client: TestClient, sqlite_tenant: Tenant) -> None:
+def test_admin_creates_a_project_and_roles_and_tenants_are_enforced(client: TestClient, sqlite_tenant: Tenant,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # A receiver on loopback is allowed only because the operator says so (the SSRF guard).
+    monkeypatch.setenv("REWARDHUB_WEBHOOK_ALLOW_PRIVATE", "true")
+    reset_settings_cache()
     made = create(client, sqlite_tenant, webhook_url="http://127.0.0.1:9/hook")
     assert made["webhook_secret"].startswith("whsec_") and made["budget"] == {"total": 10, "spent": 0, "left": 10}
     assert made["label_schema"] == {"free_form": True, "candidates": True, "ambiguous": True, "rationale": "optional"}

@@ -9,6 +9,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,6 +19,7 @@ from services.annotation import notifications, purchases
 from services.annotation.app import create_app
 from services.annotation.models import Purchase
 from services.common.db import session_scope
+from services.common.settings import reset_settings_cache
 from tests.conftest import Tenant, bearer
 from tests.unit.annotation.test_api import BASE, seed_step
 
@@ -53,7 +55,10 @@ class RecordingWebhookReceiver:
 
 
 @pytest.fixture
-def receiver() -> Iterator[RecordingWebhookReceiver]:
+def receiver(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingWebhookReceiver]:
+    """A receiver on loopback, which the SSRF guard lets through only because the operator allows it."""
+    monkeypatch.setenv("REWARDHUB_WEBHOOK_ALLOW_PRIVATE", "true")
+    reset_settings_cache()
     server = RecordingWebhookReceiver()
     yield server
     server.close()
