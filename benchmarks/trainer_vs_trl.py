@@ -85,7 +85,7 @@ def time_ours(args: argparse.Namespace, work: Path, *, http: bool) -> list[float
             os.environ["REWARDHUB_BENCH_KEY"] = server.trainer_key
             config["reward"] = {"spec": {"type": "regex", "pattern": r"\d"}, "url": server.url,
                                 "project_id": server.project_id, "api_key_env": "REWARDHUB_BENCH_KEY"}
-            outcome = GRPOTrainer(parse_config(config)).train()
+            outcome = GRPOTrainer(parse_config(config, local=True)).train()
     else:
         rewards = CallableRewards(lambda completion, _truth, _item: digit_share(completion))
         outcome = GRPOTrainer(parse_config(config), rewards=rewards).train()

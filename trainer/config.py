@@ -72,8 +72,8 @@ class RewardConfig(_Strict):
     """Where rewards come from: the rewardhub API with an inline spec or a stored ``name@version``."""
 
     spec: dict[str, Any] | str = Field(description="An inline reward spec, or a stored one as name@version.")
-    url: str | None = Field(default=None, description="rewardhub URL; default REWARDHUB_URL or http://127.0.0.1:8000.")
-    api_key_env: str = Field(default="REWARDHUB_API_KEY", description="Environment variable holding the API key.")
+    url: str | None = Field(default=None, description="rewardhub URL. Unset: a run started by the trainer service "
+                            "uses the platform's own gateway; the CLI uses REWARDHUB_URL or http://127.0.0.1:8000.")
     project_id: str | None = None
     deadline_s: float | None = Field(default=None, gt=0, le=3600)
     timeout_s: float = Field(default=120.0, gt=0)
@@ -91,6 +91,23 @@ class RewardConfig(_Strict):
             return dict(_SPEC_ADAPTER.dump_python(_SPEC_ADAPTER.validate_python(spec), mode="json"))
         except ValidationError as exc:
             raise ValueError(f"not a valid reward spec: {_describe(exc)}") from None
+
+
+DEFAULT_API_KEY_ENV = "REWARDHUB_API_KEY"
+
+
+class LocalRewardConfig(RewardConfig):
+    """The reward section of a config the machine's owner writes (``rewardhub train run.yaml``, Python).
+
+    Only such a config may say which environment variable holds the API key: it names the owner's
+    own environment. A config that arrives over the trainer service's API is a :class:`RewardConfig`,
+    which has no such field, so an API caller can never have one of the server's variables
+    (``REWARDHUB_SECRET_KEY``, ``DATABASE_URL``…) sent out as a Bearer token; its run gets a key
+    minted for it instead.
+    """
+
+    api_key_env: str = Field(default=DEFAULT_API_KEY_ENV, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                             description="Environment variable holding the API key (local configs only).")
 
 
 class OverlongConfig(_Strict):
@@ -236,6 +253,14 @@ class RunConfig(_Strict):
         return self.rollouts_per_step // (self.mini_batches * self.gradient_accumulation)
 
 
+class LocalRunConfig(RunConfig):
+    """A run config written by the machine's owner: like :class:`RunConfig`, and its reward section
+    may name the environment variable holding the API key (see :class:`LocalRewardConfig`)."""
+
+    reward: LocalRewardConfig | None = Field(default=None, description="Unset only when the caller passes a "
+                                             "reward function in-process (tests, benchmarks).")
+
+
 def _describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
@@ -246,20 +271,30 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_config(data: dict[str, Any] | RunConfig) -> RunConfig:
-    """Validate a dict (or pass a RunConfig through); raise :class:`ConfigError` naming each bad field."""
+def parse_config(data: dict[str, Any] | RunConfig, *, local: bool = False) -> RunConfig:
+    """Validate a dict (or pass a RunConfig through); raise :class:`ConfigError` naming each bad field.
+
+    ``local=True`` reads a config the machine's owner wrote (a :class:`LocalRunConfig`, whose reward
+    section may name an environment variable); the default is the service-safe :class:`RunConfig`.
+    """
+    model: type[RunConfig] = LocalRunConfig if local else RunConfig
     if isinstance(data, RunConfig):
-        return data
+        if local or not isinstance(data, LocalRunConfig):
+            return data  # every RunConfig is a valid local config
+        data = data.model_dump(mode="json", exclude_unset=True)  # a local one must pass the strict check
     if not isinstance(data, dict):
         raise ConfigError(f"config: expected a mapping of settings, got {type(data).__name__}")
     try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read a YAML (or JSON) run config; relative dataset/model/output paths are taken from the file's folder."""
+    """Read a YAML (or JSON) run config written by the machine's owner (a :class:`LocalRunConfig`).
+
+    Relative dataset/model/output paths are taken from the file's folder.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config: file {path} does not exist")
@@ -276,4 +311,4 @@ def load_config(path: str | Path) -> RunConfig:
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("path"), str) and not Path(model["path"]).is_absolute():
         model["path"] = str(base / model["path"])
-    return parse_config(data)
+    return parse_config(data, local=True)

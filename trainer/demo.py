@@ -47,7 +47,7 @@ def demo_config(work_dir: Path, *, url: str, project_id: str, steps: int = 60, s
         "reward": {"spec": DEMO_SPEC, "url": url, "project_id": project_id, "api_key_env": "REWARDHUB_DEMO_KEY"},
         "group_size": 8, "prompts_per_step": 4, "max_steps": steps, "learning_rate": 3e-3,
         "max_completion_length": 8, "loss_type": "dapo", "seed": seed, "output_dir": str(work_dir / "run"),
-    })
+    }, local=True)  # the demo's own key, in this process's environment
 
 
 @dataclass
@@ -70,7 +70,7 @@ def embedded_server() -> Iterator[LocalServer]:
 
     boot = bootstrap(get_settings())
     with session_scope() as session:
-        project = session.get(Project, boot.project_id)
+        project = session.get_one(Project, boot.project_id)
         _, trainer_key = create_api_key(session, role=Role.trainer, projects=[project], name="demo trainer")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(build_embedded_app(), host="127.0.0.1", port=port, log_level="warning"))

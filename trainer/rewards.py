@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import httpx
 
 from rewardhub.client import AsyncRewardClient, RewardHubError
+from trainer.config import DEFAULT_API_KEY_ENV
 from trainer.data import PromptRow
 from trainer.rollout import Rollout
 
@@ -118,20 +119,32 @@ class CallableRewards:
         return None
 
 
+def local_api_key(config: Any) -> str:
+    """The API key from this process's environment, for a run its owner started (CLI, Python)."""
+    return os.environ.get(getattr(config, "api_key_env", None) or DEFAULT_API_KEY_ENV, "")
+
+
 class HttpRewards:
     """Scores through ``POST /v1/rewards``: batches of ``batch_size`` items, ``concurrency`` requests at once.
 
     ``config`` is the run config's ``reward`` section. Transient failures (connection errors,
     502/503/504) are retried by the client with the same idempotency key; what still fails raises
     :class:`RewardServiceUnavailable` from the future.
+
+    ``api_key`` is the key to send (the trainer service passes the one it minted for the run).
+    Without it the key comes from this process's environment: the variable a local config names
+    (:class:`~trainer.config.LocalRewardConfig`), else ``REWARDHUB_API_KEY``. ``base_url``
+    overrides ``config.url`` (the service resolves the platform's gateway for a run).
     """
 
-    def __init__(self, config: Any, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: Any, *, api_key: str | None = None, base_url: str | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         if config is None:
             raise ValueError("reward: the run config names no reward spec and no in-process reward source was given")
         self.config = config
         self.transport = transport
-        self.api_key = os.environ.get(config.api_key_env, "")
+        self.base_url = base_url or config.url
+        self.api_key = api_key if api_key is not None else local_api_key(config)
         self.batch_size = int(getattr(config, "batch_size", 256))
         # One thread runs the event loop of each submitted chunk, so scoring overlaps generation.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewardhub-rewards")
@@ -147,7 +160,7 @@ class HttpRewards:
     async def _score(self, items: list[RewardItem]) -> list[RewardOutcome]:
         batches = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         gate = asyncio.Semaphore(self.config.concurrency)
-        async with AsyncRewardClient(self.config.url, self.api_key or None, timeout_s=self.config.timeout_s,
+        async with AsyncRewardClient(self.base_url, self.api_key or None, timeout_s=self.config.timeout_s,
                                      max_retries=self.config.max_retries, transport=self.transport) as client:
             async def one(batch: list[RewardItem]) -> list[RewardOutcome]:
                 async with gate:

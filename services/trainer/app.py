@@ -1,30 +1,34 @@
-"""Trainer routes: start, watch, cancel and resume GRPO-family training runs."""
+"""Trainer routes: start, watch, cancel and resume GRPO-family training runs; upload and list datasets."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from services.common.app_factory import create_service_app
 from services.common.auth import Principal, choose_project, get_accessible_project, require_roles
 from services.common.db import get_session
+from services.common.errors import InvalidInput
 from services.common.models import Role
-from services.common.validation import ID_PATTERN
-from services.trainer import runs
-from services.trainer.models import TrainingRun
-from services.trainer.schemas import RunCreate, RunMetricsOut, RunOut, StepMetricsOut
+from services.common.validation import ID_PATTERN, ProjectIdPath
+from services.trainer import datasets, runs
+from services.trainer.models import TrainingDataset, TrainingRun
+from services.trainer.schemas import DatasetOut, DatasetPage, RunCreate, RunMetricsOut, RunOut, StepMetricsOut
 
 RunPath = Annotated[str, Path(pattern=ID_PATTERN, description="A training run id.")]
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
+datasets_router = APIRouter(prefix="/v1/projects", tags=["datasets"])
 trainers = require_roles(Role.admin, Role.trainer)
 
 
@@ -43,12 +47,11 @@ def _out(run: TrainingRun) -> RunOut:
 @router.post("", response_model=RunOut, status_code=201)
 def start_run(body: RunCreate, principal: Principal = Depends(trainers),
               session: Session = Depends(get_session)) -> RunOut:
-    """Validate the config, record the run and start its worker process."""
+    """Validate and confine the config, record the run with a key minted for it, start its worker process."""
     project = get_accessible_project(session, principal, choose_project(principal, body.project_id))
-    config = body.config.model_dump(mode="json")
-    run = runs.create_run(session, project.id, body.name, config, body.config.max_steps)
+    run, api_key = runs.create_run(session, project, body.name, body.config)
     session.commit()
-    runs.launch(run.id)
+    runs.launch(run.id, api_key)
     return _out(run)
 
 
@@ -90,10 +93,56 @@ def resume_run(run_id: RunPath, principal: Principal = Depends(trainers),
                session: Session = Depends(get_session)) -> RunOut:
     """Continue a cancelled or failed run from its last checkpoint, in a new worker process."""
     run = runs.get_run(session, run_id, _scope(principal))
-    runs.prepare_resume(run)
+    api_key = runs.prepare_resume(session, run)
     session.commit()
-    runs.launch(run.id)
+    runs.launch(run.id, api_key)
     return _out(run)
+
+
+DatasetName = Annotated[str, Query(pattern=datasets.NAME_PATTERN, description="The dataset's name (what a run "
+                                   "config's `dataset` names); a .jsonl/.parquet suffix is dropped.")]
+DatasetFormat = Annotated[Literal["jsonl", "parquet"] | None, Query(description="Checked against the body; "
+                                                                    "unset: detected.")]
+
+
+async def _upload_bytes(request: Request) -> bytes:
+    """The dataset's bytes: a multipart ``file`` part, or the raw body (JSONL or Parquet)."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        part = form.get("file")
+        if not isinstance(part, StarletteUploadFile):
+            raise InvalidInput("file: a multipart upload needs its dataset in a part named 'file'", field="file")
+        return await part.read()
+    return await request.body()
+
+
+@datasets_router.post("/{project_id}/datasets", response_model=DatasetOut, status_code=201,
+                      responses={200: {"model": DatasetOut, "description": "The same dataset was uploaded before."}})
+async def upload_dataset(project_id: ProjectIdPath, request: Request, response: Response, name: DatasetName,
+                         format: DatasetFormat = None, principal: Principal = Depends(trainers),
+                         session: Session = Depends(get_session)) -> DatasetOut:
+    """Keep a veRL-schema dataset (JSONL or Parquet) in the project's area; runs of the project name it."""
+    await run_in_threadpool(get_accessible_project, session, principal, project_id)
+    upload = datasets.Upload(name=name, content=await _upload_bytes(request), declared_format=format)
+    dataset, new = await run_in_threadpool(datasets.store, session, project_id, upload)
+    if not new:
+        response.status_code = 200
+    return _dataset_out(dataset)
+
+
+@datasets_router.get("/{project_id}/datasets", response_model=DatasetPage)
+def list_datasets(project_id: ProjectIdPath, cursor: str | None = Query(default=None, max_length=100),
+                  limit: int = Query(default=50, ge=1, le=500), principal: Principal = Depends(trainers),
+                  session: Session = Depends(get_session)) -> DatasetPage:
+    """The project's datasets by name, a page at a time."""
+    get_accessible_project(session, principal, project_id)
+    page, next_cursor = datasets.list_page(session, project_id, cursor, limit)
+    return DatasetPage(data=[_dataset_out(d) for d in page], next_cursor=next_cursor)
+
+
+def _dataset_out(dataset: TrainingDataset) -> DatasetOut:
+    return DatasetOut(name=dataset.name, format=dataset.format, rows=dataset.rows, size_bytes=dataset.size_bytes,
+                      sha256=dataset.sha256, created_at=dataset.created_at)
 
 
 class RunMetricsCollector(Collector):
@@ -134,5 +183,5 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     _register_collector()
-    return create_service_app("trainer", [router], title="rewardhub trainer", lifespan=lifespan,
+    return create_service_app("trainer", [router, datasets_router], title="rewardhub trainer", lifespan=lifespan,
                               description="GRPO-family training runs against the reward API, one worker process each.")
