@@ -61,6 +61,9 @@ def bootstrap(settings: Settings) -> Bootstrap:
         project_id = project.id
     # Owner-only file: the embedded default is a single-user install, and losing the key would
     # lock the user out of their own data.
-    key_file.write_text(clear + "\n")
+    # Created 0600 (never briefly world-readable), then chmod-ed in case it existed with wider modes.
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(clear + "\n")
     os.chmod(key_file, stat.S_IRUSR | stat.S_IWUSR)
     return Bootstrap(clear, key_file, project_id, newly_created=True)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.annotation import accounts, purchases, queue
+from services.annotation import accounts, notifications, purchases, queue
 from services.annotation.models import AnnotationProject, Annotator, AnnotatorMembership, Policy
 from services.annotation.schemas import (
     AdjudicationOut,
@@ -98,6 +98,14 @@ def _check_care_params(params: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------- projects
 
+
+def _checked_webhook(url: object | None) -> str | None:
+    """The webhook URL as stored, once it passed the SSRF guard (``notifications.check_webhook_url``)."""
+    if url is None:
+        return None
+    notifications.check_webhook_url(str(url), field_name="webhook_url")
+    return str(url)
+
 router = APIRouter(prefix="/v1/annotation", tags=["annotation projects"])
 
 
@@ -114,8 +122,7 @@ def create_project(body: AnnotationProjectCreate, principal: Principal = Depends
         label_schema=body.label_schema.model_dump(), overlap_k=body.overlap_k, lease_seconds=body.lease_seconds,
         rollouts_per_prompt=body.rollouts_per_prompt, policy=body.policy,
         care_params=_check_care_params(body.care_params), answer_source=body.answer_source,
-        webhook_url=str(body.webhook_url) if body.webhook_url else None,
-        webhook_secret=purchases.new_webhook_secret())
+        webhook_url=_checked_webhook(body.webhook_url), webhook_secret=purchases.new_webhook_secret())
     session.add(project)
     try:
         session.flush()
@@ -168,7 +175,7 @@ def update_project(annotation_project_id: ProjectPath, body: AnnotationProjectUp
     if body.clear_webhook:
         project.webhook_url = None
     elif body.webhook_url is not None:
-        project.webhook_url = str(body.webhook_url)
+        project.webhook_url = _checked_webhook(body.webhook_url)
     session.flush()
     return AnnotationProjectOut(**project_out(session, project))
 

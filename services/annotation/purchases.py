@@ -9,8 +9,6 @@ by the hidden key at once; both end in ``deliver_label``, which numbers the labe
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,7 +32,6 @@ from services.annotation.models import (
     AnnotationProject,
     AnswerKeyEntry,
     AnswerSource,
-    IdempotencyRecord,
     LabelKind,
     Policy,
     Prompt,
@@ -62,6 +59,7 @@ from services.annotation.schemas import (
     StepIn,
     StepOut,
 )
+from services.common import idempotency
 from services.common.db import utcnow
 from services.common.errors import Conflict, InvalidInput, NotFound
 
@@ -112,26 +110,29 @@ def new_webhook_secret() -> str:
 
 
 def fingerprint(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+    return idempotency.fingerprint(body)
+
+
+def _idempotency_scope(session: Session, annotation_project_id: str, endpoint: str) -> tuple[str, str]:
+    """Annotation keys live in the shared table under the tenancy project, one name per annotation project."""
+    project = session.get(AnnotationProject, annotation_project_id)
+    if project is None:
+        raise NotFound(f"annotation project {annotation_project_id!r} not found", field="annotation_project_id")
+    return project.project_id, f"annotation/{annotation_project_id}/{endpoint}"
 
 
 def replay(session: Session, annotation_project_id: str, endpoint: str, key: str, request_hash: str) -> str | None:
-    """The stored response of an earlier request with this key (call under the project lock)."""
-    record = session.scalar(select(IdempotencyRecord).where(
-        IdempotencyRecord.annotation_project_id == annotation_project_id, IdempotencyRecord.endpoint == endpoint,
-        IdempotencyRecord.key == key))
-    if record is None:
-        return None
-    if record.request_hash != request_hash:
-        raise Conflict("this idempotency key was already used for a different request", field="idempotency_key",
-                       code="idempotency_key_reused")
-    return record.response
+    """The stored response of an earlier request with this key, or None after claiming the key in this
+    transaction (call under the project lock; ``remember`` stores the answer in the same transaction)."""
+    project_id, name = _idempotency_scope(session, annotation_project_id, endpoint)
+    stored = idempotency.replay(session, project_id, name, key, request_hash)
+    return None if stored is None else stored.body
 
 
 def remember(session: Session, annotation_project_id: str, endpoint: str, key: str, request_hash: str,
              status_code: int, response: str) -> None:
-    session.add(IdempotencyRecord(annotation_project_id=annotation_project_id, endpoint=endpoint, key=key,
-                                  request_hash=request_hash, status_code=status_code, response=response))
+    project_id, name = _idempotency_scope(session, annotation_project_id, endpoint)
+    idempotency.remember(session, project_id, name, key, request_hash, status_code, response)
 
 
 # -------------------------------------------------------------------------------------- prompts

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, Engine, MetaData, create_engine, event
+import anyio.to_thread
+from sqlalchemy import DateTime, Dialect, Engine, MetaData, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.settings import get_settings
 
@@ -76,12 +84,50 @@ _ENGINES: dict[str, Engine] = {}
 _SESSIONMAKERS: dict[str, sessionmaker[Session]] = {}
 
 
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _chmod(path: Path, mode: int) -> None:
+    """An explicit chmod (a umask cannot widen it); a path we do not own only gets a warning."""
+    try:
+        os.chmod(path, mode)
+    except OSError as exc:
+        logging.getLogger("rewardhub.db").warning("cannot make %s owner-only: %s", path, exc)
+
+
+def prepare_sqlite_storage(url: str, data_dir: Path | None = None) -> None:
+    """Owner-only data: the data dir 0700, the SQLite file and its -wal/-shm/-journal 0600.
+
+    The database holds password hashes, webhook secrets and labels, and sandboxed code runs as
+    another local user on the same machine, so default modes (0755/0644) would let it read them.
+    The file is created ahead with ``os.open(..., 0o600)`` so it never exists with wider modes;
+    SQLite gives its side files the main file's mode. Existing files are tightened too.
+    """
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+        _chmod(data_dir, PRIVATE_DIR_MODE)
+    database = make_url(url).database
+    if not url.startswith("sqlite") or not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=PRIVATE_DIR_MODE)
+        _chmod(path.parent, PRIVATE_DIR_MODE)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE_MODE))
+    for candidate in (path, *(Path(f"{path}{suffix}") for suffix in SQLITE_SIDE_FILES)):
+        if candidate.exists():
+            _chmod(candidate, PRIVATE_FILE_MODE)
+
+
 def get_engine() -> Engine:
     settings = get_settings()
     url = settings.effective_database_url
     if url not in _ENGINES:
         if settings.is_sqlite:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            prepare_sqlite_storage(url, settings.data_dir)
         _ENGINES[url] = make_engine(url)
     return _ENGINES[url]
 
@@ -107,10 +153,138 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
-def get_session() -> Iterator[Session]:
-    """FastAPI dependency: one session per request, committed when the handler returns."""
-    with session_scope() as session:
+# ------------------------------------------------------------------------------- unit of work
+#
+# Current FastAPI runs the teardown of a (request-scoped) yield dependency after the response has
+# been sent, so a commit there races the client's next request and can fail after a 2xx went out.
+# The unit of work closes that gap: ``get_session`` registers each request session on the request's
+# ``UnitOfWork`` and ``UnitOfWorkMiddleware`` (installed by ``create_service_app`` on every service)
+# commits it when the endpoint has returned and before the response starts. A failed commit turns
+# into a 503 with ``Retry-After``; nothing of the request is stored and no 2xx is sent. Streaming
+# routes get what they wrote before the stream committed before the first byte.
+
+UNIT_OF_WORK_SCOPE_KEY = "rewardhub.unit_of_work"
+COMMIT_FAILED_RETRY_AFTER_S = 1
+
+log = logging.getLogger("rewardhub.db")
+
+
+class CommitFailed(Exception):
+    """The request's writes could not be committed; nothing was stored."""
+
+
+class _Entry:
+    __slots__ = ("failed", "open", "session")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.open = True  # until the dependency's teardown closes it (an exception there rolls back)
+        self.failed = False
+
+
+class UnitOfWork:
+    """The sessions one HTTP request opened through ``get_session``."""
+
+    def __init__(self) -> None:
+        self._entries: list[_Entry] = []
+        self._lock = threading.Lock()
+
+    def register(self, session: Session) -> _Entry:
+        entry = _Entry(session)
+        with self._lock:
+            self._entries.append(entry)
+        return entry
+
+    def has_work(self) -> bool:
+        with self._lock:
+            return any(entry.open and not entry.failed for entry in self._entries)
+
+    def commit(self) -> None:
+        """Commit every open session (runs in a worker thread); roll all back and raise on failure."""
+        with self._lock:
+            entries = [entry for entry in self._entries if entry.open and not entry.failed]
+        try:
+            for entry in entries:
+                entry.session.commit()
+        except BaseException as exc:
+            for entry in entries:
+                entry.failed = True
+                try:
+                    entry.session.rollback()
+                except Exception:  # the connection may be gone; close() discards it
+                    log.debug("rollback after a failed commit failed too", exc_info=True)
+            raise CommitFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """FastAPI dependency: one session per request, committed before the response is sent.
+
+    Under ``UnitOfWorkMiddleware`` the commit happens when the endpoint returns and before the
+    response starts; this teardown (after the response) then only commits what a streaming body
+    wrote later, and closes. Without the middleware (an app not built by ``create_service_app``)
+    it falls back to committing here. An exception from the endpoint rolls everything back.
+    """
+    session = session_factory()()
+    unit = request.scope.get(UNIT_OF_WORK_SCOPE_KEY)
+    entry = unit.register(session) if isinstance(unit, UnitOfWork) else None
+    try:
         yield session
+        if entry is None or not entry.failed:
+            session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        if entry is not None:
+            entry.open = False
+        session.close()
+
+
+class _ResponseReplaced(Exception):
+    """Stops the original response after a failed commit replaced it with a 503."""
+
+
+class UnitOfWorkMiddleware:
+    """Commit the request's sessions after the endpoint returns and before the response starts."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        unit = UnitOfWork()
+        scope[UNIT_OF_WORK_SCOPE_KEY] = unit
+        replaced = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                raise _ResponseReplaced
+            if message["type"] == "http.response.start" and unit.has_work():
+                try:
+                    await anyio.to_thread.run_sync(unit.commit)
+                except CommitFailed as exc:
+                    log.error("commit failed on %s %s; answering 503: %s", scope.get("method"),
+                              scope.get("path"), exc)
+                    replaced = True
+                    await _send_commit_failed(send)
+                    return
+            await send(message)
+
+        with suppress(_ResponseReplaced):
+            await self.app(scope, receive, send_wrapper)
+
+
+async def _send_commit_failed(send: Send) -> None:
+    body = json.dumps({"error": {
+        "code": "commit_failed", "field": None,
+        "message": "the database did not store this request's changes; nothing was saved, retry it"}}).encode()
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"retry-after", str(COMMIT_FAILED_RETRY_AFTER_S).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def dispose_engines() -> None:

@@ -82,7 +82,10 @@ reward_writers = require_roles(Role.admin, Role.trainer)
 @rewards_router.post("/v1/rewards", response_model=RewardsResponse,
                      responses={200: {"content": {"application/x-ndjson": {}}}})
 async def score_rewards(body: RewardsRequest, request: Request,
-                        idempotency_key: str | None = Header(default=None, max_length=200),
+                        idempotency_key: str | None = Header(
+                            default=None, alias="Idempotency-Key", min_length=1, max_length=200,
+                            description="A retry with the same key and body returns the stored answer "
+                                        "(`Idempotent-Replayed: true`) instead of grading again."),
                         principal: Principal = Depends(reward_writers)) -> Response:
     """Score a batch. Per item: `score` (null unless `status` is `ok`), `status`, `sub_scores`, `details`."""
     return await rewards.score(principal, body, request.headers["authorization"], idempotency_key)

@@ -1,15 +1,18 @@
-"""Gateway tables: versioned reward specs, idempotency records, persisted reward results."""
+"""Gateway tables: versioned reward specs, persisted reward results (idempotency records: services.common.idempotency)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Float, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.db import Base, utcnow
+from services.common.idempotency import IdempotencyRecord
 from services.common.models import new_id
+
+__all__ = ["IdempotencyRecord", "RewardResultRecord", "RewardSpecRecord"]  # the idempotency table is shared
 
 
 class RewardSpecRecord(Base):
@@ -24,24 +27,6 @@ class RewardSpecRecord(Base):
     version: Mapped[int]
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     description: Mapped[str] = mapped_column(String(2000), default="")
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class IdempotencyRecord(Base):
-    """The stored answer to a request sent with an idempotency key, so a retry returns it unchanged."""
-
-    __tablename__ = "idempotency_records"
-    __table_args__ = (UniqueConstraint("project_id", "endpoint", "key"),)
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
-    endpoint: Mapped[str] = mapped_column(String(100))
-    key: Mapped[str] = mapped_column(String(200))
-    request_hash: Mapped[str] = mapped_column(String(64))
-    # pending until the first attempt finishes; a concurrent duplicate then gets 409, not a second run.
-    state: Mapped[str] = mapped_column(String(16), default="pending")
-    status_code: Mapped[int | None] = mapped_column(default=None)
-    response: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

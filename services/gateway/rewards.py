@@ -1,31 +1,43 @@
-"""`/v1/rewards`: resolve the spec, honour idempotency, fan the batch out to the verifier, persist."""
+"""`/v1/rewards`: resolve the spec, honour idempotency, fan the batch out to the verifier, persist.
+
+Idempotency (``Idempotency-Key`` header; the body's ``idempotency_key`` is a deprecated alias): the
+key is claimed with a lease, the answer is stored together with the persisted results before it is
+returned (or, streaming, before the closing summary line), and an attempt that dies leaves a claim
+whose lease runs out, so a retry replays the stored answer or runs afresh, never waits forever.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from services.common import idempotency
 from services.common.auth import Principal, choose_project, get_accessible_project
-from services.common.db import session_scope
-from services.common.errors import ApiError, UpstreamUnavailable
+from services.common.db import session_scope, utcnow
+from services.common.errors import ApiError, UpstreamUnavailable, error_body
 from services.common.reward_api import ItemResult, summarise
 from services.common.service_client import service_client
 from services.common.settings import get_settings
-from services.gateway import idempotency, reward_specs_store
+from services.gateway import reward_specs_store
 from services.gateway.models import RewardResultRecord
 from services.gateway.schemas import RewardsRequest
 
 ENDPOINT = "rewards"
 NDJSON = "application/x-ndjson"
+STORE_RETRY_AFTER_S = 1
+DEPRECATED_FIELD_WARNING = '299 - "the body field idempotency_key is deprecated; send the Idempotency-Key header"'
+log = logging.getLogger("rewardhub.gateway.rewards")
 
 
 def _resolve_spec(principal: Principal, project_id: str, body: RewardsRequest) -> tuple[dict[str, Any], str]:
@@ -112,99 +124,226 @@ def _upstream_client_error(response: httpx.Response) -> ApiError:
         return ApiError(f"verifier answered {response.status_code}", status_code=502, code="upstream_error")
 
 
-def _persist(project_id: str, request_id: str, spec_ref: str, results: list[ItemResult]) -> None:
-    with session_scope() as session:
-        session.add_all([RewardResultRecord(project_id=project_id, request_id=request_id, item_id=r.id,
-                                            spec_ref=spec_ref, score=r.score, status=r.status,
-                                            sub_scores=r.sub_scores, details=r.details, elapsed_ms=r.elapsed_ms)
-                         for r in results])
+def _result_rows(project_id: str, request_id: str, spec_ref: str,
+                 results: list[ItemResult]) -> list[RewardResultRecord]:
+    return [RewardResultRecord(project_id=project_id, request_id=request_id, item_id=r.id, spec_ref=spec_ref,
+                               score=r.score, status=r.status, sub_scores=r.sub_scores, details=r.details,
+                               elapsed_ms=r.elapsed_ms) for r in results]
+
+
+def _store(project_id: str, request_id: str, spec_ref: str, results: list[ItemResult] | None,
+           held: idempotency.Claim | None, answer: str) -> idempotency.Stored | None:
+    """Persist the results and store the idempotent answer in one transaction, before it is sent.
+
+    Returns the answer another attempt stored first (a take-over race), with this one's rows rolled back.
+    """
+    if not results and held is None:
+        return None
+    try:
+        with session_scope() as session:
+            if results:
+                session.add_all(_result_rows(project_id, request_id, spec_ref, results))
+            if held is not None:
+                idempotency.complete(held, 200, answer, session=session)
+    except idempotency.AlreadyCompleted as exc:
+        return exc.stored
+    return None
+
+
+def _storage_unavailable(exc: BaseException) -> JSONResponse:
+    log.error("could not store a graded /v1/rewards answer: %s: %s", type(exc).__name__, exc)
+    return JSONResponse(error_body("storage_unavailable", "the results were graded but could not be stored; "
+                                   "nothing was saved, retry the request (with the same Idempotency-Key)"),
+                        status_code=503, headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
+
+
+def _replayed(stored: idempotency.Stored, stream: bool) -> Response:
+    return Response(stored.body, status_code=stored.status_code, media_type=NDJSON if stream else "application/json",
+                    headers={idempotency.REPLAYED_HEADER: "true"})
+
+
+async def _claim(project_id: str, key: str, body: RewardsRequest,
+                 spec: dict[str, Any]) -> idempotency.Claim | Response:
+    request_hash = idempotency.fingerprint(
+        body.model_dump(mode="json", exclude={"idempotency_key"}) | {"project_id": project_id})
+    try:
+        got = await asyncio.to_thread(idempotency.claim, project_id, ENDPOINT, key, request_hash,
+                                      lease_s=idempotency.lease_seconds(_client_timeout(body, spec)))
+    except idempotency.InProgress as exc:
+        return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=exc.status_code,
+                            headers={"Retry-After": str(exc.retry_after_s)})
+    if isinstance(got, idempotency.Stored):
+        return _replayed(got, body.stream)
+    return got
+
+
+@asynccontextmanager
+async def _lease_kept(held: idempotency.Claim | None) -> AsyncIterator[None]:
+    """Renew the claim's lease while the work runs, so only a dead attempt's lease runs out."""
+    if held is None:
+        yield
+        return
+    lease_s = (held.lease_expires_at - utcnow()).total_seconds()
+
+    async def heartbeat() -> None:
+        while True:
+            await asyncio.sleep(max(lease_s / 3, 0.05))
+            try:
+                if not await asyncio.to_thread(idempotency.renew, held, lease_s):
+                    return
+            except Exception:
+                log.warning("could not renew an idempotency lease", exc_info=True)
+
+    task = asyncio.create_task(heartbeat())
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 async def score(principal: Principal, body: RewardsRequest, auth: str, idempotency_key: str | None) -> Response:
     received_at = time.monotonic()
     project_id = choose_project(principal, body.project_id)
     spec, spec_ref = await asyncio.to_thread(_resolve_spec, principal, project_id, body)
-    key = idempotency_key or body.idempotency_key
+    key, deprecated_field = idempotency.key_from(idempotency_key, body.idempotency_key)
+    held: idempotency.Claim | None = None
     if key is not None:
-        fingerprint = idempotency.request_fingerprint(
-            body.model_dump(mode="json", exclude={"idempotency_key"}) | {"project_id": project_id})
-        replay = await asyncio.to_thread(idempotency.claim, project_id, ENDPOINT, key, fingerprint)
-        if replay is not None:
-            media = NDJSON if body.stream else "application/json"
-            return Response(replay.body, status_code=replay.status_code, media_type=media,
-                            headers={"Idempotent-Replayed": "true"})
+        claimed = await _claim(project_id, key, body, spec)
+        if isinstance(claimed, Response):
+            return claimed
+        held = claimed
+    extra = {"Deprecation": "true", "Warning": DEPRECATED_FIELD_WARNING} if deprecated_field else {}
     request_id = uuid.uuid4().hex
+    if body.stream:
+        job = _StreamJob(project_id, request_id, spec, spec_ref, body, auth, held, received_at)
+        job.start()
+        return StreamingResponse(job.relay(), media_type=NDJSON, headers=extra)
     try:
-        if body.stream:
-            return StreamingResponse(_stream(project_id, request_id, spec, spec_ref, body, auth, key, received_at),
-                                     media_type=NDJSON)
         started = time.perf_counter()
-        graded = await _post_grade(_grade_payload(spec, body, stream=False, received_at=received_at), auth,
-                                   _client_timeout(body, spec))
+        async with _lease_kept(held):
+            graded = await _post_grade(_grade_payload(spec, body, stream=False, received_at=received_at), auth,
+                                       _client_timeout(body, spec))
     except httpx.TransportError as exc:
-        await _release(project_id, key)
+        await _release(held)
         raise UpstreamUnavailable(f"the verifier service is unreachable: {type(exc).__name__}: {exc}") from exc
     except BaseException:
-        await _release(project_id, key)
+        await _release(held)
         raise
     results = [ItemResult.model_validate(r) for r in graded["results"]]
-    if body.persist:
-        await asyncio.to_thread(_persist, project_id, request_id, spec_ref, results)
     content = {"request_id": request_id, "project_id": project_id, "spec_ref": spec_ref,
                "results": graded["results"], "summary": graded["summary"],
                "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)}
     text = json.dumps(content)
-    if key is not None:
-        await asyncio.to_thread(idempotency.complete, project_id, ENDPOINT, key, 200, text)
-    return Response(text, media_type="application/json")
-
-
-async def _release(project_id: str, key: str | None) -> None:
-    if key is not None:
-        await asyncio.to_thread(idempotency.release, project_id, ENDPOINT, key)
-
-
-async def _stream(project_id: str, request_id: str, spec: dict[str, Any], spec_ref: str, body: RewardsRequest,
-                  auth: str, key: str | None, received_at: float) -> AsyncIterator[bytes]:
-    """Relay the verifier's NDJSON results as they finish, then one summary line."""
-    results: list[ItemResult] = []
-    lines: list[str] = []
-    started = time.perf_counter()
     try:
-        async with service_client("verifier", timeout_s=_client_timeout(body, spec),
-                                  headers={"Authorization": auth}) as client, \
-                client.stream("POST", "/v1/grade", json=_grade_payload(spec, body, True, received_at)) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                error = _upstream_client_error(response)
-                line = json.dumps({"type": "error", "error": {"code": error.code, "message": error.message,
-                                                              "field": error.field}})
-                lines.append(line)
-                yield (line + "\n").encode()
-                await _release(project_id, key)
-                return
-            async for raw in response.aiter_lines():
-                if not raw.strip():
-                    continue
-                result = ItemResult.model_validate_json(raw)
-                results.append(result)
-                line = json.dumps({"type": "result", **result.model_dump(mode="json")})
-                lines.append(line)
-                yield (line + "\n").encode()
-    except httpx.TransportError as exc:
-        await _release(project_id, key)
-        line = json.dumps({"type": "error", "error": {
-            "code": "upstream_unavailable", "field": None,
-            "message": f"the verifier stream broke after {len(results)} results: {type(exc).__name__}: {exc}"}})
-        yield (line + "\n").encode()
-        return
-    if body.persist:
-        await asyncio.to_thread(_persist, project_id, request_id, spec_ref, results)
-    summary = json.dumps({"type": "summary", "request_id": request_id, "project_id": project_id,
-                          "spec_ref": spec_ref, "summary": summarise(results).model_dump(mode="json"),
-                          "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)})
-    lines.append(summary)
-    yield (summary + "\n").encode()
-    if key is not None:
-        await asyncio.to_thread(idempotency.complete, project_id, ENDPOINT, key, 200, "\n".join(lines) + "\n")
+        stored = await asyncio.to_thread(_store, project_id, request_id, spec_ref,
+                                         results if body.persist else None, held, text)
+    except Exception as exc:
+        await _release(held, quietly=True)
+        return _storage_unavailable(exc)
+    if stored is not None:
+        return _replayed(stored, stream=False)
+    return Response(text, media_type="application/json", headers=extra)
 
+
+async def _release(held: idempotency.Claim | None, *, quietly: bool = False) -> None:
+    """Give the key back after a failure without an answer; if even that fails, the lease runs out."""
+    if held is None:
+        return
+    try:
+        await asyncio.to_thread(idempotency.release, held)
+    except Exception:
+        if not quietly:
+            raise
+        log.warning("could not release an idempotency claim; it frees itself when its lease expires",
+                    exc_info=True)
+
+
+_JOBS: set[asyncio.Task[None]] = set()
+
+
+class _StreamJob:
+    """Grade a streamed batch in a task of its own, so a client that goes away does not stop it.
+
+    Result lines are relayed as the verifier finishes them; the closing summary line is sent only
+    after the whole answer is stored. A client cut off mid-stream retries with the same key and gets
+    the stored answer (or, if this process died first, a fresh run once the lease expires).
+    """
+
+    def __init__(self, project_id: str, request_id: str, spec: dict[str, Any], spec_ref: str, body: RewardsRequest,
+                 auth: str, held: idempotency.Claim | None, received_at: float) -> None:
+        self.project_id, self.request_id, self.spec, self.spec_ref = project_id, request_id, spec, spec_ref
+        self.body, self.auth, self.held, self.received_at = body, auth, held, received_at
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.lines: list[str] = []
+
+    def start(self) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._run())
+        _JOBS.add(task)
+        task.add_done_callback(_JOBS.discard)
+        return task
+
+    async def relay(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.queue.get()) is not None:
+            yield chunk
+
+    def _emit(self, line: str, *, keep: bool = True) -> None:
+        if keep:
+            self.lines.append(line)
+        self.queue.put_nowait((line + "\n").encode())
+
+    def _error(self, code: str, message: str, field: str | None = None) -> None:
+        self._emit(json.dumps({"type": "error", "error": {"code": code, "message": message, "field": field}}),
+                   keep=False)
+
+    async def _run(self) -> None:
+        try:
+            async with _lease_kept(self.held):
+                await self._grade()
+        except Exception as exc:
+            log.exception("streamed /v1/rewards request failed")
+            await _release(self.held, quietly=True)
+            self._error("internal_error", f"grading failed: {type(exc).__name__}")
+        finally:
+            self.queue.put_nowait(None)
+
+    async def _grade(self) -> None:
+        body, results = self.body, []
+        started = time.perf_counter()
+        try:
+            async with service_client("verifier", timeout_s=_client_timeout(body, self.spec),
+                                      headers={"Authorization": self.auth}) as client, \
+                    client.stream("POST", "/v1/grade",
+                                  json=_grade_payload(self.spec, body, True, self.received_at)) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    error = _upstream_client_error(response)
+                    await _release(self.held, quietly=True)
+                    self._error(error.code, error.message, error.field)
+                    return
+                async for raw in response.aiter_lines():
+                    if not raw.strip():
+                        continue
+                    result = ItemResult.model_validate_json(raw)
+                    results.append(result)
+                    self._emit(json.dumps({"type": "result", **result.model_dump(mode="json")}))
+        except httpx.TransportError as exc:
+            await _release(self.held, quietly=True)
+            self._error("upstream_unavailable",
+                        f"the verifier stream broke after {len(results)} results: {type(exc).__name__}: {exc}")
+            return
+        summary = json.dumps({"type": "summary", "request_id": self.request_id, "project_id": self.project_id,
+                              "spec_ref": self.spec_ref, "summary": summarise(results).model_dump(mode="json"),
+                              "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)})
+        answer = "\n".join([*self.lines, summary]) + "\n"
+        try:
+            stored = await asyncio.to_thread(_store, self.project_id, self.request_id, self.spec_ref,
+                                             results if body.persist else None, self.held, answer)
+        except Exception as exc:
+            await _release(self.held, quietly=True)
+            log.error("could not store a streamed /v1/rewards answer: %s: %s", type(exc).__name__, exc)
+            self._error("storage_unavailable", "the results were graded but could not be stored; nothing was "
+                        "saved, retry the request (with the same Idempotency-Key)")
+            return
+        if stored is not None:  # another attempt stored first: close with its summary, the one on record
+            summary = stored.body.rstrip("\n").rsplit("\n", 1)[-1]
+        self._emit(summary)
