@@ -35,6 +35,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TRANSFORMERS_OFFLINE=1 \
     REWARDHUB_DATA_DIR=/data
 
+# The sandbox service isolates every run with bubblewrap and runs these toolchains (the image's
+# Python, with numpy and sympy from the project's dependencies, is the sandbox's Python).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bubblewrap g++ nodejs \
+    && rm -rf /var/lib/apt/lists/*
+
 # torch first, from its own index, in its own layer: it changes rarely and is the largest part.
 # With torch==2.13.0 installed, the project's pin is satisfied and pip pulls no other build.
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0

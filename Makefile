@@ -16,8 +16,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-dev: pyproject.toml tests/integration/framework-requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# veRL's and OpenRLHF's own reward code for the adapter tests, without their (GPU) dependencies,
+	# in a folder of its own so their top-level `tests` packages cannot shadow ours.
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/frameworks -r tests/integration/framework-requirements.txt
 	touch $@ $(VENV)/.installed
 
 # KaTeX and Chart.js for the web UI come from npm (webui/package-lock.json), never from the repo.
@@ -27,18 +30,22 @@ webui/node_modules/.package-lock.json: webui/package-lock.json
 install: $(VENV)/.installed webui/node_modules/.package-lock.json
 install-dev: $(VENV)/.installed-dev webui/node_modules/.package-lock.json
 
-up: install
+up: install system-deps
 	$(BIN)/rewardhub up
 
-# Browser tests drive Debian's Chromium through Playwright (no browser is ever downloaded);
-# the compose tests validate docker-compose.yml with Debian's docker-compose.
-SYSTEM_PACKAGES := /usr/bin/chromium:chromium /usr/bin/docker-compose:docker-compose
+# The sandbox isolates each run with Debian's bubblewrap and runs Debian's toolchains (the sandbox
+# Python with numpy and sympy, g++, nodejs); browser tests drive Debian's Chromium through
+# Playwright (no browser is ever downloaded); the compose tests validate docker-compose.yml with
+# Debian's docker-compose.
+SYSTEM_PACKAGES := /usr/bin/bwrap:bubblewrap /usr/lib/python3/dist-packages/numpy:python3-numpy \
+	/usr/lib/python3/dist-packages/sympy:python3-sympy /usr/bin/g++:g++ /usr/bin/node:nodejs \
+	/usr/bin/chromium:chromium /usr/bin/docker-compose:docker-compose
 system-deps:
 	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
-	  test -x "$${entry%%:*}" || missing="$$missing $${entry##*:}"; done; \
+	  test -e "$${entry%%:*}" || missing="$$missing $${entry##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else echo "install Debian's$$missing (sudo apt-get install$$missing) for the browser and compose tests"; fi; fi
+	  else echo "install Debian's$$missing (sudo apt-get install$$missing) for the sandbox, browser and compose tests"; fi; fi
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -14,6 +14,7 @@ SERVICES: dict[str, str] = {
     "annotation": "services.annotation.app:create_app",
     "trainer": "services.trainer.app:create_app",
     "rubric_rm": "services.rubric_rm.app:create_app",
+    "sandbox": "services.sandbox.app:create_app",
 }
 
 

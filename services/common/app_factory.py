@@ -12,6 +12,7 @@ from fastapi import HTTPException as FastAPIHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common import health, metrics
+from services.common.db import UnitOfWorkMiddleware
 from services.common.errors import error_body, install_error_handlers
 from services.common.logging import request_id_var
 from services.common.settings import get_settings
@@ -83,15 +84,19 @@ class RequestIdMiddleware:
 
 
 def create_service_app(service: str, routers: Iterable[APIRouter], *, title: str, description: str = "",
-                       lifespan: Any = None, version: str = "0.1.0") -> FastAPI:
+                       lifespan: Any = None, version: str = "0.1.0",
+                       health_router: APIRouter | None = None) -> FastAPI:
+    """A service's app; ``health_router`` replaces the default /healthz + /readyz (database, broker)."""
     settings = get_settings()
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
     app.state.service_name = service
     install_error_handlers(app)
-    app.include_router(health.router)
+    app.include_router(health_router or health.router)
     app.include_router(metrics.router)
     for router in routers:
         app.include_router(router)
+    # Innermost: commit the request's session before the response starts (a failed commit is a 503).
+    app.add_middleware(UnitOfWorkMiddleware)
     # Added first = innermost: the body cap's 413 is raised where the route reads the body.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(metrics.MetricsMiddleware, service=service)

@@ -1,8 +1,13 @@
-"""Liveness (/healthz) and readiness (/readyz: database and, when configured, the broker)."""
+"""Liveness (/healthz) and readiness (/readyz: database and, when configured, the broker).
+
+Both are ``async``: a sync endpoint would run on the thread pool and so wait behind whatever else
+occupies it; these must answer while the service is busy.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -15,7 +20,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
@@ -52,3 +57,19 @@ async def readyz() -> JSONResponse:
             ready = False
     return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
                         status_code=200 if ready else 503)
+
+
+def service_health_router(ready: Callable[[], dict[str, str]]) -> APIRouter:
+    """/healthz and /readyz for a service without a database (the sandbox): ``ready`` returns its checks,
+    each ``"ok"`` or the reason it is not ready; it must not block."""
+    own = APIRouter(tags=["health"])
+    own.add_api_route("/healthz", healthz, methods=["GET"])
+
+    async def service_readyz() -> JSONResponse:
+        checks = ready()
+        ok = all(value == "ok" for value in checks.values())
+        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    own.add_api_route("/readyz", service_readyz, methods=["GET"])
+    return own

@@ -16,14 +16,33 @@ class _Spec(BaseModel):
 
 
 class MathSpec(_Spec):
-    """math-verify equivalence: gold wrapped as ``\\boxed{gt}``, prediction parsed from LaTeX and plain expressions."""
+    """math-verify equivalence: gold as ``\\boxed{gt}`` by default, prediction read from LaTeX and plain expressions."""
 
     type: Literal["math"] = "math"
     boxed_match_priority: int = Field(default=0, description="Priority of \\boxed{} among LaTeX matches (0 = first).")
-    extraction: Literal["boxed_then_any", "latex_and_expr", "latex_only", "expr_only"] = "latex_and_expr"
+    extraction: Literal["boxed_then_any", "latex_and_expr", "latex_only", "expr_only"] = Field(
+        default="latex_and_expr",
+        description="How the answer is found in the completion: LaTeX and plain expressions, LaTeX only, plain "
+                    "expressions only, or boxed_then_any (only the \\boxed{} answers when there is one, "
+                    "otherwise any LaTeX or plain expression).")
+    gold_extraction: Literal["boxed_latex", "same"] | tuple[Literal["latex", "expr"], ...] = Field(
+        default="boxed_latex",
+        description="How the ground truth is read: boxed_latex (wrapped in \\boxed{} and read as LaTeX), same "
+                    "(found in the ground truth like the answer in the completion), or a list of math-verify "
+                    "targets (latex, expr) applied to the ground truth as written.")
     float_rounding: int = Field(default=6, ge=0, le=15)
     strict: bool = Field(default=True, description="Variables and relations must match exactly (math-verify strict).")
+    allow_set_relation_comp: bool = Field(
+        default=False, description="Compare relations with sets/intervals (gold 1<x<2 vs (1,2)) both ways; "
+                                   "otherwise only when the prediction is the set (math-verify's default).")
     timeout_s: float = Field(default=3.0, gt=0, le=60, description="Parse/verify time budget per item.")
+
+    @field_validator("gold_extraction")
+    @classmethod
+    def _targets(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        if isinstance(value, tuple) and (not value or len(set(value)) != len(value)):
+            raise ValueError("must list latex and/or expr, each at most once")
+        return value
 
 
 class NumericSpec(_Spec):
@@ -218,18 +237,19 @@ class MultiSpec(_Spec):
                                     description="name -> minimum sub-score; below it the reward is 0.")
     normalise: bool = Field(default=True, description="Divide by the sum of weights.")
 
-    def has_rubric(self) -> bool:
-        return any(isinstance(grader, RubricSpec) or (isinstance(grader, MultiSpec) and grader.has_rubric())
+    def has_remote_parts(self) -> bool:
+        """Has it parts graded over HTTP (rubric judges, code in the sandbox) rather than on the pool?"""
+        return any(is_remote(grader) or (isinstance(grader, MultiSpec) and grader.has_remote_parts())
                    for grader in self.graders.values())
 
     @model_validator(mode="after")
     def _names_exist(self) -> MultiSpec:
         for name, grader in self.graders.items():
-            # A rubric judge is an HTTP call made beside the process pool, so it may only be a direct
-            # part of the outermost multi; a nested multi is graded whole inside the pool.
-            if isinstance(grader, MultiSpec) and grader.has_rubric():
-                raise ValueError(f"graders.{name}: a rubric grader can only be a direct part of the outermost "
-                                 f"multi spec, not of a nested one")
+            # Rubric judges and code runs are HTTP calls made beside the process pool, so they may only
+            # be direct parts of the outermost multi; a nested multi is graded whole inside the pool.
+            if isinstance(grader, MultiSpec) and grader.has_remote_parts():
+                raise ValueError(f"graders.{name}: rubric and code graders can only be direct parts of the "
+                                 f"outermost multi spec, not of a nested one")
         for field_name in ("weights", "gates"):
             unknown = set(getattr(self, field_name)) - set(self.graders)
             if unknown:
@@ -256,3 +276,8 @@ def parse_spec_ref(ref: str) -> tuple[str, int | None]:
     if version is not None and int(version) < 1:
         raise ValueError(f"{ref!r}: versions start at 1")
     return match.group("name"), int(version) if version is not None else None
+
+
+def is_remote(spec: object) -> bool:
+    """Graded over HTTP by another service (rubric_rm's judge, the sandbox), not on the verifier's pool."""
+    return isinstance(spec, RubricSpec | CodeSpec)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,20 @@ class Settings(BaseSettings):
     verifier_item_timeout_s: float = 5.0
     sandbox_timeout_s: float = 10.0
     sandbox_memory_mb: int = 512
+    # The sandbox service (services/sandbox): where it is, and how each run is contained.
+    sandbox_url: str = Field(default="", description="Where the sandbox service is reached; empty: in-process.")
+    sandbox_token: str = Field(default="", description=(
+        "Shared token the sandbox service requires from its callers (verifier, trainer); empty: none "
+        "(rely on the NetworkPolicy). It grants nothing but sandbox runs."))
+    sandbox_isolation: Literal["namespaces", "processes"] = Field(default="namespaces", description=(
+        "namespaces: each run in its own bubblewrap namespaces (user, mount, PID, network, IPC, UTS); "
+        "processes: weaker, for hosts without user namespaces (see the README's security section)."))
+    sandbox_max_concurrent_runs: int = Field(default=128, ge=1, le=4096, description=(
+        "Runs executing at once; more wait their turn (their time limits start when they run)."))
+    sandbox_python: str = Field(default="", description="Interpreter under /usr for Python runs; empty: /usr/bin/python3.")
+    sandbox_disk_mb: int = Field(default=64, ge=1, le=16384, description="Size cap of each of a run's /work, /tmp, /dev/shm.")
+    sandbox_max_processes: int = Field(default=64, ge=4, le=4096, description="Processes and threads of one run.")
+    sandbox_max_output_bytes: int = Field(default=1_000_000, ge=1024, description="Kept of each of stdout and stderr.")
 
     # LLM backend (OpenAI-compatible: vLLM or any compatible server)
     llm_base_url: str = ""
@@ -70,6 +85,32 @@ class Settings(BaseSettings):
     # Outbound HTTP between services
     http_timeout_s: float = 30.0
     http_max_retries: int = 3
+
+    # Idempotency keys
+    idempotency_lease_s: float | None = Field(default=None, gt=0, description=(
+        "How long a pending Idempotency-Key claim holds before a retry may take it over (a crashed or "
+        "cut-off attempt). Unset: three times the request's own time budget (its deadline plus margins)."))
+
+    # Web UI login throttling (failed attempts, counted in the database so every replica agrees)
+    login_window_s: float = Field(default=900.0, description="Window over which failed logins are counted.")
+    login_max_failures_per_account: int = Field(default=5, description="Failed logins per username per window "
+                                                "(0: no limit).")
+    login_max_failures_per_address: int = Field(default=20, description="Failed logins per client address per "
+                                                "window (0: no limit).")
+
+    # Outbound webhooks (SSRF guard)
+    webhook_allow_private: bool = Field(default=False, description="Allow webhook URLs on loopback, private, "
+                                        "link-local and other non-public addresses.")
+    webhook_allowed_hosts: str = Field(default="", description="Comma-separated host names and CIDRs webhooks may "
+                                       "reach even though they are not public (e.g. hooks.internal,10.2.0.0/16).")
+
+    # Trainer service confinement (what a run started over the API may reach)
+    trainer_reward_url_allowlist: str = Field(default="", description="Comma-separated URL prefixes "
+                                              "(https://rm.example.com/v1) or hosts (rm.example.com[:port]) a run's "
+                                              "reward.url may name besides the platform's gateway; empty: only the "
+                                              "platform.")
+    trainer_model_dirs: str = Field(default="", description="Comma-separated folders of shared base models a run "
+                                    "may name by absolute model.path; empty: only paths inside the project's area.")
 
     @field_validator("log_level")
     @classmethod

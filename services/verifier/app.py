@@ -13,6 +13,7 @@ from services.common.app_factory import create_service_app
 from services.common.auth import Principal, require_roles
 from services.common.models import Role
 from services.common.reward_api import GradeRequest, GradeResponse, summarise
+from services.common.sandbox_api import RunCodeRequest, RunCodeResponse
 from services.verifier import grading, run_code
 
 router = APIRouter(tags=["verifier"])
@@ -38,13 +39,14 @@ async def grade(body: GradeRequest, request: Request, _principal: Principal = De
     return Response(json.dumps(response.model_dump(mode="json")), media_type="application/json")
 
 
-@router.post("/run_code", response_model=run_code.RunCodeResponse, tags=["sandbox"])
-async def sandbox_run_code(body: run_code.RunCodeRequest,
-                           _principal: Principal = Depends(graders_only)) -> run_code.RunCodeResponse:
-    """SandboxFusion-compatible code execution (user-code failures are `Failed`, platform faults `SandboxError`)."""
-    return await run_code.run_code(body)
+@router.post("/run_code", response_model=RunCodeResponse, tags=["sandbox"])
+async def sandbox_run_code(body: RunCodeRequest,
+                           _principal: Principal = Depends(graders_only)) -> dict[str, object]:
+    """SandboxFusion-compatible code execution, run by the sandbox service (user-code failures are
+    `Failed`, platform faults `SandboxError`)."""
+    return await run_code.forward_run_code(body.model_dump(mode="json"))
 
 
 def create_app() -> FastAPI:
     return create_service_app("verifier", [router], title="rewardhub verifier",
-                              description="Deterministic graders on a supervised process pool, and a code sandbox.")
+                              description="Deterministic graders on a supervised process pool; code runs in the sandbox service.")

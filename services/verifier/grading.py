@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from services.common.reward_api import ItemResult, RewardItem
-from services.common.reward_specs import CodeSpec, MathSpec, MultiSpec, RewardSpec, RubricSpec
+from services.common.reward_specs import CodeSpec, MathSpec, MultiSpec, RewardSpec, RubricSpec, is_remote
 from services.common.settings import get_settings
 from services.verifier.graders.result import GradeResult
 from services.verifier.pool import GraderPool, PoolOutcome
@@ -47,14 +47,14 @@ def _plain(result: GradeResult) -> dict[str, Any]:
 
 
 def grade_components(spec_json: str, completion: str, ground_truth: Any) -> dict[str, Any]:
-    """Run in a pool worker: every part of a multi spec except its rubric judges, each as a plain dict."""
+    """Run in a pool worker: every part of a multi spec graded on the pool (not its rubric or code parts)."""
     from services.verifier.graders.multi import ground_truth_for
     from services.verifier.graders.registry import grade
 
     started = time.perf_counter()
     parts = {}
     for name, sub in _spec_from_json(spec_json).graders.items():
-        if isinstance(sub, RubricSpec):
+        if is_remote(sub):
             continue
         parts[name] = _plain(grade(sub, completion, ground_truth_for(name, ground_truth)))
     return {"parts": parts, "elapsed_ms": (time.perf_counter() - started) * 1000}
@@ -97,11 +97,7 @@ def _task_args(spec: Any, items: list[RewardItem]) -> list[tuple[Any, ...]]:
 
 
 def _item_timeout(spec: Any) -> float:
-    configured = get_settings().verifier_item_timeout_s
-    # Code runs carry their own sandbox limits; the pool's hard limit must sit above them.
-    if isinstance(spec, CodeSpec):
-        return max(configured, spec.timeout_s * 4 + 2.0)
-    return configured
+    return get_settings().verifier_item_timeout_s
 
 
 def _quick_pass(spec: Any) -> Any | None:
@@ -164,8 +160,12 @@ async def grade_batch(spec: Any, items: list[RewardItem], deadline_s: float | No
         from services.verifier.graders.rubric import grade_rubric_batch
 
         return await grade_rubric_batch(spec, items, deadline_s, auth)
-    if isinstance(spec, MultiSpec) and spec.has_rubric():
-        return await _grade_multi_with_judges(spec, items, deadline_s, auth)
+    if isinstance(spec, CodeSpec):  # the sandbox service runs the code; here we only wait for it
+        from services.verifier.graders.code import grade_code_batch
+
+        return await grade_code_batch(spec, items, deadline_s)
+    if isinstance(spec, MultiSpec) and spec.has_remote_parts():
+        return await _grade_multi_with_remote_parts(spec, items, deadline_s, auth)
     return list(await asyncio.gather(*_pool_gradings(spec, items, deadline_s)))
 
 
@@ -178,9 +178,15 @@ async def grade_stream(spec: Any, items: list[RewardItem], deadline_s: float | N
         async for result in grade_rubric_stream(spec, items, deadline_s, auth):
             yield result
         return
-    if isinstance(spec, MultiSpec) and spec.has_rubric():
-        # Each item waits for its slowest part anyway; the batch finishes with its slowest judge.
-        for result in await _grade_multi_with_judges(spec, items, deadline_s, auth):
+    if isinstance(spec, CodeSpec):
+        from services.verifier.graders.code import grade_code_stream
+
+        async for result in grade_code_stream(spec, items, deadline_s):
+            yield result
+        return
+    if isinstance(spec, MultiSpec) and spec.has_remote_parts():
+        # Each item waits for its slowest part anyway; the batch finishes with its slowest remote part.
+        for result in await _grade_multi_with_remote_parts(spec, items, deadline_s, auth):
             yield result
         return
     tasks = [asyncio.ensure_future(grading) for grading in _pool_gradings(spec, items, deadline_s)]
@@ -192,27 +198,24 @@ async def grade_stream(spec: Any, items: list[RewardItem], deadline_s: float | N
             task.cancel()
 
 
-async def _grade_multi_with_judges(spec: MultiSpec, items: list[RewardItem], deadline_s: float | None,
-                                   auth: str | None) -> list[ItemResult]:
-    """A multi spec with rubric parts: the other parts on the pool, each judge over HTTP, side by side,
-    then the weighted sum and gates over all of them (the same rule as a pure multi)."""
-    from services.verifier.graders.multi import combine, ground_truth_for
-    from services.verifier.graders.rubric import grade_rubric_batch
+async def _grade_multi_with_remote_parts(spec: MultiSpec, items: list[RewardItem], deadline_s: float | None,
+                                         auth: str | None) -> list[ItemResult]:
+    """A multi spec with rubric or code parts: the other parts on the pool, each remote part over HTTP,
+    side by side, then the weighted sum and gates over all of them (the same rule as a pure multi)."""
+    from services.verifier.graders.multi import combine
 
-    judges = {name: sub for name, sub in spec.graders.items() if isinstance(sub, RubricSpec)}
-
-    async def judged(name: str, judge: RubricSpec) -> list[ItemResult]:
-        routed = [item.model_copy(update={"ground_truth": ground_truth_for(name, item.ground_truth)})
-                  for item in items]
-        return await grade_rubric_batch(judge, routed, deadline_s, auth)
+    remote = {name: sub for name, sub in spec.graders.items() if is_remote(sub)}
 
     async def local() -> list[PoolOutcome] | None:
-        if len(judges) == len(spec.graders):
+        if len(remote) == len(spec.graders):
             return None
         return await get_pool().map(grade_components, _task_args(spec, items), item_timeout_s=_item_timeout(spec),
                                     deadline_s=deadline_s)
 
-    local_outcomes, *judged_parts = await asyncio.gather(local(), *(judged(n, j) for n, j in judges.items()))
+    local_task = asyncio.ensure_future(local())
+    remote_parts = await asyncio.gather(*(_remote_part(name, sub, items, deadline_s, auth)
+                                          for name, sub in remote.items()))
+    local_outcomes = await local_task
     results = []
     for index, item in enumerate(items):
         parts: dict[str, GradeResult] = {}
@@ -224,13 +227,28 @@ async def _grade_multi_with_judges(spec: MultiSpec, items: list[RewardItem], dea
                 continue
             parts.update({name: GradeResult(**part) for name, part in outcome.value["parts"].items()})
             elapsed_ms = outcome.value["elapsed_ms"]
-        for name, judged_items in zip(judges, judged_parts, strict=True):
-            verdict = judged_items[index]
-            parts[name] = GradeResult(score=verdict.score or 0.0, status=verdict.status,
-                                      details={**verdict.details, "sub_scores": verdict.sub_scores})
-            elapsed_ms = max(elapsed_ms, verdict.elapsed_ms)
+        for name, graded in zip(remote, remote_parts, strict=True):
+            part, part_ms = graded[index]
+            parts[name] = part
+            elapsed_ms = max(elapsed_ms, part_ms)
         combined = combine(spec, {name: parts[name] for name in spec.graders})
         results.append(ItemResult(id=item.id, score=combined.score if combined.status == "ok" else None,
                                   status=combined.status, sub_scores=combined.sub_scores, details=combined.details,
                                   elapsed_ms=round(elapsed_ms, 3)))
     return results
+
+
+async def _remote_part(name: str, sub: Any, items: list[RewardItem], deadline_s: float | None,
+                       auth: str | None) -> list[tuple[GradeResult, float]]:
+    """One remote part of a multi for every item: (grade, elapsed ms), in item order."""
+    from services.verifier.graders.code import grade_code_batch
+    from services.verifier.graders.multi import ground_truth_for
+    from services.verifier.graders.rubric import grade_rubric_batch
+
+    routed = [item.model_copy(update={"ground_truth": ground_truth_for(name, item.ground_truth)}) for item in items]
+    if isinstance(sub, CodeSpec):
+        graded = await grade_code_batch(sub, routed, deadline_s)
+    else:
+        graded = await grade_rubric_batch(sub, routed, deadline_s, auth)
+    return [(GradeResult(score=r.score or 0.0, status=r.status,
+                         details={**r.details, "sub_scores": r.sub_scores}), r.elapsed_ms) for r in graded]

@@ -65,7 +65,6 @@ def _dispatch(spec: RewardSpec, completion: str, ground_truth: Any) -> GradeResu
         # An LLM judge over HTTP: grading.grade_batch sends it to graders.rubric, never to this sync path.
         return failed("rubric specs are judged by the rubric_rm service, not in the grader pool")
     if isinstance(spec, CodeSpec):
-        from services.verifier.graders.code import grade_code
-
-        return grade_code(spec, completion, ground_truth)
+        # Untrusted code runs in the sandbox service: grading.grade_batch sends it to graders.code.
+        return failed("code specs are run by the sandbox service, not in the grader pool")
     raise TypeError(f"no grader for spec type {type(spec).__name__}")

@@ -26,6 +26,8 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 GPU_SERVICES = {"trainer", "vllm"}
 INFRASTRUCTURE = {"postgres", "redis"}
 ONE_SHOT = {"migrate"}
+# Runs untrusted code: none of the shared environment (credentials), no database, no broker.
+CREDENTIAL_FREE = {"sandbox"}
 # Services the compose file runs ahead of their entry in SERVICES (the trainer lands later);
 # once a name is in SERVICES, the strict check covers it and it should leave this set.
 AHEAD_OF_SERVICE_MAP = {"trainer"}
@@ -176,6 +178,9 @@ def test_depends_on_names_existing_services_with_satisfiable_conditions(
 
 def test_python_services_wait_for_migrations_and_infrastructure(services: dict[str, dict[str, Any]]) -> None:
     for name, svc in python_services(services).items():
+        if name in CREDENTIAL_FREE:
+            assert "depends_on" not in svc, f"{name} needs neither the database nor the broker"
+            continue
         deps = svc["depends_on"]
         assert deps["postgres"]["condition"] == "service_healthy", name
         if name in ONE_SHOT:
@@ -213,6 +218,10 @@ def test_shared_environment_carries_the_infrastructure_and_known_settings(
     settings_vars = {f"REWARDHUB_{field.upper()}" for field in Settings.model_fields} | {"DATABASE_URL", "REDIS_URL"}
     for name, svc in python_services(services).items():
         env = svc["environment"]
+        unknown = {k for k in env if k.startswith("REWARDHUB_")} - settings_vars
+        assert not unknown, f"{name} sets variables the settings class does not read: {unknown}"
+        if name in CREDENTIAL_FREE:
+            continue
         for required in ("DATABASE_URL", "REDIS_URL", "REWARDHUB_SECRET_KEY"):
             assert required in env, f"{name} lacks {required}"
         assert env["DATABASE_URL"].startswith("postgresql+psycopg://") and "@postgres:5432/" in env["DATABASE_URL"]
@@ -266,4 +275,18 @@ def test_the_shared_settings_are_one_anchor() -> None:
     assert re.search(r"^x-common-env: &common-env$", text, re.MULTILINE)
     assert re.search(r"^x-common: &common$", text, re.MULTILINE)
     # Every Python service merges the shared block rather than repeating it.
-    assert text.count("<<: *common\n") == len(python_services(yaml.safe_load(text)["services"]))
+    services = python_services(yaml.safe_load(text)["services"])
+    assert text.count("<<: *common\n") == len(set(services) - CREDENTIAL_FREE)
+
+
+def test_the_sandbox_holds_no_credentials_and_is_locked_down(services: dict[str, dict[str, Any]]) -> None:
+    sandbox = services["sandbox"]
+    secrets = {"DATABASE_URL", "REDIS_URL", "REWARDHUB_DATABASE_URL", "REWARDHUB_REDIS_URL", "REWARDHUB_SECRET_KEY",
+               "REWARDHUB_LLM_API_KEY", "POSTGRES_PASSWORD"}
+    assert not secrets & set(sandbox["environment"]), "the sandbox must not receive credentials"
+    assert not any("postgres" in str(value) or "redis://" in str(value) for value in sandbox["environment"].values())
+    assert sandbox["read_only"] is True and sandbox["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in sandbox["security_opt"]
+    assert not sandbox.get("ports"), "nothing outside the compose network reaches the sandbox"
+    assert services["verifier"]["depends_on"]["sandbox"]["condition"] == "service_healthy"
+    assert services["verifier"]["environment"]["REWARDHUB_SANDBOX_URL"] == "http://sandbox:8000"

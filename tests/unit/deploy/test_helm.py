@@ -122,8 +122,29 @@ def test_every_container_reads_the_configmap_and_secret(docs: list[dict[str, Any
     assert len(pods) == len(SERVICES) + 2
     for pod in pods:
         for container in pod["spec"]["containers"]:
-            assert container["envFrom"] == [{"configMapRef": {"name": configmap}}, {"secretRef": {"name": secret}}]
+            expected = [{"configMapRef": {"name": configmap}}]
+            if container["name"] != "sandbox":  # runs untrusted code: never the Secret
+                expected.append({"secretRef": {"name": secret}})
+            assert container["envFrom"] == expected
             assert container["image"] == "rewardhub:0.1.0"
+
+
+def test_the_sandbox_has_no_credentials_no_egress_and_a_locked_down_pod(docs: list[dict[str, Any]]) -> None:
+    sandbox = by_kind(docs, "Deployment")[component("sandbox")]["spec"]["template"]
+    (container,) = sandbox["spec"]["containers"]
+    assert all("secretRef" not in source for source in container["envFrom"])
+    assert sandbox["spec"]["automountServiceAccountToken"] is False
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"} and security["capabilities"]["drop"] == ["ALL"]
+    assert sandbox["spec"]["securityContext"]["runAsNonRoot"] is True
+    policy = by_kind(docs, "NetworkPolicy")[component("sandbox")]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"] and policy["spec"]["egress"] == []
+    sources = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+               for rule in policy["spec"]["ingress"] for peer in rule["from"]}
+    assert sources == {"verifier", "trainer"}
+    assert policy["spec"]["podSelector"]["matchLabels"] == \
+        by_kind(docs, "Deployment")[component("sandbox")]["spec"]["selector"]["matchLabels"]
 
 
 def test_secret_holds_the_connection_strings_and_key(docs: list[dict[str, Any]]) -> None:
@@ -205,9 +226,10 @@ def test_existing_secret_is_referenced_not_created() -> None:
     docs = render({"secrets": {"existingSecret": "prod-rewardhub", "databaseUrl": "", "redisUrl": "",
                                "secretKey": ""}})
     assert by_kind(docs, "Secret") == {}
-    for deployment in by_kind(docs, "Deployment").values():
+    for name, deployment in by_kind(docs, "Deployment").items():
         env_from = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
-        assert {"secretRef": {"name": "prod-rewardhub"}} in env_from
+        has_secret = {"secretRef": {"name": "prod-rewardhub"}} in env_from
+        assert has_secret is (name != component("sandbox")), name
 
 
 def test_missing_secrets_fail_the_render_naming_the_value() -> None:

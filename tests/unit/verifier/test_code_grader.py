@@ -1,19 +1,44 @@
-"""The `code` grader: tests from ground truth, run in the real sandbox."""
+"""The `code` grader: tests from ground truth, run by the real sandbox service (in-process, real bwrap runs)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from services.common.reward_api import RewardItem
 from services.common.reward_specs import CodeSpec
-from services.verifier import sandbox
-from services.verifier.graders.code import extract_code, grade_code, outputs_match, parse_tests
+from services.sandbox.testing import outputs_match
+from services.verifier.graders.code import extract_code, grade_code_batch, parse_tests
 from services.verifier.graders.registry import grade
+from services.verifier.graders.result import GradeResult
+from tests.unit.sandbox.conftest import require_namespaces
 
 SPEC = CodeSpec(timeout_s=2.0, memory_mb=256)
 ADD = "Here you go:\n```python\ndef add(a, b):\n    return a + b\n```\n"
 ECHO_SUM = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+
+
+@pytest.fixture(autouse=True)
+def sandbox_app(isolated_env: Path) -> Iterator[None]:
+    """The sandbox mounted in-process, as the embedded default has it."""
+    require_namespaces()
+    from services.common.service_client import register_local_app
+    from services.sandbox.app import create_app
+
+    register_local_app("sandbox", create_app())
+    yield
+
+
+def grade_code(spec: CodeSpec, completion: str, ground_truth: Any) -> GradeResult:
+    [result] = asyncio.run(grade_code_batch(spec, [RewardItem(id="x", completion=completion,
+                                                              ground_truth=ground_truth)], None))
+    return GradeResult(score=result.score if result.score is not None else 0.0, status=result.status,
+                       sub_scores=result.sub_scores, details=result.details)
 
 
 def test_extracts_the_last_python_block() -> None:
@@ -41,7 +66,7 @@ def test_assert_list_gives_partial_credit() -> None:
     assert result.status == "ok"
     assert result.score == pytest.approx(2 / 3)
     assert result.sub_scores == {"test_0": 1.0, "test_1": 0.0, "test_2": 1.0}
-    assert result.details["passed"] == 2 and "test 1: runtime_error: AssertionError" in result.details["first_failure"]
+    assert result.details["passed"] == 2 and "test 1: failed: assert at line 1 failed" in result.details["first_failure"]
 
 
 def test_all_or_nothing() -> None:
@@ -95,16 +120,22 @@ def test_malformed_ground_truth_is_invalid_input(ground_truth: object) -> None:
 
 
 def test_parse_tests_keeps_bracketed_code_strings() -> None:
-    assert parse_tests("[x for x in []] or None\nassert True")[0].program_suffix.startswith("[x for")
+    assert parse_tests("[x for x in []] or None\nassert True")[0].source.startswith("[x for")
 
 
-def test_sandbox_fault_is_status_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox, "_plan", lambda: sandbox._Plan(interpreter=None, drop_to_nobody=False,
-                                                                 isolate_network=False))
+def test_sandbox_unreachable_is_status_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.common.service_client import unregister_local_apps
+
+    unregister_local_apps()
     result = grade_code(SPEC, ADD, ["assert add(1, 2) == 3"])
-    assert result.status == "error" and "no Python interpreter" in result.details["reason"]
+    assert result.status == "error" and "sandbox" in result.details["reason"]
 
 
-def test_registry_dispatches_code_spec() -> None:
-    result = grade(SPEC, ADD, ["assert add(1, 2) == 3", "assert add(1, 2) == 4"])
-    assert (result.score, result.status) == (0.5, "ok")
+def test_a_test_that_is_not_python_is_invalid_input() -> None:
+    result = grade_code(SPEC, ADD, ["assert add(1, 2) == 3", "assert ("])
+    assert result.status == "invalid_input" and "tests[1]" in result.details["reason"]
+
+
+def test_the_pool_path_refuses_code_specs() -> None:
+    result = grade(SPEC, ADD, ["assert add(1, 2) == 3"])
+    assert result.status == "error" and "sandbox service" in result.details["reason"]

@@ -1,0 +1,504 @@
+"""The run's supervisor: PID 1 of the sandbox's PID namespace, the only trusted process in it.
+
+It is started by the sandbox service as ``python3 -I supervisor.py`` inside bubblewrap (or, where
+user namespaces are unavailable, directly: see ``services/sandbox/isolation.py``). It reads one
+JSON job on stdin, runs the untrusted program(s) as its children, and writes one JSON result on
+stdout, which only it holds:
+
+- it makes itself non-dumpable first, so a child of the same uid can neither ptrace it nor open
+  ``/proc/1/fd/*`` or ``/proc/1/mem`` (its stdin holds the job, its stdout is the result channel);
+- as PID 1 of the namespace it cannot be killed from inside (the kernel drops signals to a
+  namespace's init that it has no handler for), and ``kill(-1, SIGKILL)`` from it ends every other
+  process of the run: no daemon outlives the run;
+- children get fresh pipes for their output, which it reads (capped; the rest is read and dropped)
+  while watching wall time and the run's total resident memory (every process it sees in
+  ``/proc`` is one of the run's).
+
+Modes:
+
+- ``run``: optional compile command, then the run command (SandboxFusion's one-shot runs).
+- ``tests``: Python tests against a solution. Each test is a fresh interpreter running
+  ``evaluator.py``: it loads the solution, then the test program, in which every ``assert`` was
+  rewritten (outside the sandbox) into ``__rh_check__(site, *probes)``; the probes' values come back
+  on a report pipe and *this* process evaluates each assert from them and the literals it alone
+  holds. An exit, a kill or a crash before the end is a failure of that test, and code that writes
+  to the report pipe itself still has to produce the right values without seeing them.
+
+Standard library only: it runs under the sandbox's interpreter, not the service's.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+WORK_DIR = os.environ.get("RH_WORK_DIR", "/work")
+HERE = os.path.dirname(os.path.abspath(__file__))
+EVALUATOR = os.path.join(HERE, "evaluator.py")
+POLL_S = 0.02
+MAX_REPORT_BYTES = 4 * 1024 * 1024
+_PR_SET_DUMPABLE = 4
+_PR_SET_PDEATHSIG = 1
+
+
+def main() -> None:
+    _make_non_dumpable()
+    job = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    result: dict[str, Any]
+    try:
+        os.makedirs(WORK_DIR, exist_ok=True)
+        os.chdir(WORK_DIR)
+        _write_files(job.get("files") or {})
+        result = run_tests(job) if job["mode"] == "tests" else run_program(job)
+    except Exception as exc:  # a fault of the sandbox itself, reported as such
+        result = {"error": f"supervisor: {type(exc).__name__}: {exc}"[:2000]}
+    finally:
+        _kill_others()
+    sys.stdout.write(json.dumps(result))
+    sys.stdout.flush()
+
+
+def _make_non_dumpable() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _write_files(files: dict[str, str]) -> None:
+    """Write the job's files (names already checked by the service: relative, no ``..``)."""
+    for name, content in files.items():
+        target = os.path.join(WORK_DIR, name)
+        parent = os.path.dirname(target)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        with open(target, "wb") as handle:
+            handle.write(base64.b64decode(content))
+
+
+# --- running one child under limits -------------------------------------------------------------
+
+
+def _limiter(limits: dict[str, int]) -> Any:
+    """preexec_fn: the child's own rlimits (NPROC counts per user namespace, so per run)."""
+
+    def apply() -> None:
+        cpu = int(limits["cpu_s"])
+        address_space = int(limits.get("address_space_mb", 0)) * 1024 * 1024
+        if address_space:  # 0: bounded by the run's resident-memory budget only (V8 reserves far more)
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+        for which, value in ((resource.RLIMIT_CPU, (cpu, cpu + 1)),
+                             (resource.RLIMIT_FSIZE, (int(limits["file_mb"]) * 1024 * 1024,) * 2),
+                             (resource.RLIMIT_NPROC, (int(limits["processes"]),) * 2),
+                             (resource.RLIMIT_NOFILE, (int(limits["open_files"]),) * 2),
+                             (resource.RLIMIT_CORE, (0, 0))):
+            resource.setrlimit(which, value)
+        os.setsid()
+        # The tested code yields the CPU to everything else: the service's health checks and the
+        # start-up of other runs must not queue behind a hundred busy loops.
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+
+    return apply
+
+
+def _memfd(data: bytes) -> int:
+    fd = os.memfd_create("stdin", 0)
+    os.write(fd, data) if len(data) < 65536 else _write_all(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class Outcome:
+    """What one child did: how it ended, what it printed, what it reported."""
+
+    def __init__(self) -> None:
+        self.exit_code: int | None = None
+        self.timed_out = False
+        self.memory_exceeded = False
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.truncated = False
+        self.report = bytearray()
+        self.wall_s = 0.0
+
+    @property
+    def signal(self) -> int | None:
+        return -self.exit_code if self.exit_code is not None and self.exit_code < 0 else None
+
+
+def run_child(argv: list[str], *, stdin: bytes, timeout_s: float, limits: dict[str, int],
+              output_bytes: int, report: bool = False, on_report: Any = None) -> Outcome:
+    """Run ``argv`` to its end or its wall-clock limit, then end every other process of the run."""
+    outcome = Outcome()
+    stdin_fd = _memfd(stdin)
+    report_r = report_w = -1
+    pass_fds: tuple[int, ...] = ()
+    if report:
+        report_r, report_w = os.pipe()
+        pass_fds = (report_w,)
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            [*argv, *([str(report_w)] if report else [])], stdin=stdin_fd, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=WORK_DIR, close_fds=True, pass_fds=pass_fds,
+            preexec_fn=_limiter(limits), env=_child_env())
+    finally:
+        os.close(stdin_fd)
+        if report:
+            os.close(report_w)
+    assert proc.stdout is not None and proc.stderr is not None
+    streams = {proc.stdout.fileno(): outcome.stdout, proc.stderr.fileno(): outcome.stderr}
+    if report:
+        streams[report_r] = outcome.report
+    deadline = started + timeout_s
+    memory_budget = limits["memory_mb"] * 1024 * 1024
+    open_fds = set(streams)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            outcome.timed_out = True
+            break
+        ready, _, _ = select.select(list(open_fds), [], [], min(POLL_S, remaining)) if open_fds else ([], [], [])
+        for fd in ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                open_fds.discard(fd)
+                continue
+            _keep(outcome, streams[fd], chunk, MAX_REPORT_BYTES if fd == report_r else output_bytes)
+            if fd == report_r and on_report is not None and on_report(outcome.report):
+                _signal_others()  # a failed check decides the test; nothing it does next matters
+        if proc.poll() is not None:
+            break
+        if not open_fds:
+            time.sleep(POLL_S)
+        if _run_rss() > memory_budget:
+            outcome.memory_exceeded = True
+            break
+    outcome.wall_s = time.monotonic() - started
+    _signal_others()
+    proc.wait()  # before reaping the rest, so its own exit status is the one kept
+    outcome.exit_code = proc.returncode
+    _reap_others()
+    _drain(streams, open_fds, outcome, output_bytes, report_r)
+    for fd in streams:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return outcome
+
+
+def _keep(outcome: Outcome, buffer: bytearray, chunk: bytes, cap: int) -> None:
+    room = cap - len(buffer)
+    if len(chunk) > room:
+        outcome.truncated = True
+    if room > 0:
+        buffer.extend(chunk[:room])
+
+
+def _drain(streams: dict[int, bytearray], open_fds: set[int], outcome: Outcome, cap: int, report_r: int) -> None:
+    """Every writer is dead now: read what is left in the pipes up to EOF."""
+    for fd in list(open_fds):
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            _keep(outcome, streams[fd], chunk, MAX_REPORT_BYTES if fd == report_r else cap)
+
+
+def _child_env() -> dict[str, str]:
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": WORK_DIR, "TMPDIR": "/tmp",
+            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _kill_others() -> None:
+    _signal_others()
+    _reap_others()
+
+
+def _signal_others() -> None:
+    """As PID 1 of the namespace: SIGKILL every other process of the run (daemons included)."""
+    if os.getpid() == 1:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(-1, signal.SIGKILL)
+    else:  # no PID namespace (weak isolation): each child leads its own session; kill those groups
+        for pid in _own_children():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def _reap_others() -> None:
+    """Collect every exited child (orphans are re-parented to PID 1), so none stays a zombie."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            if os.getpid() != 1:
+                return
+            time.sleep(0.001)
+
+
+def _own_children() -> list[int]:
+    me = str(os.getpid())
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError), open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+                if fields[1] == me:
+                    found.append(int(entry))
+    return found
+
+
+def _run_rss() -> int:
+    """Resident bytes of every process this supervisor can see but itself (in a PID namespace: the run)."""
+    if os.getpid() != 1:
+        return 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and entry != "1":
+            with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{entry}/statm") as handle:
+                total += int(handle.read().split()[1]) * page
+    return total
+
+
+def _describe(outcome: Outcome) -> dict[str, Any]:
+    return {"exit_code": outcome.exit_code, "signal": outcome.signal, "timed_out": outcome.timed_out,
+            "memory_exceeded": outcome.memory_exceeded, "wall_s": round(outcome.wall_s, 6),
+            "stdout": base64.b64encode(bytes(outcome.stdout)).decode(),
+            "stderr": base64.b64encode(bytes(outcome.stderr)).decode(), "truncated": outcome.truncated}
+
+
+# --- mode "run": compile (optional) and run -----------------------------------------------------
+
+
+def run_program(job: dict[str, Any]) -> dict[str, Any]:
+    limits: dict[str, int] = job["limits"]
+    output_bytes = int(job.get("output_bytes", 65536))
+    result: dict[str, Any] = {}
+    compile_step = job.get("compile")
+    if isinstance(compile_step, dict):
+        compiled = run_child(compile_step["argv"], stdin=b"", timeout_s=float(compile_step["timeout_s"]),
+                             limits={**limits, **compile_step.get("limits", {})}, output_bytes=output_bytes)
+        result["compile"] = _describe(compiled)
+        if compiled.timed_out or compiled.exit_code != 0:
+            return result
+    run_step: dict[str, Any] = job["run"]
+    stdin = base64.b64decode(str(run_step.get("stdin", "")))
+    ran = run_child(list(run_step["argv"]), stdin=stdin, timeout_s=float(run_step["timeout_s"]),
+                    limits=limits, output_bytes=output_bytes)
+    result["run"] = _describe(ran)
+    result["files"] = _fetch(list(job.get("fetch_files") or []), int(limits["file_mb"]) * 1024 * 1024)
+    return result
+
+
+def _fetch(names: list[str], cap: int) -> dict[str, Any]:
+    """Read back the requested files (regular files only, never following a link)."""
+    fetched: dict[str, Any] = {}
+    for name in names:
+        path = name if os.path.isabs(name) else os.path.join(WORK_DIR, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            fetched[name] = {"error": exc.strerror or type(exc).__name__}
+            continue
+        with os.fdopen(fd, "rb") as handle:
+            if not _is_regular(fd):
+                fetched[name] = {"error": "not a regular file"}
+                continue
+            content = handle.read(cap + 1)
+        fetched[name] = {"error": "file too large"} if len(content) > cap else \
+            {"content": base64.b64encode(content).decode()}
+    return fetched
+
+
+def _is_regular(fd: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+# --- mode "tests": Python tests whose verdicts are decided here -----------------------------------
+
+
+def run_tests(job: dict[str, Any]) -> dict[str, Any]:
+    limits: dict[str, int] = job["limits"]
+    python: str = job["python"]
+    timeout_s = float(job["timeout_s"])
+    budget_ends = time.monotonic() + float(job["budget_s"])
+    output_bytes = int(job.get("output_bytes", 65536))
+    results = []
+    for index, test in enumerate(job["tests"]):
+        if time.monotonic() >= budget_ends:
+            results.append({"status": "not_run"})
+            continue
+        if test["kind"] == "stdio":
+            ran = run_child([python, "-E", "-s", "solution.py"], stdin=test["stdin"].encode(),
+                            timeout_s=timeout_s, limits=limits, output_bytes=output_bytes)
+            results.append({"status": _ended(ran) or "finished", **_describe(ran)})
+            continue
+        results.append(_assert_test(python, index, test, timeout_s, limits, output_bytes))
+    return {"tests": results}
+
+
+def _ended(outcome: Outcome) -> str | None:
+    """How a child ended, when that alone decides its test (None: it exited by itself)."""
+    if outcome.memory_exceeded:
+        return "memory_exceeded"
+    if outcome.timed_out or outcome.signal in (signal.SIGXCPU,):
+        return "timeout"
+    return None
+
+
+def _assert_test(python: str, index: int, test: dict[str, Any], timeout_s: float, limits: dict[str, int],
+                 output_bytes: int) -> dict[str, Any]:
+    test_path = os.path.join(WORK_DIR, f".rh-test-{index}.py")
+    with open(test_path, "w", encoding="utf-8") as handle:
+        handle.write(str(test["program"]))
+    sites: dict[str, Any] = test["sites"]
+    checker = SiteChecker(sites)
+    ran = run_child([python, "-I", EVALUATOR, "solution.py", test_path], stdin=b"",
+                    timeout_s=timeout_s, limits=limits, output_bytes=output_bytes, report=True,
+                    on_report=checker.feed)
+    checker.feed(ran.report, final=True)
+    described = _describe(ran)
+    if checker.failure is not None:
+        return {"status": "failed", "reason": checker.failure, **described}
+    ended = _ended(ran)
+    if ended is not None:
+        return {"status": ended, **described}
+    if not checker.ended:
+        return {"status": "failed", "reason": _early_end(ran), **described}
+    missing = checker.unreached()
+    if missing:
+        return {"status": "failed", "reason": f"assert(s) at line(s) {', '.join(missing)} never ran", **described}
+    return {"status": "passed", **described}
+
+
+def _early_end(outcome: Outcome) -> str:
+    if outcome.signal is not None:
+        return f"the program was killed by signal {outcome.signal} before the test ended"
+    return f"the program exited (code {outcome.exit_code}) before the test ended"
+
+
+class SiteChecker:
+    """Decides each rewritten assert from the probe values the test process reports.
+
+    A site is a tree: ``{"op": "lit", "value": <repr>}`` (held only here), ``{"op": "probe",
+    "index": i, "truth": bool}`` (the i-th value reported for the site), ``{"op": "not", "arg": …}``
+    and ``{"op": "cmp", "ops": [...], "operands": [...]}``. Reported values are plain data
+    (``repr`` read back with ``ast.literal_eval``), so no object of the solution's takes part in a
+    comparison made here.
+    """
+
+    def __init__(self, sites: dict[str, Any]) -> None:
+        self.sites = sites
+        self.hits: dict[str, int] = dict.fromkeys(sites, 0)
+        self.failure: str | None = None
+        self.ended = False
+        self._consumed = 0
+
+    def feed(self, buffer: bytearray, final: bool = False) -> bool:
+        """Read the complete lines reported so far; True once a check has failed."""
+        while self.failure is None:
+            end = buffer.find(b"\n", self._consumed)
+            if end < 0:
+                break
+            line = bytes(buffer[self._consumed:end])
+            self._consumed = end + 1
+            self._line(line)
+        return self.failure is not None
+
+    def _line(self, line: bytes) -> None:
+        if self.ended:
+            self.failure = "report after the end of the test"
+            return
+        try:
+            message = json.loads(line)
+        except ValueError:
+            self.failure = "malformed report"
+            return
+        if message == {"end": True}:
+            self.ended = True
+            return
+        site = str(message.get("site")) if isinstance(message, dict) else ""
+        values = message.get("values") if isinstance(message, dict) else None
+        if site not in self.sites or not isinstance(values, list):
+            self.failure = "malformed report"
+            return
+        self.hits[site] += 1
+        tree: dict[str, Any] = self.sites[site]
+        try:
+            holds = bool(self._evaluate(tree, values))
+        except Exception:  # a value that cannot be read or compared fails its assert
+            holds = False
+        if not holds:
+            self.failure = f"assert at line {tree.get('line', '?')} failed"
+
+    def _evaluate(self, node: dict[str, Any], values: list[object]) -> object:
+        op = node["op"]
+        if op == "lit":
+            return ast.literal_eval(str(node["value"]))
+        if op == "probe":
+            reported = values[int(node["index"])]
+            if node.get("truth"):
+                if not isinstance(reported, bool):
+                    raise ValueError("a truth probe must report a boolean")
+                return reported
+            if not isinstance(reported, str):
+                raise ValueError("a value probe must report a repr")
+            return ast.literal_eval(reported)
+        if op == "not":
+            return not self._evaluate(node["arg"], values)
+        if op == "cmp":
+            operands = [self._evaluate(o, values) for o in node["operands"]]
+            return all(_compare(name, left, right)
+                       for name, left, right in zip(node["ops"], operands, operands[1:], strict=False))
+        raise ValueError(f"unknown node {op!r}")
+
+    def unreached(self) -> list[str]:
+        return [str(self.sites[site].get("line", "?")) for site, hits in self.hits.items() if not hits]
+
+
+def _compare(name: str, left: Any, right: Any) -> bool:
+    if name == "==":
+        return _equal(left, right)
+    if name == "!=":
+        return not _equal(left, right)
+    if name == "in":
+        return left in right
+    if name == "not in":
+        return left not in right
+    return bool({"<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
+                 ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}[name](left, right))
+
+
+def _equal(left: object, right: object) -> bool:
+    """Python's ``==``, on plain data only (both sides came out of ``ast.literal_eval``)."""
+    return left == right
+
+
+if __name__ == "__main__":
+    main()
