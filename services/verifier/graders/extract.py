@@ -26,6 +26,27 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+def all_boxed(text: str) -> list[str]:
+    """Contents of every top-level ``\\boxed{...}`` with balanced braces, in order (a box nested in
+    another is part of its content, an unclosed one is skipped)."""
+    contents: list[str] = []
+    position = 0
+    while (opener := _BOXED.search(text, position)) is not None:
+        depth, i = 1, opener.end()
+        while i < len(text) and depth:
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+            i += 1
+        if depth:
+            position = opener.end()
+            continue
+        contents.append(text[opener.end():i - 1].strip())
+        position = i
+    return contents
+
+
 def json_candidates(text: str) -> list[str]:
     """Where JSON may sit: the whole text, fenced blocks (last first), then the outermost {...} / [...]."""
     candidates = [text.strip()]
