@@ -155,7 +155,7 @@ def projects_create(name: str, description: str = "") -> None:
 
 @keys_app.command("create")
 def keys_create(
-    role: Annotated[Role, typer.Option(help="admin, trainer or annotator.")],
+    role: Annotated[Role, typer.Option(help="admin, trainer, annotator, or reward (scoring only: safe in a URL).")],
     project: Annotated[list[str] | None, typer.Option(help="Project name or id (repeatable).")] = None,
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
     all_projects: Annotated[bool, typer.Option(help="Admin only: the key sees every project.")] = False,

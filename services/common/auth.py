@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.common.db import session_scope, utcnow
-from services.common.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from services.common.errors import Forbidden, InvalidInput, NotFound, RateLimited, Unauthorized
 from services.common.models import ApiKey, Project, Role
 
 KEY_PREFIX = "rh_"
@@ -104,7 +104,14 @@ def _lookup(key_hash: str) -> Principal:
 
 
 def current_principal(request: Request) -> Principal:
-    key_hash = hash_key(_bearer_token(request))
+    principal = principal_for_key(_bearer_token(request))
+    request.state.principal = principal
+    return principal
+
+
+def principal_for_key(key: str) -> Principal:
+    """The caller behind a clear key (from a header, or a reward token from a URL path)."""
+    key_hash = hash_key(key)
     now = time.monotonic()
     with _cache_lock:
         cached = _principal_cache.get(key_hash)
@@ -116,7 +123,6 @@ def current_principal(request: Request) -> Principal:
             if len(_principal_cache) > 10_000:
                 _principal_cache.clear()
             _principal_cache[key_hash] = (now, principal)
-    request.state.principal = principal
     return principal
 
 
@@ -156,3 +162,43 @@ def choose_project(principal: Principal, requested: str | None) -> str:
         return next(iter(principal.project_ids))
     raise InvalidInput("project_id is required: this key has access to more than one project",
                        field="project_id")
+
+
+class RewardTokenLimiter:
+    """A token bucket per reward-scoped key: ``rate`` requests a second, bursts of ``2 × rate``.
+
+    Per process (each gateway replica has its own buckets): it bounds what one leaked token can
+    spend, it is not a quota. Keys of the other roles are not limited here.
+    """
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key_id: str, rate: float) -> float:
+        """Spend one request; 0.0 when allowed, else the seconds until one is available."""
+        if rate <= 0:
+            return 0.0
+        burst = max(1.0, 2 * rate)
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key_id, (burst, now))
+            tokens = min(burst, tokens + (now - last) * rate)
+            if tokens >= 1.0:
+                self._buckets[key_id] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key_id] = (tokens, now)
+            return (1.0 - tokens) / rate
+
+
+reward_token_limiter = RewardTokenLimiter()
+
+
+def limit_reward_token(principal: Principal, rate: float) -> None:
+    """Raise 429 (with the wait) when a reward-scoped key exceeds its rate."""
+    if principal.role != Role.reward:
+        return
+    wait_s = reward_token_limiter.take(principal.key_id, rate)
+    if wait_s > 0:
+        raise RateLimited(f"this reward token is limited to {rate:g} requests per second; retry in {wait_s:.2f}s",
+                          retry_after_s=wait_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,8 +68,38 @@ class UpstreamUnavailable(ApiError):
     code = "upstream_unavailable"
 
 
+class RateLimited(ApiError):
+    """429 with ``Retry-After`` (whole seconds, at least 1)."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+
+
+def safe_text(text: str) -> str:
+    """``text`` with anything UTF-8 cannot carry (a lone surrogate echoed from the input) escaped."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "field": field}}
+    return {"error": {"code": code, "message": safe_text(message),
+                      "field": safe_text(field) if field is not None else None}}
+
+
+def _parse_failure(exc: BaseException | None) -> tuple[int, str] | None:
+    """A request body FastAPI could not parse, by cause: nested too deep, or not UTF-8 text."""
+    if isinstance(exc, RecursionError):
+        return 422, "body: the JSON is nested too deeply to parse"
+    if isinstance(exc, UnicodeDecodeError):
+        return 400, f"body: is not valid UTF-8 (byte {exc.start}: {exc.reason})"
+    return None
 
 
 def _loc_to_field(loc: Sequence[Any]) -> str:
@@ -96,7 +127,8 @@ def _validation_message(err: dict[str, Any]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=exc.status_code)
+        return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -108,7 +140,8 @@ def install_error_handlers(app: FastAPI) -> None:
             message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
         body = error_body("invalid_input", message, field)
         body["error"]["details"] = [
-            {"field": _loc_to_field(e.get("loc", ())), "message": _validation_message(e)} for e in errors[:50]
+            {"field": safe_text(_loc_to_field(e.get("loc", ()))), "message": safe_text(_validation_message(e))}
+            for e in errors[:50]
         ]
         return JSONResponse(body, status_code=422)
 
@@ -117,6 +150,9 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden",
                 413: "payload_too_large"}.get(exc.status_code, "http_error")
         field = "body" if exc.status_code == 413 else None
+        parse_failure = _parse_failure(exc.__cause__) if exc.status_code == 400 else None
+        if parse_failure is not None:
+            return JSONResponse(error_body("invalid_input", parse_failure[1], "body"), status_code=parse_failure[0])
         return JSONResponse(error_body(code, str(exc.detail), field), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
@@ -126,6 +162,13 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("database rejected input on %s %s: %s", request.method, request.url.path, exc.orig)
         return JSONResponse(error_body("invalid_input", f"the database cannot store a value in this request: "
                                                         f"{str(exc.orig).splitlines()[0][:200]}", None),
+                            status_code=422)
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        # Validating or walking a deeply nested input ran out of stack: the input's shape, not our fault.
+        log.warning("input nested too deeply on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(error_body("invalid_input", "body: is nested too deeply to process", "body"),
                             status_code=422)
 
     @app.exception_handler(Exception)

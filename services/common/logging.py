@@ -32,9 +32,13 @@ _OWN_HANDLER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", 
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+# A reward token in a URL path (OpenRLHF's /get_reward/<token>): it can only score, but still a credential.
+_PATH_TOKEN = re.compile(r"(?P<prefix>/get_reward/)[^\s/?#\"']+")
+
+
 def mask_url_credentials(text: str) -> str:
-    """Every ``scheme://user:password@`` in ``text`` with the password replaced by ``***``."""
-    return _URL_CREDENTIALS.sub(rf"\g<prefix>{MASK}@", text)
+    """``text`` with every ``scheme://user:password@`` password and ``/get_reward/<token>`` masked."""
+    return _PATH_TOKEN.sub(rf"\g<prefix>{MASK}", _URL_CREDENTIALS.sub(rf"\g<prefix>{MASK}@", text))
 
 
 def mask_url(url: str) -> str:

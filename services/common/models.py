@@ -20,6 +20,9 @@ class Role(enum.StrEnum):
     admin = "admin"
     trainer = "trainer"
     annotator = "annotator"
+    # Reward scope only: /v1/rewards and /get_reward (and the grading they fan out to), rate-limited.
+    # Safe to put in a URL (OpenRLHF's --reward.remote_url): a leaked log line can score, nothing more.
+    reward = "reward"
 
 
 api_key_projects = Table(

@@ -232,9 +232,10 @@ class MultiSpec(_Spec):
 
     type: Literal["multi"] = "multi"
     graders: dict[str, RewardSpec] = Field(min_length=1)
-    weights: dict[str, float] = Field(default_factory=dict, description="Missing names weigh 1.")
-    gates: dict[str, float] = Field(default_factory=dict,
-                                    description="name -> minimum sub-score; below it the reward is 0.")
+    weights: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        default_factory=dict, description="Missing names weigh 1; each a finite number.")
+    gates: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        default_factory=dict, description="name -> minimum sub-score (finite); below it the reward is 0.")
     normalise: bool = Field(default=True, description="Divide by the sum of weights.")
 
     def has_remote_parts(self) -> bool:

@@ -50,7 +50,13 @@ class Settings(BaseSettings):
     # Request limits
     max_request_bytes: int = Field(default=64 * 1024 * 1024, description="Largest accepted request body.")
     max_batch_items: int = 10_000
-    max_item_chars: int = Field(default=200_000, description="Largest completion/prompt/ground truth, in characters.")
+    max_item_chars: int = Field(default=200_000, description="Largest completion or prompt (all of a chat prompt's "
+                                "text), in characters; a longer one is that item's invalid_input.")
+    max_ground_truth_bytes: int = Field(default=2_000_000, ge=1, description="Largest ground truth, in bytes of "
+                                        "JSON; a larger one is that item's invalid_input.")
+    max_metadata_bytes: int = Field(default=65_536, ge=0, description="Largest item metadata, in bytes of JSON.")
+    max_json_depth: int = Field(default=64, ge=1, description="Deepest nesting of lists and objects in an item's "
+                                "ground truth, metadata or chat messages (and in a spec).")
 
     # Verifier execution
     verifier_workers: int = Field(default=0, description="Grader process-pool size; 0 = number of CPUs.")
@@ -81,6 +87,24 @@ class Settings(BaseSettings):
     llm_requests_per_s: float = 0.0
     llm_max_retries: int = 3
     llm_local_model_path: str = Field(default="", description="Path of a local transformers model for the local backend.")
+
+    reward_token_requests_per_s: float = Field(default=20.0, ge=0, description=(
+        "Requests a second one reward-scoped token may make (per gateway process; bursts of twice that); 0: no limit."))
+
+    # Celery jobs: redelivery, heartbeats and the resubmission sweeper (services/common/tasks.py)
+    celery_visibility_timeout_s: float | None = Field(default=None, gt=0, description=(
+        "Seconds Redis holds an unacknowledged task before redelivering it (a worker killed mid-task). Unset: "
+        "twice the longest job step, one LLM call with all its retries: 2 × llm_timeout_s × (llm_max_retries + 1), "
+        "at least 300 s."))
+    job_heartbeat_s: float = Field(default=5.0, gt=0, description="How often a running job stamps its heartbeat.")
+    job_stale_after_s: float | None = Field(default=None, gt=0, description=(
+        "A running job whose heartbeat is older than this is requeued by the sweeper (its worker died). "
+        "Unset: 6 × job_heartbeat_s."))
+    job_resubmit_after_s: float = Field(default=300.0, gt=0, description=(
+        "A job still pending_submit or queued this long after its last submission is submitted again (the API "
+        "died before submitting, or the broker lost its queue); a duplicate delivery is a no-op."))
+    job_sweep_interval_s: float = Field(default=15.0, gt=0, description=(
+        "How often each worker sweeps for jobs to resubmit or requeue (also once at worker start)."))
 
     # Outbound HTTP between services
     http_timeout_s: float = 30.0

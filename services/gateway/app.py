@@ -8,9 +8,18 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, R
 from sqlalchemy.orm import Session
 
 from services.common.app_factory import create_service_app
-from services.common.auth import Principal, current_principal, get_accessible_project, require_roles
+from services.common.auth import (
+    Principal,
+    current_principal,
+    get_accessible_project,
+    limit_reward_token,
+    principal_for_key,
+    require_roles,
+)
 from services.common.db import get_session
+from services.common.errors import Forbidden
 from services.common.models import Role
+from services.common.settings import get_settings
 from services.common.validation import ID_PATTERN, KeyIdPath, ProjectIdPath
 from services.gateway import openrlhf, reward_specs_store, rewards, tenancy
 from services.gateway.schemas import (
@@ -77,6 +86,13 @@ def revoke_key(key_id: KeyIdPath, principal: Principal = Depends(admin_only),
 
 rewards_router = APIRouter(tags=["rewards"])
 reward_writers = require_roles(Role.admin, Role.trainer)
+_reward_roles = require_roles(Role.admin, Role.trainer, Role.reward)
+
+
+def reward_callers(principal: Principal = Depends(_reward_roles)) -> Principal:
+    """Who may score: admin, trainer, and reward-scoped tokens (rate-limited)."""
+    limit_reward_token(principal, get_settings().reward_token_requests_per_s)
+    return principal
 
 
 @rewards_router.post("/v1/rewards", response_model=RewardsResponse,
@@ -86,7 +102,7 @@ async def score_rewards(body: RewardsRequest, request: Request,
                             default=None, alias="Idempotency-Key", min_length=1, max_length=200,
                             description="A retry with the same key and body returns the stored answer "
                                         "(`Idempotent-Replayed: true`) instead of grading again."),
-                        principal: Principal = Depends(reward_writers)) -> Response:
+                        principal: Principal = Depends(reward_callers)) -> Response:
     """Score a batch. Per item: `score` (null unless `status` is `ok`), `status`, `sub_scores`, `details`."""
     return await rewards.score(principal, body, request.headers["authorization"], idempotency_key)
 
@@ -98,10 +114,33 @@ async def openrlhf_get_reward(
         project_id: str | None = Query(default=None, pattern=ID_PATTERN),
         on_non_ok: Literal["zero", "error"] = Query(default="zero", description=(
             "Items that cannot be graded: score 0.0 and flagged in extra_logs, or fail the request.")),
-        principal: Principal = Depends(reward_writers)) -> OpenRLHFRewardResponse:
-    """OpenRLHF `--remote_rm_url` endpoint (key as Bearer, or as the URL's password)."""
+        principal: Principal = Depends(reward_callers)) -> OpenRLHFRewardResponse:
+    """OpenRLHF `--reward.remote_url` endpoint (key as Bearer, or as the URL's password)."""
     return await openrlhf.get_reward(principal, body, spec_ref, project_id, on_non_ok,
                                      request.headers["authorization"])
+
+
+def path_reward_token(token: str = Path(min_length=8, max_length=200, description=(
+        "A reward-scoped token (`rewardhub keys create --role reward`): it can only score."))) -> Principal:
+    principal = principal_for_key(token)
+    if principal.role != Role.reward:
+        # Only reward tokens may ride in a URL: a logged URL must never carry a key that administers.
+        raise Forbidden("only a reward-scoped token (role reward) may be given in the URL path; send other "
+                        "keys as Authorization: Bearer", field="token")
+    limit_reward_token(principal, get_settings().reward_token_requests_per_s)
+    return principal
+
+
+@rewards_router.post("/get_reward/{token}", response_model=OpenRLHFRewardResponse)
+async def openrlhf_get_reward_with_path_token(
+        body: OpenRLHFRewardRequest,
+        spec_ref: str = Query(min_length=1, max_length=120, description="Stored spec, `name@version`."),
+        project_id: str | None = Query(default=None, pattern=ID_PATTERN),
+        on_non_ok: Literal["zero", "error"] = Query(default="zero"),
+        principal: Principal = Depends(path_reward_token),
+        token: str = Path(min_length=8, max_length=200)) -> OpenRLHFRewardResponse:
+    """OpenRLHF endpoint for clients that only take a URL: `/get_reward/<reward token>?spec_ref=…`."""
+    return await openrlhf.get_reward(principal, body, spec_ref, project_id, on_non_ok, f"Bearer {token}")
 
 
 @rewards_router.post("/v1/projects/{project_id}/reward-specs", response_model=RewardSpecOut, status_code=201)

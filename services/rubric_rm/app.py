@@ -43,6 +43,8 @@ from services.rubric_rm.sft_export import export_generator_sft
 
 IdPath = Annotated[str, Path(pattern=ID_PATTERN, description="An id (32 hex characters).")]
 trainers = require_roles(Role.admin, Role.trainer)
+# The judge endpoints are what the verifier's rubric grader calls with the scoring caller's key.
+judges = require_roles(Role.admin, Role.trainer, Role.reward)
 router = APIRouter(tags=["rubric_rm"])
 # The LLM backend as a dependency: settings pick it; tests override `judge_backend` with a test double.
 Backend = Annotated[ChatBackend, Depends(judge_backend)]
@@ -106,14 +108,14 @@ async def sft_export(body: SftExportRequest, backend: Backend, _principal: Princ
 
 @router.post("/v1/judge/pairwise", response_model=PairwiseJudgeResponse)
 async def judge_pairwise(body: PairwiseJudgeRequest, backend: Backend,
-                         principal: Principal = Depends(trainers)) -> PairwiseJudgeResponse:
+                         principal: Principal = Depends(judges)) -> PairwiseJudgeResponse:
     """Judge in both orders with a rubric (given, stored, or generated); the verdict is order-invariant."""
     return await operations.judge_pair(principal, body, backend)
 
 
 @router.post("/v1/judge/pointwise", response_model=PointwiseJudgeResponse)
 async def judge_pointwise(body: PointwiseJudgeRequest, backend: Backend,
-                          principal: Principal = Depends(trainers)) -> PointwiseJudgeResponse:
+                          principal: Principal = Depends(judges)) -> PointwiseJudgeResponse:
     """A scalar reward in [0, 1]: the share of hard rules passed, principles as a tie-break."""
     return await operations.judge_point(principal, body, backend)
 

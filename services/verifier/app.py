@@ -12,28 +12,37 @@ from fastapi.responses import Response, StreamingResponse
 from services.common.app_factory import create_service_app
 from services.common.auth import Principal, require_roles
 from services.common.models import Role
-from services.common.reward_api import GradeRequest, GradeResponse, summarise
+from services.common.reward_api import GradeRequest, GradeResponse, merge, screen, summarise
 from services.common.sandbox_api import RunCodeRequest, RunCodeResponse
 from services.verifier import grading, run_code
 
 router = APIRouter(tags=["verifier"])
 graders_only = require_roles(Role.admin, Role.trainer)
+# /v1/grade is what the gateway's /v1/rewards fans out to, with the caller's key: reward tokens too.
+grade_callers = require_roles(Role.admin, Role.trainer, Role.reward)
 
 
 @router.post("/v1/grade", response_model=GradeResponse,
              responses={200: {"content": {"application/x-ndjson": {}}}})
-async def grade(body: GradeRequest, request: Request, _principal: Principal = Depends(graders_only)) -> Response:
+async def grade(body: GradeRequest, request: Request, _principal: Principal = Depends(grade_callers)) -> Response:
     """Grade a batch against a resolved spec (the gateway's `/v1/rewards` forwards here)."""
     # Graders that call other services (rubric) do so with the caller's key and project scope.
     auth = request.headers.get("authorization")
+    # An item that cannot be graded (NUL, lone surrogate, oversized, too deep, NaN) is its own
+    # invalid_input result; the rest of the batch is graded as usual.
+    gradable, invalid = screen(body.items)
     if body.stream:
         async def lines() -> AsyncIterator[bytes]:
-            async for result in grading.grade_stream(body.spec, body.items, body.deadline_s, auth):
+            for result in invalid.values():
                 yield (result.model_dump_json() + "\n").encode()
+            if gradable:
+                async for result in grading.grade_stream(body.spec, gradable, body.deadline_s, auth):
+                    yield (result.model_dump_json() + "\n").encode()
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
     started = time.perf_counter()
-    results = await grading.grade_batch(body.spec, body.items, body.deadline_s, auth)
+    graded = await grading.grade_batch(body.spec, gradable, body.deadline_s, auth) if gradable else []
+    results = merge(body.items, invalid, graded)
     response = GradeResponse(results=results, summary=summarise(results),
                              elapsed_ms=round((time.perf_counter() - started) * 1000, 3))
     return Response(json.dumps(response.model_dump(mode="json")), media_type="application/json")

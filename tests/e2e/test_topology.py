@@ -138,9 +138,10 @@ def process_env(compose_env: dict[str, Any], *, database_url: str, redis_url: st
            and (not k.startswith("REWARDHUB_") or k.startswith("REWARDHUB_TEST_"))}
     variables = {"REWARDHUB_SECRET_KEY": SECRET_KEY}
     env.update({key: interpolate(str(value), variables) for key, value in compose_env.items()})
-    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, REWARDHUB_DATA_DIR=str(data_dir),
-               REWARDHUB_LOG_JSON="false", REWARDHUB_LLM_BASE_URL=llm_url, REWARDHUB_LLM_MODEL="judge",
-               REWARDHUB_LLM_MAX_RETRIES="0")
+    env.update(REWARDHUB_DATA_DIR=str(data_dir), REWARDHUB_LOG_JSON="false")
+    if "DATABASE_URL" in compose_env:  # the sandbox gets none of the infrastructure (no credentials)
+        env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, REWARDHUB_LLM_BASE_URL=llm_url,
+                   REWARDHUB_LLM_MODEL="judge", REWARDHUB_LLM_MAX_RETRIES="0")
     for key in list(env):
         match = SERVICE_URL.fullmatch(key)
         if match and key != "REWARDHUB_LLM_BASE_URL":
@@ -252,6 +253,19 @@ def test_compose_topology_serves_a_reward_request_across_processes(topology: Top
     assert [r["status"] for r in results] == ["ok", "ok"]
     # The grading happened in the verifier process, reached over HTTP.
     assert request_count(verifier.url, "verifier", "/v1/grade") == graded_before + 1
+
+    # Code runs in the sandbox process (gateway -> verifier -> sandbox), which holds no credentials.
+    sandbox = topology.running["sandbox"]
+    assert "DATABASE_URL" not in sandbox.env and "REWARDHUB_SECRET_KEY" not in sandbox.env
+    code = {"project_id": project_id, "spec": {"type": "code"},
+            "items": [{"id": "c", "completion": "```python\ndef f(x):\n    return x + 1\n```",
+                       "ground_truth": ["assert f(1) == 2", "assert f(2) == 4"]}]}
+    response = httpx.post(gateway.url + "/v1/rewards", json=code, headers={"Authorization": f"Bearer {key}"},
+                          timeout=120)
+    assert response.status_code == 200, f"{response.status_code} {response.text}\n{topology.logs()}"
+    [result] = response.json()["results"]
+    assert (result["score"], result["status"]) == (0.5, "ok"), result
+    assert request_count(sandbox.url, "sandbox", "/v1/tests") >= 1
 
 
 def test_rubric_job_runs_on_the_worker_through_redis(topology: Topology) -> None:
