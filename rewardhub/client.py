@@ -7,6 +7,7 @@ retry after a lost answer returns the first result instead of scoring twice.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -89,6 +90,13 @@ def _body(items: Iterable[Mapping[str, Any]], spec: Mapping[str, Any] | str, pro
     return body
 
 
+def _encode(body: dict[str, Any]) -> bytes:
+    """The request as JSON. ASCII escapes carry any Python text (a lone surrogate in a model output
+    becomes ``\\ud800``), and NaN is sent as written: the server answers such an item with its own
+    ``invalid_input`` status rather than the client failing the whole batch before sending it."""
+    return json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def _parse(response: httpx.Response) -> RewardBatch:
     if response.status_code >= 400:
         try:
@@ -144,12 +152,12 @@ class RewardClient:
               project_id: str | None = None, deadline_s: float | None = None, persist: bool = False,
               idempotency_key: str | None = None) -> RewardBatch:
         body = _body(items, spec, project_id, deadline_s, persist)
-        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex, "Content-Type": "application/json"}
         for attempt in Retrying(stop=stop_after_attempt(self.config.max_retries + 1),
                                 wait=wait_exponential(multiplier=0.3, max=10),
                                 retry=retry_if_exception(_retryable), reraise=True):
             with attempt:
-                return _parse(self._http.post("/v1/rewards", json=body, headers=headers))
+                return _parse(self._http.post("/v1/rewards", content=_encode(body), headers=headers))
         raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -179,12 +187,12 @@ class AsyncRewardClient:
                     project_id: str | None = None, deadline_s: float | None = None, persist: bool = False,
                     idempotency_key: str | None = None) -> RewardBatch:
         body = _body(items, spec, project_id, deadline_s, persist)
-        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex, "Content-Type": "application/json"}
         async for attempt in AsyncRetrying(stop=stop_after_attempt(self.config.max_retries + 1),
                                            wait=wait_exponential(multiplier=0.3, max=10),
                                            retry=retry_if_exception(_retryable), reraise=True):
             with attempt:
-                return _parse(await self._http.post("/v1/rewards", json=body, headers=headers))
+                return _parse(await self._http.post("/v1/rewards", content=_encode(body), headers=headers))
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:

@@ -43,7 +43,7 @@ from trainer.distributed import (
     init_collective,
 )
 from trainer.policy import DeepSpeedPolicy, LocalPolicy, Policy, frozen_copy, sharded_reference
-from trainer.rewards import HttpRewards, RewardOutcome, RewardSource
+from trainer.rewards import HttpRewards, RewardOutcome, RewardSource, status_counts
 from trainer.rollout import Rollout, RolloutEngine, SamplingSettings, TransformersEngine
 
 logger = logging.getLogger(__name__)
@@ -317,6 +317,7 @@ class GRPOTrainer:
         kept_rewards: list[torch.Tensor] = []
         generation_s, tokens, drawn = 0.0, 0, 0
         scores: list[float | None] = []
+        statuses: list[str] = []
         rounds = 0
         while True:
             needed = per_rank - len(kept_rollouts) // group
@@ -332,6 +333,7 @@ class GRPOTrainer:
             generation_s += seconds
             tokens += n_tokens
             scores.extend(o.score for o in outcomes)
+            statuses.extend(o.status for o in outcomes)
             rewards = self._reward_tensor(rollouts, outcomes)
             if config.dynamic_sampling and rounds < config.max_resample_rounds:
                 keep = informative_groups(rewards, group).repeat_interleave(group)
@@ -347,12 +349,13 @@ class GRPOTrainer:
         # Re-index prompts so each kept group is contiguous with its own index.
         for n, rollout in enumerate(kept_rollouts):
             rollout.prompt_index = n // group
-        return kept_rollouts, torch.cat(kept_rewards), self._rollout_stats(scores, drawn, tokens, generation_s)
+        return kept_rollouts, torch.cat(kept_rewards), self._rollout_stats(scores, drawn, tokens, generation_s,
+                                                                                   statuses)
 
     def _rollout_stats(self, scores: list[float | None], drawn: int, tokens: int,
-                       generation_s: float) -> dict[str, float]:
-        """Reward and throughput numbers over every rank's rollouts."""
-        parts = self.collective.all_gather((scores, drawn, tokens, generation_s))
+                       generation_s: float, statuses: list[str] | None = None) -> dict[str, float]:
+        """Reward and throughput numbers over every rank's rollouts (and the count of each reward status)."""
+        parts = self.collective.all_gather((scores, drawn, tokens, generation_s, statuses or []))
         every = [score for part in parts for score in part[0]]
         scored = [score for score in every if score is not None]
         tokens_all = sum(part[2] for part in parts)
@@ -362,6 +365,7 @@ class GRPOTrainer:
             "reward_std": float(torch.tensor(scored).std()) if len(scored) > 1 else 0.0,
             "non_ok_share": 1.0 - len(scored) / max(1, len(every)),
             "non_ok_count": float(len(every) - len(scored)),
+            **status_counts(status for part in parts for status in part[4]),
             "prompts_drawn": float(sum(part[1] for part in parts)),
             "tokens_per_s": tokens_all / slowest if slowest > 0 else 0.0,
             "generation_s": slowest,

@@ -15,7 +15,7 @@ import asyncio
 import math
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,6 +28,15 @@ from trainer.data import PromptRow
 from trainer.rollout import Rollout
 
 STATUSES = ("ok", "invalid_input", "timeout", "error")
+
+
+def status_counts(statuses: Iterable[str]) -> dict[str, float]:
+    """``reward_<status>_count`` for each status (``reward_invalid_input_count``: rollouts the reward
+    service could not grade, e.g. a completion with a NUL character); an unknown status counts as error."""
+    counts = dict.fromkeys(STATUSES, 0.0)
+    for status in statuses:
+        counts[status if status in counts else "error"] += 1.0
+    return {f"reward_{status}_count": n for status, n in counts.items()}
 
 
 @dataclass(frozen=True)

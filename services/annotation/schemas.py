@@ -4,12 +4,35 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from services.annotation.models import AnnotatorRole, AnswerSource, LabelKind, Policy
 from services.common.validation import ID_PATTERN, NameText, StoredText
+
+
+def _encodable(value: Any) -> Any:
+    """A lone surrogate (``"\\ud800"`` in JSON) is not Unicode text: no database or JSON encoder takes it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"contains a lone surrogate (U+{ord(value[exc.start]):04X}) at position {exc.start}, "
+                             f"which is not valid Unicode text") from None
+    return value
+
+
+# Stored text that is also valid Unicode: checked before the str validation, so the message says why.
+Text = Annotated[StoredText, BeforeValidator(_encodable)]
 
 PROMPT_ID = Field(min_length=1, max_length=200, description="The trainer's own prompt id.")
 MAX_FEATURE_DIM = 16_384
@@ -119,8 +142,8 @@ class AnswerKeyOut(BaseModel):
 class PromptIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: StoredText = PROMPT_ID
-    text: StoredText = Field(min_length=1, max_length=200_000)
+    id: Text = PROMPT_ID
+    text: Text = Field(min_length=1, max_length=200_000)
 
 
 class PromptsIn(BaseModel):
@@ -139,12 +162,12 @@ class RolloutGroupIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt_id: StoredText = PROMPT_ID
-    prompt_text: StoredText | None = Field(default=None, min_length=1, max_length=200_000, description=(
+    prompt_id: Text = PROMPT_ID
+    prompt_text: Text | None = Field(default=None, min_length=1, max_length=200_000, description=(
         "Needed the first time a prompt is seen (or register it with POST …/prompts)."))
-    answers: list[StoredText | None] = Field(min_length=1, max_length=MAX_ROLLOUTS, description=(
+    answers: list[Text | None] = Field(min_length=1, max_length=MAX_ROLLOUTS, description=(
         "Each rollout's extracted final answer; null where none could be parsed."))
-    completions: list[StoredText] | None = Field(default=None, description="Full rollout texts (shown to annotators).")
+    completions: list[Text] | None = Field(default=None, description="Full rollout texts (shown to annotators).")
     response_lengths: list[int] | None = Field(default=None, description="Tokens per rollout.")
     mean_token_probs: list[float] | None = Field(default=None, description="Mean token probability per rollout.")
     prompt_features: list[float] | None = Field(default=None, max_length=MAX_FEATURE_DIM, description=(

@@ -134,6 +134,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # loc is ("body", <character offset>)
+            loc = list(first.get("loc", ()))
+            at = f" at character {loc[1]}" if len(loc) > 1 else ""
+            ctx = first.get("ctx")
+            reason = str(ctx.get("error", "")) if isinstance(ctx, dict) else ""
+            return JSONResponse(error_body("invalid_input", f"body: is not valid JSON{at}: {reason}".rstrip(": "),
+                                           "body"), status_code=422)
         field = _loc_to_field(first.get("loc", ("body",)))
         message = f"{field}: {_validation_message(first)}"
         if len(errors) > 1:

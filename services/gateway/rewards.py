@@ -25,8 +25,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from services.common import idempotency
 from services.common.auth import Principal, choose_project, get_accessible_project
 from services.common.db import session_scope, utcnow
-from services.common.errors import ApiError, UpstreamUnavailable, error_body
-from services.common.reward_api import ItemResult, summarise
+from services.common.errors import ApiError, InvalidInput, UpstreamUnavailable, error_body
+from services.common.reward_api import ItemResult, RewardItem, locate_json_problem, merge, screen, summarise
 from services.common.service_client import service_client
 from services.common.settings import get_settings
 from services.gateway import reward_specs_store
@@ -35,6 +35,7 @@ from services.gateway.schemas import RewardsRequest
 
 ENDPOINT = "rewards"
 NDJSON = "application/x-ndjson"
+JSON_HEADERS = {"Content-Type": "application/json"}
 STORE_RETRY_AFTER_S = 1
 DEPRECATED_FIELD_WARNING = '299 - "the body field idempotency_key is deprecated; send the Idempotency-Key header"'
 log = logging.getLogger("rewardhub.gateway.rewards")
@@ -70,9 +71,36 @@ def _verifier_deadline(deadline_s: float | None, received_at: float) -> float | 
     return max(remaining, 0.001)
 
 
-def _grade_payload(spec: dict[str, Any], body: RewardsRequest, stream: bool, received_at: float) -> dict[str, Any]:
-    return {"spec": spec, "items": [item.model_dump(mode="json") for item in body.items],
-            "deadline_s": _verifier_deadline(body.deadline_s, received_at), "stream": stream}
+def _check_spec(body: RewardsRequest, spec: dict[str, Any]) -> None:
+    """A spec that cannot travel as JSON (NaN, a lone surrogate, nested too deep) is a 422 naming where."""
+    value: Any = spec
+    if body.spec is not None:  # the Python values: the JSON dump would have turned NaN into null
+        try:
+            value = body.spec.model_dump(by_alias=True)
+        except ValueError as exc:  # pydantic's own serialisation depth limit
+            raise InvalidInput(f"spec: cannot be serialised: {exc}", field="spec") from exc
+    found = locate_json_problem(value, "spec", max_depth=get_settings().max_json_depth, check_nul=False)
+    if found is not None:
+        raise InvalidInput(f"{found[0]}: {found[1]}", field=found[0])
+
+
+def _grade_payload(spec: dict[str, Any], body: RewardsRequest, items: list[RewardItem], stream: bool,
+                   received_at: float) -> bytes:
+    """The verifier's request, as JSON bytes (``items``: the batch's gradable items)."""
+    payload = {"spec": spec, "items": [item.model_dump(mode="json") for item in items],
+               "deadline_s": _verifier_deadline(body.deadline_s, received_at), "stream": stream}
+    try:
+        # Screened items and a checked spec always encode; anything else is still the client's input.
+        return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    except (ValueError, UnicodeEncodeError, RecursionError) as exc:
+        raise InvalidInput(f"body: cannot be forwarded for grading: {type(exc).__name__}: {exc}",
+                           field="body") from exc
+
+
+def _fingerprint_body(body: RewardsRequest) -> dict[str, Any]:
+    """The request as JSON for its idempotency fingerprint (an ungradeable item may not serialise)."""
+    return body.model_dump(mode="json", exclude={"idempotency_key", "items"}) | {
+        "items": [item.fingerprint_dump() for item in body.items]}
 
 
 def _judges(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -98,14 +126,14 @@ def _client_timeout(body: RewardsRequest, spec: dict[str, Any]) -> float:
     return budget + 30.0
 
 
-async def _post_grade(payload: dict[str, Any], auth: str, timeout_s: float) -> dict[str, Any]:
+async def _post_grade(payload: bytes, auth: str, timeout_s: float) -> dict[str, Any]:
     settings = get_settings()
     async for attempt in AsyncRetrying(stop=stop_after_attempt(settings.http_max_retries + 1),
                                        wait=wait_exponential(multiplier=0.2, max=5),
                                        retry=retry_if_exception(_transient), reraise=True):
         with attempt:
             async with service_client("verifier", timeout_s=timeout_s, headers={"Authorization": auth}) as client:
-                response = await client.post("/v1/grade", json=payload)
+                response = await client.post("/v1/grade", content=payload, headers=JSON_HEADERS)
                 if response.status_code in (502, 503, 504):
                     response.raise_for_status()
                 if response.status_code >= 400:
@@ -164,8 +192,7 @@ def _replayed(stored: idempotency.Stored, stream: bool) -> Response:
 
 async def _claim(project_id: str, key: str, body: RewardsRequest,
                  spec: dict[str, Any]) -> idempotency.Claim | Response:
-    request_hash = idempotency.fingerprint(
-        body.model_dump(mode="json", exclude={"idempotency_key"}) | {"project_id": project_id})
+    request_hash = idempotency.fingerprint(_fingerprint_body(body) | {"project_id": project_id})
     try:
         got = await asyncio.to_thread(idempotency.claim, project_id, ENDPOINT, key, request_hash,
                                       lease_s=idempotency.lease_seconds(_client_timeout(body, spec)))
@@ -205,6 +232,10 @@ async def score(principal: Principal, body: RewardsRequest, auth: str, idempoten
     received_at = time.monotonic()
     project_id = choose_project(principal, body.project_id)
     spec, spec_ref = await asyncio.to_thread(_resolve_spec, principal, project_id, body)
+    _check_spec(body, spec)
+    # Items that cannot be graded (NUL, lone surrogates, oversized, too deep, NaN) get their own
+    # invalid_input result and never travel to the verifier; the rest are graded as usual.
+    gradable, invalid = await asyncio.to_thread(screen, body.items)
     key, deprecated_field = idempotency.key_from(idempotency_key, body.idempotency_key)
     held: idempotency.Claim | None = None
     if key is not None:
@@ -215,23 +246,28 @@ async def score(principal: Principal, body: RewardsRequest, auth: str, idempoten
     extra = {"Deprecation": "true", "Warning": DEPRECATED_FIELD_WARNING} if deprecated_field else {}
     request_id = uuid.uuid4().hex
     if body.stream:
-        job = _StreamJob(project_id, request_id, spec, spec_ref, body, auth, held, received_at)
+        job = _StreamJob(project_id, request_id, spec, spec_ref, body, auth, held, received_at, gradable, invalid)
         job.start()
         return StreamingResponse(job.relay(), media_type=NDJSON, headers=extra)
     try:
         started = time.perf_counter()
-        async with _lease_kept(held):
-            graded = await _post_grade(_grade_payload(spec, body, stream=False, received_at=received_at), auth,
-                                       _client_timeout(body, spec))
+        graded: dict[str, Any] = {"results": []}
+        if gradable:
+            async with _lease_kept(held):
+                graded = await _post_grade(_grade_payload(spec, body, gradable, stream=False,
+                                                          received_at=received_at),
+                                           auth, _client_timeout(body, spec))
     except httpx.TransportError as exc:
         await _release(held)
         raise UpstreamUnavailable(f"the verifier service is unreachable: {type(exc).__name__}: {exc}") from exc
     except BaseException:
         await _release(held)
         raise
-    results = [ItemResult.model_validate(r) for r in graded["results"]]
+    results = merge(body.items, invalid, [ItemResult.model_validate(r) for r in graded["results"]])
+    raw = merge(body.items, {k: v.model_dump(mode="json") for k, v in invalid.items()}, graded["results"])
+    summary = summarise(results).model_dump(mode="json") if invalid else graded["summary"]
     content = {"request_id": request_id, "project_id": project_id, "spec_ref": spec_ref,
-               "results": graded["results"], "summary": graded["summary"],
+               "results": raw, "summary": summary,
                "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)}
     text = json.dumps(content)
     try:
@@ -270,9 +306,11 @@ class _StreamJob:
     """
 
     def __init__(self, project_id: str, request_id: str, spec: dict[str, Any], spec_ref: str, body: RewardsRequest,
-                 auth: str, held: idempotency.Claim | None, received_at: float) -> None:
+                 auth: str, held: idempotency.Claim | None, received_at: float, gradable: list[RewardItem],
+                 invalid: dict[str, ItemResult]) -> None:
         self.project_id, self.request_id, self.spec, self.spec_ref = project_id, request_id, spec, spec_ref
         self.body, self.auth, self.held, self.received_at = body, auth, held, received_at
+        self.gradable, self.invalid = gradable, invalid
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.lines: list[str] = []
 
@@ -306,20 +344,24 @@ class _StreamJob:
         finally:
             self.queue.put_nowait(None)
 
-    async def _grade(self) -> None:
-        body, results = self.body, []
-        started = time.perf_counter()
+    async def _relay_verifier(self, results: list[ItemResult]) -> bool:
+        """Relay the verifier's result lines for the gradable items; False when it failed (and was reported)."""
         try:
-            async with service_client("verifier", timeout_s=_client_timeout(body, self.spec),
+            payload = _grade_payload(self.spec, self.body, self.gradable, True, self.received_at)
+        except InvalidInput as exc:
+            await _release(self.held, quietly=True)
+            self._error(exc.code, exc.message, exc.field)
+            return False
+        try:
+            async with service_client("verifier", timeout_s=_client_timeout(self.body, self.spec),
                                       headers={"Authorization": self.auth}) as client, \
-                    client.stream("POST", "/v1/grade",
-                                  json=_grade_payload(self.spec, body, True, self.received_at)) as response:
+                    client.stream("POST", "/v1/grade", content=payload, headers=JSON_HEADERS) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     error = _upstream_client_error(response)
                     await _release(self.held, quietly=True)
                     self._error(error.code, error.message, error.field)
-                    return
+                    return False
                 async for raw in response.aiter_lines():
                     if not raw.strip():
                         continue
@@ -330,6 +372,16 @@ class _StreamJob:
             await _release(self.held, quietly=True)
             self._error("upstream_unavailable",
                         f"the verifier stream broke after {len(results)} results: {type(exc).__name__}: {exc}")
+            return False
+        return True
+
+    async def _grade(self) -> None:
+        body, results = self.body, []
+        started = time.perf_counter()
+        for result in self.invalid.values():  # known before any grading: sent first
+            results.append(result)
+            self._emit(json.dumps({"type": "result", **result.model_dump(mode="json")}))
+        if self.gradable and not await self._relay_verifier(results):
             return
         summary = json.dumps({"type": "summary", "request_id": self.request_id, "project_id": self.project_id,
                               "spec_ref": self.spec_ref, "summary": summarise(results).model_dump(mode="json"),

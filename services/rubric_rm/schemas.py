@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -33,11 +34,27 @@ CANDIDATE_DIMENSIONS = (
 MAX_TEXT_CHARS = 200_000
 
 
+def _unstorable(value: str) -> str | None:
+    """Why text cannot be stored or sent on: a NUL (PostgreSQL text cannot hold it) or a lone surrogate."""
+    at = value.find("\x00")
+    if at >= 0:
+        return f"must not contain NUL (\\x00) characters (one at position {at})"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"contains a lone surrogate (U+{ord(value[exc.start]):04X}) at position {exc.start}, "
+                f"which is not valid Unicode text")
+    return None
+
+
 def _require_text(value: str, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{what} must be a non-empty string")
     if len(value) > MAX_TEXT_CHARS:
         raise ValueError(f"{what} is longer than {MAX_TEXT_CHARS} characters")
+    problem = _unstorable(value)
+    if problem:
+        raise ValueError(f"{what} {problem}")
     return value
 
 
@@ -345,8 +362,18 @@ def _check_text(value: str) -> str:
         raise ValueError("must be a non-empty string")
     if len(value) > MAX_TEXT_CHARS:
         raise ValueError(f"is longer than {MAX_TEXT_CHARS} characters")
-    if "\x00" in value:  # PostgreSQL text cannot hold NUL; reject it here with the field's name
-        raise ValueError("must not contain NUL (\\x00) characters")
+    problem = _unstorable(value)  # NUL (PostgreSQL text cannot hold it) or a lone surrogate: name the field
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _encodable(value: Any) -> Any:
+    # Before str validation, so a lone surrogate gets this message, not pydantic's "unable to parse".
+    if isinstance(value, str):
+        problem = _unstorable(value)
+        if problem:
+            raise ValueError(problem)
     return value
 
 
@@ -365,7 +392,7 @@ class DiagnoseRequest(_Request):
 ProjectId = Annotated[str | None, Field(default=None, pattern=r"^[0-9a-f]{32}$",
                                        description="The project to act in; optional when the key has one project.")]
 RubricId = Annotated[str | None, Field(default=None, pattern=r"^[0-9a-f]{32}$", description="A stored rubric's id.")]
-RubricText = Annotated[str | None, Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS, description=(
+RubricText = Annotated[str | None, BeforeValidator(_encodable), Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS, description=(
     "A rubric as text: JSON, the judge's numbered rendering, or one rule per line (see rubric_text.py)."))]
 GenerateMethod = Literal["generator", "diagnose_synthesise"]
 

@@ -112,8 +112,14 @@ def test_oversized_payloads_are_rejected(client: TestClient, tenant: Tenant, mon
     monkeypatch.setenv("REWARDHUB_MAX_ITEM_CHARS", "1000")
     monkeypatch.setenv("REWARDHUB_MAX_BATCH_ITEMS", "3")
     reset_settings_cache()
-    long_item = _post(client, tenant, {"spec": MATH, "items": [{"id": "a", "completion": "x" * 1001}]})
-    assert long_item.status_code == 422 and long_item.json()["error"]["field"] == "items[0].completion"
+    # An oversized completion is that item's problem: invalid_input naming the field, the rest graded.
+    long_item = _post(client, tenant, {"spec": MATH, "items": [{"id": "a", "completion": "x" * 1001},
+                                                              {"id": "b", "completion": "\\boxed{1}", "ground_truth": "1"}]})
+    assert long_item.status_code == 200, long_item.text
+    first, second = long_item.json()["results"]
+    assert (first["status"], first["score"]) == ("invalid_input", None)
+    assert first["details"]["reason"] == "completion: is 1001 characters long; the limit is 1000"
+    assert (second["status"], second["score"]) == ("ok", 1.0)
     many = _post(client, tenant, {"spec": MATH, "items": [{"id": str(i), "completion": "1"} for i in range(4)]})
     assert many.status_code == 422 and many.json()["error"]["field"] == "items"
 
