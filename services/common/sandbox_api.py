@@ -29,9 +29,13 @@ class RunCodeRequest(BaseModel):
     memory_limit_MB: int = Field(default=-1, description="-1: REWARDHUB_SANDBOX_MEMORY_MB; else 32..8192.")
     stdin: str | None = Field(default=None, max_length=MAX_STDIN_CHARS)
     files: dict[str, str | None] = Field(default_factory=dict, max_length=256,
-                                         description="File name (relative to the work dir) -> base64 content.")
+                                         description=("File name (relative to the work dir) -> base64 content; "
+                                                      "null content, or a name containing IGNORE_THIS_FILE: "
+                                                      "not written (as SandboxFusion)."))
     fetch_files: list[str] = Field(default_factory=list, max_length=256,
-                                   description="Files to return (base64) after the run: relative to the work dir, or absolute inside the sandbox.")
+                                   description=("Files to return (base64) after the run: relative to the work dir, or "
+                                                "absolute inside the sandbox; one that is missing is left out of "
+                                                "`files` and named in `message`."))
 
     @field_validator("memory_limit_MB")
     @classmethod

@@ -6,14 +6,20 @@ or the request cannot be run as given (an unsupported language, a file name that
 dir) — a final answer that clients do not retry; ``SandboxError`` only when the platform itself
 failed. ``run_timeout`` and ``compile_timeout`` are wall-clock seconds. A program that kills
 itself reports ``Finished`` with its negative signal number as ``return_code``; only the time
-limit reports ``TimeLimitExceeded``. Output beyond the cap is dropped and said so
+limit reports ``TimeLimitExceeded`` (the wall clock, or the CPU-seconds rlimit's ``SIGXCPU`` that a
+busy multi-threaded program meets first). Output beyond the cap is dropped and said so
 (``truncated`` and the message).
+
+``files`` as theirs: an entry whose content is ``null``, or whose name contains
+``IGNORE_THIS_FILE``, is not written. ``fetch_files`` as theirs: relative to the work dir or
+absolute; a file that is not there is left out of ``files`` (and, here, named in the message).
 """
 
 from __future__ import annotations
 
 import base64
 import posixpath
+import signal
 import socket
 from typing import Any
 
@@ -34,6 +40,12 @@ def bad_file_name(name: str) -> str | None:
     return None
 
 
+def written_files(files: dict[str, str | None]) -> dict[str, str]:
+    """The entries SandboxFusion writes: those with content, and not named ``...IGNORE_THIS_FILE...``."""
+    return {name: content for name, content in files.items()
+            if isinstance(content, str) and "IGNORE_THIS_FILE" not in name}
+
+
 def _failed(message: str) -> RunCodeResponse:
     return RunCodeResponse(status="Failed", message=message, executor_pod_name=socket.gethostname())
 
@@ -47,7 +59,7 @@ async def run_code(req: RunCodeRequest, settings: Settings | None = None) -> Run
     tool = languages.tool_path(language, settings.sandbox_python)
     if tool is None:
         return _failed(f"language {language.name!r} has no toolchain on this sandbox ({language.tool} is missing)")
-    for name in req.files:
+    for name in written_files(req.files):
         problem = bad_file_name(name)
         if problem:
             return _failed(f"files[{name!r}] {problem}")
@@ -61,7 +73,7 @@ async def run_code(req: RunCodeRequest, settings: Settings | None = None) -> Run
 
 def _job(req: RunCodeRequest, language: languages.Language, tool: str, settings: Settings, *,
          memory_mb: int, run_timeout: float) -> dict[str, Any]:
-    files = {name: content or "" for name, content in req.files.items()}
+    files = written_files(req.files)
     files[language.source_file] = base64.b64encode(req.code.encode()).decode()
     limits = runner.limits_for(settings, timeout_s=run_timeout, memory_mb=memory_mb,
                                address_space=language.address_space_limit)
@@ -79,10 +91,15 @@ def _job(req: RunCodeRequest, language: languages.Language, tool: str, settings:
     return job
 
 
+def _timed_out(step: dict[str, Any]) -> bool:
+    """The wall clock, or the CPU-seconds rlimit (``SIGXCPU``: several busy threads meet it first)."""
+    return bool(step["timed_out"]) or step["exit_code"] == -signal.SIGXCPU
+
+
 def _command_result(step: dict[str, Any]) -> CommandRunResult:
-    status = "TimeLimitExceeded" if step["timed_out"] else "Finished"
-    return CommandRunResult(status=status, execution_time=step["wall_s"],
-                            return_code=None if step["timed_out"] else step["exit_code"],
+    timed_out = _timed_out(step)
+    return CommandRunResult(status="TimeLimitExceeded" if timed_out else "Finished", execution_time=step["wall_s"],
+                            return_code=None if timed_out else step["exit_code"],
                             stdout=runner.decoded(step, "stdout"), stderr=runner.decoded(step, "stderr"),
                             truncated=bool(step["truncated"]))
 
@@ -94,8 +111,8 @@ def to_response(result: runner.SupervisorResult, settings: Settings) -> RunCodeR
     data = result.data
     compiled = data.get("compile")
     compile_result = _command_result(compiled) if compiled else None
-    if compiled and (compiled["timed_out"] or compiled["exit_code"] != 0):
-        return RunCodeResponse(status="Failed", message="compilation failed" if not compiled["timed_out"]
+    if compiled and (_timed_out(compiled) or compiled["exit_code"] != 0):
+        return RunCodeResponse(status="Failed", message="compilation failed" if not _timed_out(compiled)
                                else "compilation exceeded its time limit",
                                compile_result=compile_result, executor_pod_name=pod)
     ran = data["run"]
@@ -104,18 +121,27 @@ def to_response(result: runner.SupervisorResult, settings: Settings) -> RunCodeR
     notes = []
     if ran["memory_exceeded"]:
         notes.append("memory limit exceeded")
-    elif ran["timed_out"]:
+    elif _timed_out(ran):
         notes.append("time limit exceeded")
+    elif ran["exit_code"] < 0:
+        notes.append(f"program was killed by signal {-ran['exit_code']} ({_signal_name(-ran['exit_code'])})")
     elif ran["exit_code"] != 0:
         notes.append(f"program exited with code {ran['exit_code']}")
     if ran["truncated"]:
         notes.append(f"output truncated to {settings.sandbox_max_output_bytes} bytes per stream")
     if missing:
         notes.append("not fetched: " + "; ".join(missing))
-    ok = not ran["timed_out"] and not ran["memory_exceeded"] and ran["exit_code"] == 0
+    ok = not _timed_out(ran) and not ran["memory_exceeded"] and ran["exit_code"] == 0
     return RunCodeResponse(status="Success" if ok else "Failed", message="; ".join(notes),
                            compile_result=compile_result, run_result=run_result, executor_pod_name=pod,
                            files=files)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
 
 
 def _fetched(entries: dict[str, dict[str, str]]) -> tuple[dict[str, str], list[str]]:

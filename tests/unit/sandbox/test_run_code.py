@@ -33,8 +33,16 @@ def test_wall_clock_limit_is_time_limit_exceeded(sandbox: TestClient) -> None:
 
 def test_self_sigkill_is_a_signal_not_a_time_limit(sandbox: TestClient) -> None:
     body = run_code(sandbox, code="import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
-    assert body["status"] == "Failed"
+    assert body["status"] == "Failed" and body["message"] == "program was killed by signal 9 (SIGKILL)"
     assert (body["run_result"]["status"], body["run_result"]["return_code"]) == ("Finished", -9)
+
+
+def test_sigxcpu_from_the_cpu_rlimit_is_a_time_limit(sandbox: TestClient) -> None:
+    # Busy threads use CPU seconds faster than wall seconds and meet RLIMIT_CPU's SIGXCPU first;
+    # SandboxFusion (wall clock only) reports those TimeLimitExceeded, so this does too.
+    body = run_code(sandbox, code="import os, signal\nos.kill(os.getpid(), signal.SIGXCPU)")
+    assert body["status"] == "Failed" and body["message"] == "time limit exceeded"
+    assert (body["run_result"]["status"], body["run_result"]["return_code"]) == ("TimeLimitExceeded", None)
 
 
 def test_cpp_compiles_and_runs(sandbox: TestClient) -> None:
@@ -72,6 +80,29 @@ def test_files_in_and_fetch_files_out_relative_and_absolute(sandbox: TestClient)
     assert base64.b64decode(body["files"]["out.txt"]) == b"42"
     assert base64.b64decode(body["files"]["/tmp/abs.txt"]) == b"abs"
     assert "missing.txt" not in body["files"] and "not fetched: missing.txt" in body["message"]
+
+
+def test_null_content_and_ignore_this_file_entries_are_not_written(sandbox: TestClient) -> None:
+    # SandboxFusion's restore_files writes only string contents and skips names with IGNORE_THIS_FILE
+    # (so their names are not checked either).
+    body = run_code(sandbox, files={"none.txt": None, "/abs/none": None, "a_IGNORE_THIS_FILE": "eA==",
+                                    "kept.txt": "eA=="},
+                    code="import os\nprint(sorted(n for n in os.listdir('.') if n != 'main.py'))")
+    assert body["status"] == "Success", body
+    assert body["run_result"]["stdout"] == "['kept.txt']\n"
+
+
+def test_cpp_links_the_optional_libraries_sandbox_fusion_links(sandbox: TestClient) -> None:
+    from services.sandbox import languages
+
+    gxx = languages.tool_path(languages.LANGUAGES["cpp"])
+    if gxx is None or "-lcrypto" not in languages.cpp_link_flags(gxx):
+        pytest.skip("g++ or libssl-dev (libcrypto) is not installed")
+    body = run_code(sandbox, language="cpp", compile_timeout=60, code=(
+        "#include <openssl/sha.h>\n#include <cstdio>\nint main() { unsigned char d[SHA256_DIGEST_LENGTH];\n"
+        "  SHA256(reinterpret_cast<const unsigned char*>(\"abc\"), 3, d); std::printf(\"%02x%02x\\n\", d[0], d[1]); }"))
+    assert body["status"] == "Success", body
+    assert body["run_result"]["stdout"] == "ba78\n"  # sha256("abc") = ba7816bf...
 
 
 @pytest.mark.parametrize("name", ["/etc/x", "../x", "a/../../x", ""])
