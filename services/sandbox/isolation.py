@@ -8,9 +8,9 @@ IPC, UTS (and, where possible, cgroup) namespaces, as the service's own unprivil
   tmpfs mounts with a size cap; ``/proc`` is the run's own (only its processes); there is no
   ``/var/run``, no host ``/tmp``, no socket of the host's;
 - no network: a new network namespace holds only its own loopback;
-- no capabilities, no further user namespaces (``--disable-userns``), a new session (no
-  ``TIOCSTI`` into the service's terminal), ``--die-with-parent``: if the service dies, the run
-  dies;
+- no capabilities, no further user namespaces (``--disable-userns``), a process group of its
+  own (a session of its own when the service has a terminal: see ``service_has_terminal``),
+  ``--die-with-parent``: if the service dies, the run dies;
 - the supervisor (``inside/supervisor.py``) is PID 1: when it ends, the kernel ends every other
   process of the run;
 - a service running as root starts ``bwrap`` as ``nobody`` (uid 65534), so a run never holds root's
@@ -67,11 +67,31 @@ def sandbox_python(configured: str = "") -> str | None:
     return None
 
 
-def bwrap_argv(bwrap: str, command: list[str], *, disk_mb: int) -> list[str]:
+@functools.cache
+def service_has_terminal() -> bool:
+    """Does this process have a controlling terminal (an interactive ``rewardhub up``)?
+
+    Then every run gets a session of its own (``--new-session``), so no run can open the terminal
+    (``/dev/tty``) to read what is typed or to inject input. Without one (containers, CI, any
+    daemon) runs stay in the service's session, each in a process group of its own: on kernels with
+    autogroup scheduling every session is a scheduling group with an equal CPU share, so a session
+    per run would let a hundred busy runs starve the service's health checks, while in one session
+    the runs' niceness yields the CPU to the service.
+    """
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def bwrap_argv(bwrap: str, command: list[str], *, disk_mb: int, new_session: bool | None = None) -> list[str]:
     """The ``bwrap`` command line that runs ``command`` (paths as seen inside) in a fresh sandbox."""
     size = str(disk_mb * 1024 * 1024)
+    session = ["--new-session"] if (service_has_terminal() if new_session is None else new_session) else []
     argv = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--disable-userns", "--die-with-parent", "--new-session", "--as-pid-1",
+            "--unshare-cgroup-try", "--disable-userns", "--die-with-parent", *session, "--as-pid-1",
             "--hostname", "sandbox", "--clearenv",
             "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
             "--setenv", "HOME", WORK_DIR, "--setenv", "RH_WORK_DIR", WORK_DIR,

@@ -125,7 +125,10 @@ async def _run(argv: list[str], job: dict[str, Any], kill_after_s: float, starte
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, preexec_fn=preexec, limit=MAX_RESULT_BYTES)
+            # A session of its own only when the service has a terminal (isolation.py); else a process
+            # group of its own, so a run's kill(0, …) reaches only the run and we can kill it whole.
+            start_new_session=isolation.service_has_terminal(),
+            preexec_fn=_own_group(preexec), limit=MAX_RESULT_BYTES)
     except OSError as exc:
         return SupervisorResult(fault=f"could not start the sandbox: {type(exc).__name__}: {exc}")
     try:
@@ -150,6 +153,17 @@ async def _run(argv: list[str], job: dict[str, Any], kill_after_s: float, starte
     if "error" in data:
         return SupervisorResult(fault=str(data["error"]), wall_s=wall_s)
     return SupervisorResult(data=data, wall_s=wall_s)
+
+
+def _own_group(then: Any) -> Any:
+    """preexec_fn: a process group of its own (unless it leads a new session), then ``then``."""
+    def preexec() -> None:
+        if not isolation.service_has_terminal():
+            os.setpgid(0, 0)
+        if then is not None:
+            then()
+
+    return preexec
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:

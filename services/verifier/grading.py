@@ -16,6 +16,7 @@ from pydantic import TypeAdapter
 from services.common.reward_api import ItemResult, RewardItem
 from services.common.reward_specs import CodeSpec, MathSpec, MultiSpec, RewardSpec, RubricSpec, is_remote
 from services.common.settings import get_settings
+from services.verifier.completion_order import as_finished
 from services.verifier.graders.result import GradeResult
 from services.verifier.pool import GraderPool, PoolOutcome
 
@@ -189,13 +190,8 @@ async def grade_stream(spec: Any, items: list[RewardItem], deadline_s: float | N
         for result in await _grade_multi_with_remote_parts(spec, items, deadline_s, auth):
             yield result
         return
-    tasks = [asyncio.ensure_future(grading) for grading in _pool_gradings(spec, items, deadline_s)]
-    try:
-        for finished in asyncio.as_completed(tasks):
-            yield await finished
-    finally:
-        for task in tasks:
-            task.cancel()
+    async for finished in as_finished(_pool_gradings(spec, items, deadline_s)):
+        yield finished
 
 
 async def _grade_multi_with_remote_parts(spec: MultiSpec, items: list[RewardItem], deadline_s: float | None,

@@ -190,7 +190,7 @@ print("\n".join(results))
 
 KILLER = r'''
 import os, signal
-for pid in [os.getppid(), 1, -1] + [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+for pid in [os.getppid(), 1, 0, -1] + [int(p) for p in os.listdir("/proc") if p.isdigit()]:
     if pid != os.getpid():
         try:
             os.kill(pid, signal.SIGKILL)

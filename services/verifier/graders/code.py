@@ -34,6 +34,7 @@ from services.common.reward_api import ItemResult, RewardItem
 from services.common.reward_specs import CodeSpec
 from services.common.service_client import service_client
 from services.common.settings import get_settings
+from services.verifier.completion_order import as_finished
 from services.verifier.graders.result import GradeResult, failed, invalid_input, timed_out
 
 _PYTHON_FENCE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -211,13 +212,8 @@ async def grade_code_results(spec: CodeSpec, items: list[RewardItem], deadline_s
                 started = time.perf_counter()
                 return index, await grade_one(client, spec, items[index].completion, truths[index], deadline), started
 
-        tasks = [asyncio.ensure_future(one(index)) for index in range(len(items))]
-        try:
-            for finished in asyncio.as_completed(tasks):
-                yield await finished
-        finally:
-            for task in tasks:
-                task.cancel()
+        async for finished in as_finished(one(index) for index in range(len(items))):
+            yield finished
 
 
 async def grade_code_stream(spec: CodeSpec, items: list[RewardItem], deadline_s: float | None) -> AsyncIterator[ItemResult]:

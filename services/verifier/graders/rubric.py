@@ -22,6 +22,7 @@ import httpx
 from services.common.reward_api import ItemResult, RewardItem
 from services.common.reward_specs import RubricSpec
 from services.common.service_client import service_client
+from services.verifier.completion_order import as_finished
 
 # Time kept back from an item's budget so rubric_rm's own timeout answer can still arrive.
 _MARGIN_S = 0.5
@@ -142,13 +143,8 @@ async def _judged(spec: RubricSpec, items: list[RewardItem], deadline_s: float |
             return index, await grade_item(client, spec, item, deadline)
 
     async with client:
-        tasks = [asyncio.ensure_future(one(index, item)) for index, item in enumerate(items)]
-        try:
-            for finished in asyncio.as_completed(tasks):
-                yield await finished
-        finally:
-            for task in tasks:
-                task.cancel()
+        async for finished in as_finished(one(index, item) for index, item in enumerate(items)):
+            yield finished
 
 
 async def grade_rubric_stream(spec: RubricSpec, items: list[RewardItem], deadline_s: float | None,
