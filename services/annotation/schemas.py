@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -19,20 +18,8 @@ from pydantic import (
 from services.annotation.models import AnnotatorRole, AnswerSource, LabelKind, Policy
 from services.common.validation import ID_PATTERN, NameText, StoredText
 
-
-def _encodable(value: Any) -> Any:
-    """A lone surrogate (``"\\ud800"`` in JSON) is not Unicode text: no database or JSON encoder takes it."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"contains a lone surrogate (U+{ord(value[exc.start]):04X}) at position {exc.start}, "
-                             f"which is not valid Unicode text") from None
-    return value
-
-
-# Stored text that is also valid Unicode: checked before the str validation, so the message says why.
-Text = Annotated[StoredText, BeforeValidator(_encodable)]
+# Stored text: StoredText refuses NUL and lone surrogates, naming the field.
+Text = StoredText
 
 PROMPT_ID = Field(min_length=1, max_length=200, description="The trainer's own prompt id.")
 MAX_FEATURE_DIM = 16_384

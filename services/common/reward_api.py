@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from services.common.reward_specs import RewardSpec
 from services.common.settings import get_settings
-from services.common.validation import StoredText
+from services.common.validation import StoredText, text_problem
 
 Status = Literal["ok", "invalid_input", "timeout", "error"]
 STATUSES: tuple[Status, ...] = ("ok", "invalid_input", "timeout", "error")
@@ -62,22 +62,6 @@ class RewardItem(BaseModel):
 
 
 # --- item-level problems --------------------------------------------------------------------------
-
-def text_problem(value: str, limit: int | None = None) -> str | None:
-    """What makes a string unusable: too long, a NUL character (PostgreSQL text cannot hold it), or a
-    lone surrogate (not Unicode text: it cannot be encoded as UTF-8)."""
-    if limit is not None and len(value) > limit:
-        return f"is {len(value)} characters long; the limit is {limit}"
-    at = value.find("\x00")
-    if at >= 0:
-        return f"contains a NUL character at position {at}"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return (f"contains a lone surrogate (U+{ord(value[exc.start]):04X}) at position {exc.start}, "
-                f"which is not valid Unicode text")
-    return None
-
 
 def _child(path: str, key: object) -> str:
     return f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"

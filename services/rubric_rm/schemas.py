@@ -22,6 +22,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from services.common.validation import text_problem
+
 Status = Literal["ok", "invalid_input", "timeout", "error"]
 Side = Literal["A", "B"]
 Verdict = Literal["A", "B", "tie"]
@@ -34,25 +36,12 @@ CANDIDATE_DIMENSIONS = (
 MAX_TEXT_CHARS = 200_000
 
 
-def _unstorable(value: str) -> str | None:
-    """Why text cannot be stored or sent on: a NUL (PostgreSQL text cannot hold it) or a lone surrogate."""
-    at = value.find("\x00")
-    if at >= 0:
-        return f"must not contain NUL (\\x00) characters (one at position {at})"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return (f"contains a lone surrogate (U+{ord(value[exc.start]):04X}) at position {exc.start}, "
-                f"which is not valid Unicode text")
-    return None
-
-
 def _require_text(value: str, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{what} must be a non-empty string")
     if len(value) > MAX_TEXT_CHARS:
         raise ValueError(f"{what} is longer than {MAX_TEXT_CHARS} characters")
-    problem = _unstorable(value)
+    problem = text_problem(value)
     if problem:
         raise ValueError(f"{what} {problem}")
     return value
@@ -362,7 +351,7 @@ def _check_text(value: str) -> str:
         raise ValueError("must be a non-empty string")
     if len(value) > MAX_TEXT_CHARS:
         raise ValueError(f"is longer than {MAX_TEXT_CHARS} characters")
-    problem = _unstorable(value)  # NUL (PostgreSQL text cannot hold it) or a lone surrogate: name the field
+    problem = text_problem(value)  # NUL (PostgreSQL text cannot hold it) or a lone surrogate: name the field
     if problem:
         raise ValueError(problem)
     return value
@@ -371,7 +360,7 @@ def _check_text(value: str) -> str:
 def _encodable(value: Any) -> Any:
     # Before str validation, so a lone surrogate gets this message, not pydantic's "unable to parse".
     if isinstance(value, str):
-        problem = _unstorable(value)
+        problem = text_problem(value)
         if problem:
             raise ValueError(problem)
     return value
