@@ -10,13 +10,15 @@ import asyncio
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Path
+from fastapi import APIRouter, Depends, FastAPI, Header, Path
 from fastapi.responses import Response
 
+from services.common import idempotency
 from services.common.app_factory import create_service_app
 from services.common.auth import Principal, require_roles
 from services.common.llm.types import ChatBackend
 from services.common.models import Role
+from services.common.tasks import BrokerUnavailable
 from services.common.validation import ID_PATTERN
 from services.rubric_rm import jobs, operations, tasks
 from services.rubric_rm.backends import judge_backend
@@ -120,13 +122,31 @@ async def judge_pointwise(body: PointwiseJudgeRequest, backend: Backend,
     return await operations.judge_point(principal, body, backend)
 
 
-@router.post("/v1/jobs", response_model=JobOut, status_code=202)
-async def create_job(body: JobRequest, principal: Principal = Depends(trainers)) -> JobOut:
-    """Run a large judge or generate batch on a worker; poll `GET /v1/jobs/{id}` for progress and results."""
+@router.post("/v1/jobs", response_model=JobOut, status_code=202,
+             responses={503: {"description": "The task broker is unreachable; nothing was created. Retry after "
+                                             "`Retry-After` seconds with the same Idempotency-Key."}})
+async def create_job(body: JobRequest, principal: Principal = Depends(trainers),
+                     idempotency_key: str | None = Header(
+                         default=None, alias="Idempotency-Key", min_length=1, max_length=200,
+                         description="Send one so a retry (after a 503 or a lost answer) never creates a second job."),
+                     ) -> JobOut | Response:
+    """Run a large judge or generate batch on a worker; poll `GET /v1/jobs/{id}` for progress and results.
+
+    The job is committed before it is queued; if the broker is down the job is withdrawn and the answer
+    is 503 with `Retry-After` (error field `broker`). A job whose submission is lost otherwise (the
+    service died in between) is submitted by the workers' sweeper.
+    """
     project_id = await operations.resolve_project(principal, body.project_id)
-    job = await asyncio.to_thread(jobs.create_job, principal, body, project_id)
-    await asyncio.to_thread(tasks.submit_job, job.id)
-    return jobs.job_out(job)
+    created = await asyncio.to_thread(jobs.create_job, principal, body, project_id, idempotency_key)
+    if isinstance(created, idempotency.Stored):
+        return Response(created.body, status_code=created.status_code, media_type="application/json",
+                        headers={idempotency.REPLAYED_HEADER: "true"})
+    try:
+        await asyncio.to_thread(tasks.submit_job, created.id)
+    except BrokerUnavailable:
+        if await asyncio.to_thread(jobs.withdraw_job, created.id, project_id, idempotency_key):
+            raise
+    return jobs.job_out(created)
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut)

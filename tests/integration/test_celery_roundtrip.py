@@ -42,6 +42,27 @@ def test_reliability_settings() -> None:
     assert app.conf.task_reject_on_worker_lost is True
     assert app.conf.worker_prefetch_multiplier == 1
     assert not app.conf.task_always_eager
+    # A lost broker is retried forever; Redis redelivers an unacked task after the visibility timeout.
+    assert app.conf.broker_connection_retry_on_startup is True and app.conf.broker_connection_retry is True
+    assert app.conf.broker_connection_max_retries is None
+    assert app.conf.broker_transport_options["visibility_timeout"] >= 300
+    assert app.conf.result_backend_transport_options["visibility_timeout"] >= 300
+    assert app.conf.worker_cancel_long_running_tasks_on_connection_loss is False
+    assert app.conf.worker_consumer == "services.common.tasks:ResilientConsumer"
+
+
+def test_visibility_timeout_follows_the_longest_job_step(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.common.settings import get_settings, reset_settings_cache
+    from services.common.tasks import visibility_timeout_s
+
+    monkeypatch.setenv("REWARDHUB_LLM_TIMEOUT_S", "120")
+    monkeypatch.setenv("REWARDHUB_LLM_MAX_RETRIES", "3")
+    reset_settings_cache()
+    assert visibility_timeout_s(get_settings()) == 2 * 120 * 4
+    monkeypatch.setenv("REWARDHUB_CELERY_VISIBILITY_TIMEOUT_S", "42")
+    reset_settings_cache()
+    assert visibility_timeout_s(get_settings()) == 42
+    assert make_celery("redis://127.0.0.1:6379/15").conf.broker_transport_options == {"visibility_timeout": 42.0}
 
 
 def test_embedded_default_runs_tasks_in_process() -> None:
