@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -22,7 +21,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from services.common.validation import text_problem
+from services.common.validation import StoredText, text_problem
 
 Status = Literal["ok", "invalid_input", "timeout", "error"]
 Side = Literal["A", "B"]
@@ -357,15 +356,6 @@ def _check_text(value: str) -> str:
     return value
 
 
-def _encodable(value: Any) -> Any:
-    # Before str validation, so a lone surrogate gets this message, not pydantic's "unable to parse".
-    if isinstance(value, str):
-        problem = text_problem(value)
-        if problem:
-            raise ValueError(problem)
-    return value
-
-
 NonEmptyText = Annotated[str, AfterValidator(_check_text)]
 
 
@@ -381,7 +371,7 @@ class DiagnoseRequest(_Request):
 ProjectId = Annotated[str | None, Field(default=None, pattern=r"^[0-9a-f]{32}$",
                                        description="The project to act in; optional when the key has one project.")]
 RubricId = Annotated[str | None, Field(default=None, pattern=r"^[0-9a-f]{32}$", description="A stored rubric's id.")]
-RubricText = Annotated[str | None, BeforeValidator(_encodable), Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS, description=(
+RubricText = Annotated[Annotated[StoredText, Field(min_length=1, max_length=MAX_TEXT_CHARS)] | None, Field(default=None, description=(
     "A rubric as text: JSON, the judge's numbered rendering, or one rule per line (see rubric_text.py)."))]
 GenerateMethod = Literal["generator", "diagnose_synthesise"]
 
