@@ -26,8 +26,10 @@ security section for what that leaves open.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -96,6 +98,8 @@ def bwrap_argv(bwrap: str, command: list[str], *, disk_mb: int, new_session: boo
             "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
             "--setenv", "HOME", WORK_DIR, "--setenv", "RH_WORK_DIR", WORK_DIR,
             "--ro-bind", "/usr", "/usr"]
+    if Path("/usr/local/etc").is_dir():  # host configuration (npmrc, tokens) is no run's business
+        argv += ["--tmpfs", "/usr/local/etc"]
     for name in _MERGED_DIRS:
         host = Path("/") / name
         if host.is_symlink():
@@ -116,15 +120,28 @@ def bwrap_argv(bwrap: str, command: list[str], *, disk_mb: int, new_session: boo
 NOBODY = 65534
 
 
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(platform.machine())
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: a preexec_fn must not load libraries
+
+
+def own_keyring() -> None:
+    """Join a new, empty session keyring: a run must not read the service's keys (the session
+    keyring is inherited and not namespaced), nor leave keys behind for a later run to find."""
+    if _SYS_KEYCTL is not None:
+        _LIBC.syscall(_SYS_KEYCTL, _KEYCTL_JOIN_SESSION_KEYRING, None)
+
+
 def drop_to_nobody() -> None:
     """preexec_fn for ``bwrap`` when the service is root: the run starts as ``nobody``."""
+    own_keyring()
     os.setgroups([])
     os.setgid(NOBODY)
     os.setuid(NOBODY)
 
 
-def bwrap_preexec() -> Callable[[], None] | None:
-    return drop_to_nobody if os.geteuid() == 0 else None
+def bwrap_preexec() -> Callable[[], None]:
+    return drop_to_nobody if os.geteuid() == 0 else own_keyring
 
 
 @functools.cache

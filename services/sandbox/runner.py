@@ -26,7 +26,7 @@ from services.common.settings import Settings, get_settings
 from services.sandbox import isolation
 
 GRACE_S = 10.0  # start-up and teardown beyond a run's own limits before the service kills it
-MAX_RESULT_BYTES = 256 * 1024 * 1024
+MAX_RESULT_BYTES = 128 * 1024 * 1024
 
 
 class SandboxUnavailable(RuntimeError):
@@ -132,7 +132,12 @@ async def _run(argv: list[str], job: dict[str, Any], kill_after_s: float, starte
     except OSError as exc:
         return SupervisorResult(fault=f"could not start the sandbox: {type(exc).__name__}: {exc}")
     try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(json.dumps(job).encode()), timeout=kill_after_s)
+        stdout, stderr = await asyncio.wait_for(_communicate(proc, json.dumps(job).encode()), timeout=kill_after_s)
+    except ResultTooLarge:
+        _kill(proc)
+        await proc.wait()
+        return SupervisorResult(fault=f"the run's result exceeded {MAX_RESULT_BYTES} bytes and was dropped",
+                                wall_s=time.monotonic() - started)
     except TimeoutError:
         _kill(proc)
         await proc.wait()
@@ -153,6 +158,33 @@ async def _run(argv: list[str], job: dict[str, Any], kill_after_s: float, starte
     if "error" in data:
         return SupervisorResult(fault=str(data["error"]), wall_s=wall_s)
     return SupervisorResult(data=data, wall_s=wall_s)
+
+
+class ResultTooLarge(RuntimeError):
+    pass
+
+
+async def _communicate(proc: asyncio.subprocess.Process, job: bytes) -> tuple[bytes, bytes]:
+    """``communicate``, but reading at most ``MAX_RESULT_BYTES`` of the result (and 64 KiB of stderr)."""
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.write(job)
+    await proc.stdin.drain()
+    proc.stdin.close()
+
+    async def read(stream: asyncio.StreamReader, cap: int, strict: bool) -> bytes:
+        chunks, size = [], 0
+        while chunk := await stream.read(1 << 20):
+            size += len(chunk)
+            if size > cap:
+                if strict:
+                    raise ResultTooLarge
+                continue
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    stdout, stderr = await asyncio.gather(read(proc.stdout, MAX_RESULT_BYTES, True), read(proc.stderr, 65536, False))
+    await proc.wait()
+    return stdout, stderr
 
 
 def _own_group(then: Any) -> Any:

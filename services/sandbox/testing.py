@@ -23,6 +23,7 @@ from services.sandbox import asserts, runner
 
 SOLUTION_FILE = "solution.py"
 EXCERPT_CHARS = 500
+MAX_TEST_OUTPUT_BYTES = 256 * 1024  # a stdio case whose output is longer fails as "output exceeded the cap"
 
 
 class InvalidTest(ValueError):
@@ -48,14 +49,15 @@ def build_job(req: SandboxTestsRequest, settings: Settings) -> dict[str, Any]:
             tests.append({"kind": "stdio", "stdin": test.stdin})
             continue
         try:
-            rewritten = asserts.rewrite(test.source or "")
+            rewritten = asserts.rewrite(test.source or "", req.code)
         except asserts.InvalidTestSource as exc:
             raise InvalidTest(index, str(exc)) from exc
         tests.append({"kind": "assert", "program": rewritten.program, "sites": rewritten.sites})
     limits = runner.limits_for(settings, timeout_s=req.timeout_s, memory_mb=req.memory_mb)
     return {"mode": "tests", "python": runner.require_python(settings), "tests": tests,
             "limits": limits.as_job(), "timeout_s": req.timeout_s, "budget_s": _budget(req),
-            "output_bytes": min(settings.sandbox_max_output_bytes, 1_000_000),
+            # Per test and stream: all of a request's tests travel back in one result, which is capped.
+            "output_bytes": min(settings.sandbox_max_output_bytes, MAX_TEST_OUTPUT_BYTES),
             "files": {SOLUTION_FILE: base64.b64encode(req.code.encode()).decode()}}
 
 

@@ -1,6 +1,6 @@
 """One test's process: load the solution, then run the rewritten test program, reporting probe values.
 
-``python3 -I evaluator.py SOLUTION TEST REPORT_FD``. The solution runs as ``__main__``; the test
+``python3 -I evaluator.py SOLUTION TEST_FD REPORT_FD``. The solution runs as ``__main__``; the test
 program then runs in the same namespace, where each ``assert`` has become
 ``__rh_check__(site, *probes)``. This process never sees an assert's expected literals: it only
 reports what the probes evaluate to (as ``repr`` of plain data) on ``REPORT_FD``, and the
@@ -25,7 +25,7 @@ def _plain(value: Any, depth: int = 0) -> Any:
     if value is None or type(value) in (bool, int, float, complex, str, bytes):
         return value
     for base in (bool, int, float, complex, str, bytes):
-        if isinstance(value, base):
+        if isinstance(value, base):  # a subclass: its plain value (its own __eq__ takes no part)
             return base(value)  # type: ignore[arg-type]
     if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
         return _plain(value.tolist(), depth + 1)
@@ -44,16 +44,16 @@ def main() -> None:
     report = os.fdopen(report_fd, "w", buffering=1, encoding="utf-8")
     write, dumps = report.write, json.dumps
 
-    def check(site: str, *probes: tuple[str, Any]) -> None:
+    # Bound before the solution runs, so a patched builtins.repr (or json) cannot reach them by name.
+    plain, represent = _plain, repr
+
+    def check(site: str, *probes: Any) -> None:
         values: list[Any] = []
-        for kind, value in probes:
-            if kind == "truth":
-                values.append(bool(value))
-                continue
+        for value in probes:
             try:
-                values.append(repr(_plain(value)))
+                values.append(represent(plain(value)))
             except (TypeError, ValueError, RecursionError):
-                values.append(None)
+                values.append(None)  # not plain data: the assert fails in the supervisor
         write(dumps({"site": site, "values": values}) + "\n")
 
     sys.argv = [solution_path]
@@ -61,7 +61,7 @@ def main() -> None:
     namespace = {"__name__": "__main__", "__file__": solution_path, "__builtins__": __builtins__}
     with open(solution_path, encoding="utf-8") as handle:
         solution = compile(handle.read(), solution_path, "exec")
-    with open(test_path, encoding="utf-8") as handle:
+    with os.fdopen(int(test_path), encoding="utf-8") as handle:  # the supervisor's descriptor
         test = compile(handle.read(), "<test>", "exec")
     exec(solution, namespace)
     namespace["__rh_check__"] = check

@@ -34,6 +34,8 @@ import base64
 import contextlib
 import ctypes
 import json
+import math
+import operator
 import os
 import resource
 import select
@@ -57,6 +59,7 @@ _PR_SET_PDEATHSIG = 1
 
 def main() -> None:
     _make_non_dumpable()
+    _ignore_signals()
     job = json.loads(sys.stdin.buffer.read().decode("utf-8"))
     result: dict[str, Any]
     try:
@@ -64,12 +67,22 @@ def main() -> None:
         os.chdir(WORK_DIR)
         _write_files(job.get("files") or {})
         result = run_tests(job) if job["mode"] == "tests" else run_program(job)
-    except Exception as exc:  # a fault of the sandbox itself, reported as such
+    except BaseException as exc:  # a fault of the sandbox itself, reported as such
         result = {"error": f"supervisor: {type(exc).__name__}: {exc}"[:2000]}
     finally:
         _kill_others()
     sys.stdout.write(json.dumps(result))
     sys.stdout.flush()
+
+
+def _ignore_signals() -> None:
+    """PID 1 gets only the signals it handles; Python handles SIGINT itself, so a run's
+    ``kill(1, SIGINT)`` would raise KeyboardInterrupt here. Ignore every catchable signal but SIGCHLD."""
+    for number in range(1, signal.NSIG):
+        if number in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(number, signal.SIG_IGN)
 
 
 def _make_non_dumpable() -> None:
@@ -98,6 +111,10 @@ def _limiter(limits: dict[str, int]) -> Any:
     """preexec_fn: the child's own rlimits (NPROC counts per user namespace, so per run)."""
 
     def apply() -> None:
+        for number in range(1, signal.NSIG):  # the supervisor ignores signals; its children must not
+            if number not in (signal.SIGKILL, signal.SIGSTOP):
+                with contextlib.suppress(OSError, ValueError):
+                    signal.signal(number, signal.SIG_DFL)
         cpu = int(limits["cpu_s"])
         address_space = int(limits.get("address_space_mb", 0)) * 1024 * 1024
         if address_space:  # 0: bounded by the run's resident-memory budget only (V8 reserves far more)
@@ -149,15 +166,16 @@ class Outcome:
 
 
 def run_child(argv: list[str], *, stdin: bytes, timeout_s: float, limits: dict[str, int],
-              output_bytes: int, report: bool = False, on_report: Any = None) -> Outcome:
+              output_bytes: int, report: bool = False, on_report: Any = None,
+              extra_fds: tuple[int, ...] = ()) -> Outcome:
     """Run ``argv`` to its end or its wall-clock limit, then end every other process of the run."""
     outcome = Outcome()
     stdin_fd = _memfd(stdin)
     report_r = report_w = -1
-    pass_fds: tuple[int, ...] = ()
+    pass_fds: tuple[int, ...] = extra_fds
     if report:
         report_r, report_w = os.pipe()
-        pass_fds = (report_w,)
+        pass_fds = (*extra_fds, report_w)
     started = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -318,9 +336,15 @@ def run_program(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+MAX_FETCH_TOTAL_BYTES = 64 * 1024 * 1024
+
+
 def _fetch(names: list[str], cap: int) -> dict[str, Any]:
-    """Read back the requested files (regular files only, never following a link)."""
+    """Read back the requested files (regular files only, never following a link), each file once
+    (``big`` and ``./big`` are one inode) and at most ``MAX_FETCH_TOTAL_BYTES`` in all."""
     fetched: dict[str, Any] = {}
+    seen: set[tuple[int, int]] = set()
+    total = 0
     for name in names:
         path = name if os.path.isabs(name) else os.path.join(WORK_DIR, name)
         try:
@@ -332,9 +356,17 @@ def _fetch(names: list[str], cap: int) -> dict[str, Any]:
             if not _is_regular(fd):
                 fetched[name] = {"error": "not a regular file"}
                 continue
-            content = handle.read(cap + 1)
-        fetched[name] = {"error": "file too large"} if len(content) > cap else \
-            {"content": base64.b64encode(content).decode()}
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) in seen:
+                fetched[name] = {"error": "the same file as another name in fetch_files"}
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            content = handle.read(min(cap, MAX_FETCH_TOTAL_BYTES - total) + 1)
+        if len(content) > cap or total + len(content) > MAX_FETCH_TOTAL_BYTES:
+            fetched[name] = {"error": "file too large"}
+            continue
+        total += len(content)
+        fetched[name] = {"content": base64.b64encode(content).decode()}
     return fetched
 
 
@@ -363,7 +395,8 @@ def run_tests(job: dict[str, Any]) -> dict[str, Any]:
                             timeout_s=timeout_s, limits=limits, output_bytes=output_bytes)
             results.append({"status": _ended(ran) or "finished", **_describe(ran)})
             continue
-        results.append(_assert_test(python, index, test, timeout_s, limits, output_bytes))
+        # An assert test's output is only shown as an excerpt: keep little of it.
+        results.append(_assert_test(python, index, test, timeout_s, limits, min(output_bytes, 8192)))
     return {"tests": results}
 
 
@@ -378,14 +411,17 @@ def _ended(outcome: Outcome) -> str | None:
 
 def _assert_test(python: str, index: int, test: dict[str, Any], timeout_s: float, limits: dict[str, int],
                  output_bytes: int) -> dict[str, Any]:
-    test_path = os.path.join(WORK_DIR, f".rh-test-{index}.py")
-    with open(test_path, "w", encoding="utf-8") as handle:
-        handle.write(str(test["program"]))
+    # The test program travels on a descriptor of its own: a file in /work could be replaced by the
+    # previous test's code (a directory or a link in its place would fault the whole request).
+    program_fd = _memfd(str(test["program"]).encode("utf-8"))
     sites: dict[str, Any] = test["sites"]
     checker = SiteChecker(sites)
-    ran = run_child([python, "-I", EVALUATOR, "solution.py", test_path], stdin=b"",
-                    timeout_s=timeout_s, limits=limits, output_bytes=output_bytes, report=True,
-                    on_report=checker.feed)
+    try:
+        ran = run_child([python, "-I", EVALUATOR, "solution.py", str(program_fd)], stdin=b"",
+                        timeout_s=timeout_s, limits=limits, output_bytes=output_bytes, report=True,
+                        on_report=checker.feed, extra_fds=(program_fd,))
+    finally:
+        os.close(program_fd)
     checker.feed(ran.report, final=True)
     described = _describe(ran)
     if checker.failure is not None:
@@ -410,11 +446,11 @@ def _early_end(outcome: Outcome) -> str:
 class SiteChecker:
     """Decides each rewritten assert from the probe values the test process reports.
 
-    A site is a tree: ``{"op": "lit", "value": <repr>}`` (held only here), ``{"op": "probe",
-    "index": i, "truth": bool}`` (the i-th value reported for the site), ``{"op": "not", "arg": …}``
-    and ``{"op": "cmp", "ops": [...], "operands": [...]}``. Reported values are plain data
-    (``repr`` read back with ``ast.literal_eval``), so no object of the solution's takes part in a
-    comparison made here.
+    A site is a tree (``services/sandbox/asserts.py`` builds it): ``lit`` (a literal, held only
+    here), ``probe`` (the i-th value reported for the site), ``truth``, ``not``, ``cmp``, ``bin``,
+    ``unary`` and ``call`` (a few built-ins). Reported values are plain data (``repr`` read back
+    with ``ast.literal_eval``; ``null`` for anything else fails the assert), so no object of the
+    solution's takes part in a verdict made here.
     """
 
     def __init__(self, sites: dict[str, Any]) -> None:
@@ -461,32 +497,62 @@ class SiteChecker:
         if not holds:
             self.failure = f"assert at line {tree.get('line', '?')} failed"
 
-    def _evaluate(self, node: dict[str, Any], values: list[object]) -> object:
+    def _evaluate(self, node: dict[str, Any], values: list[Any]) -> Any:
         op = node["op"]
         if op == "lit":
             return ast.literal_eval(str(node["value"]))
         if op == "probe":
             reported = values[int(node["index"])]
-            if node.get("truth"):
-                if not isinstance(reported, bool):
-                    raise ValueError("a truth probe must report a boolean")
-                return reported
             if not isinstance(reported, str):
-                raise ValueError("a value probe must report a repr")
+                raise ValueError("the value is not plain data")
             return ast.literal_eval(reported)
+        if op == "truth":
+            return bool(self._evaluate(node["arg"], values))
         if op == "not":
             return not self._evaluate(node["arg"], values)
         if op == "cmp":
             operands = [self._evaluate(o, values) for o in node["operands"]]
             return all(_compare(name, left, right)
                        for name, left, right in zip(node["ops"], operands, operands[1:], strict=False))
+        if op == "bin":
+            return _BINARY[node["kind"]](self._evaluate(node["left"], values), self._evaluate(node["right"], values))
+        if op == "unary":
+            operand = self._evaluate(node["arg"], values)
+            return -operand if node["kind"] == "-" else +operand
+        if op == "call":
+            args = [self._evaluate(a, values) for a in node["args"]]
+            kwargs = {k: self._evaluate(v, values) for k, v in node["kwargs"].items()}
+            return _SAFE_FUNCTIONS[node["fn"]](*args, **kwargs)
         raise ValueError(f"unknown node {op!r}")
 
     def unreached(self) -> list[str]:
-        return [str(self.sites[site].get("line", "?")) for site, hits in self.hits.items() if not hits]
+        """Lines of asserts with probes that never ran (one without probes, such as ``assert False``
+        after a call that must raise, may rightly never run)."""
+        return [str(self.sites[site].get("line", "?")) for site, hits in self.hits.items()
+                if not hits and _has_probe(self.sites[site])]
+
+
+def _has_probe(node: Any) -> bool:
+    if isinstance(node, dict):
+        return node.get("op") == "probe" or any(_has_probe(value) for value in node.values())
+    if isinstance(node, list):
+        return any(_has_probe(value) for value in node)
+    return False
+
+
+_BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+           "//": operator.floordiv, "%": operator.mod, "**": operator.pow}
+_SAFE_FUNCTIONS: dict[str, Any] = {"abs": abs, "round": round, "len": len, "min": min, "max": max, "sum": sum, "sorted": sorted,
+                   "list": list, "tuple": tuple, "set": set, "int": int, "float": float, "str": str, "bool": bool,
+                   "math.isclose": math.isclose, "math.sqrt": math.sqrt, "math.floor": math.floor,
+                   "math.ceil": math.ceil, "math.fabs": math.fabs}
 
 
 def _compare(name: str, left: Any, right: Any) -> bool:
+    if name == "is":
+        return left is right  # only against None, True, False (asserts.py)
+    if name == "is not":
+        return left is not right
     if name == "==":
         return _equal(left, right)
     if name == "!=":

@@ -168,3 +168,35 @@ def test_without_namespaces_nothing_runs_and_readiness_says_why(isolated_env: ob
         assert client.get("/healthz").status_code == 200
     finally:
         isolation.probe.cache_clear()
+
+
+KEY_READER = r'''
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+serial = libc.syscall(250, 10, b"user", b"rh-keyring-canary", -3)  # keyctl(KEYCTL_SEARCH, session keyring)
+buf = ctypes.create_string_buffer(256)
+print("serial", serial, "read", libc.syscall(250, 11, serial, buf, 256), buf.value)
+'''
+
+
+def test_a_run_cannot_read_the_services_session_keyring(sandbox: TestClient) -> None:
+    import ctypes
+    import platform
+
+    if platform.machine() != "x86_64":
+        pytest.skip("the keyring syscalls are numbered for x86_64 here")
+    libc = ctypes.CDLL(None, use_errno=True)
+    data = b"SECRET-KEYRING-CANARY"
+    if libc.syscall(248, b"user", b"rh-keyring-canary", data, len(data), -3) < 0:  # add_key(..., session)
+        pytest.skip("this process has no session keyring to plant a key in")
+    body = run_code(sandbox, code=KEY_READER)
+    assert "SECRET-KEYRING-CANARY" not in body["run_result"]["stdout"]
+    assert body["run_result"]["stdout"].startswith("serial -1")
+
+
+def test_fetch_files_reads_each_file_once_and_host_configuration_is_masked(sandbox: TestClient) -> None:
+    body = run_code(sandbox, code="open('big', 'wb').write(b'x' * 1000)\nimport os\nprint(os.listdir('/usr/local/etc') "
+                                  "if os.path.isdir('/usr/local/etc') else [])",
+                    fetch_files=["big", "./big", "/work/./big"])
+    assert list(body["files"]) == ["big"] and "the same file" in body["message"]
+    assert body["run_result"]["stdout"] == "[]\n"

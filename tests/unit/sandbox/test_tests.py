@@ -110,7 +110,7 @@ def test_an_early_exit_with_partial_stdout_fails(sandbox: TestClient) -> None:
 
 
 def test_time_and_memory_limits(sandbox: TestClient) -> None:
-    tests = [{"kind": "assert", "source": "while True:\n    pass"},
+    tests = [{"kind": "assert", "source": "while True:\n    pass\nassert double(1) == 2"},
              {"kind": "assert", "source": "x = bytearray(2_000_000_000)\nassert len(x) == 1"},
              {"kind": "assert", "source": "assert double(1) == 2"}]
     outcomes = run_tests(sandbox, DOUBLE, tests, timeout_s=3, memory_mb=256)
@@ -119,7 +119,7 @@ def test_time_and_memory_limits(sandbox: TestClient) -> None:
 
 
 def test_budget_leaves_later_tests_not_run(sandbox: TestClient) -> None:
-    tests = [{"kind": "assert", "source": "import time\ntime.sleep(5)"}] * 3
+    tests = [{"kind": "assert", "source": "import time\ntime.sleep(5)\nassert double(1) == 2"}] * 3
     outcomes = run_tests(sandbox, DOUBLE, tests, timeout_s=1, budget_s=1.5)
     assert statuses(outcomes) == ["timeout", "timeout", "not_run"]
 
@@ -127,3 +127,56 @@ def test_budget_leaves_later_tests_not_run(sandbox: TestClient) -> None:
 def test_a_test_that_is_not_python_is_422_naming_it(sandbox: TestClient) -> None:
     response = sandbox.post("/v1/tests", json={"code": DOUBLE, "tests": [TEST, {"kind": "assert", "source": "assert ("}]})
     assert response.status_code == 422 and response.json()["error"]["field"] == "tests.1.source"
+
+
+ANYTHING = ("class Anything:\n    def __eq__(self, other):\n        return True\n    def __ne__(self, other):\n"
+            "        return False\n    def __sub__(self, other):\n        return 0.0\n    __rsub__ = __sub__\n"
+            "    def __bool__(self):\n        return True\n    __hash__ = object.__hash__\n")
+
+
+@pytest.mark.parametrize("test", [
+    "for x, y in [(1, 2), (2, 4), (5, 10)]:\n    assert double(x) == y",
+    "assert double(3) == [6][0] * 1",
+    "def check(candidate):\n    expected = 14\n    assert candidate(7) == expected\ncheck(double)",
+    "assert abs(double(1.0) - 2.0) < 1e-6",
+    "import math\nassert math.isclose(double(1.0), 2.0)",
+    "assert double(1)",
+])
+def test_a_rigged_object_never_passes(sandbox: TestClient, test: str) -> None:
+    code = ANYTHING + "def double(x):\n    return Anything()\n"
+    [outcome] = run_tests(sandbox, code, [{"kind": "assert", "source": test}])
+    assert outcome["status"] == "failed", outcome
+
+
+def test_patched_builtins_take_no_part_in_a_verdict(sandbox: TestClient) -> None:
+    code = "import builtins\nbuiltins.bool = lambda v=False: True\nbuiltins.abs = lambda *a: 0\n" \
+           "builtins.repr = lambda v: 'None'\ndef is_none(x):\n    return 7\ndef mean(xs):\n    return 99.0\n"
+    tests = [{"kind": "assert", "source": "assert is_none(1) is None"},
+             {"kind": "assert", "source": "assert abs(mean([1.0, 3.0]) - 2.0) < 1e-6"}]
+    assert statuses(run_tests(sandbox, code, tests)) == ["failed", "failed"]
+
+
+def test_a_right_answer_still_passes_every_shape(sandbox: TestClient) -> None:
+    code = "import math\ndef double(x):\n    return 2 * x\ndef mean(xs):\n    return sum(xs) / len(xs)\n" \
+           "def nothing():\n    return None\ndef sqrt_pos(x):\n    if x < 0:\n        raise ValueError(x)\n    return math.sqrt(x)\n"
+    tests = ["for x, y in [(1, 2), (2, 4)]:\n    assert double(x) == y", "assert abs(mean([1.0, 3.0]) - 2.0) < 1e-6",
+             "import math\nassert math.isclose(mean([1.0]), 1.0)", "assert nothing() is None and double(2) == 4",
+             "try:\n    sqrt_pos(-1)\n    assert False\nexcept ValueError:\n    pass"]
+    assert statuses(run_tests(sandbox, code, [{"kind": "assert", "source": t} for t in tests])) == ["passed"] * 5
+
+
+def test_signals_and_planted_files_cannot_fault_the_supervisor(sandbox: TestClient) -> None:
+    code = "import os, signal\nfor s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):\n" \
+           "    os.kill(1, s)\nfor i in range(3):\n    try:\n        os.mkdir(f'/work/.rh-test-{i}.py')\n" \
+           "    except OSError:\n        pass\ndef double(x):\n    return 2 * x\n"
+    outcomes = run_tests(sandbox, code, [TEST, TEST, {"kind": "assert", "source": "assert double(2) == 5"}])
+    assert statuses(outcomes) == ["passed", "passed", "failed"]
+    body = sandbox.post("/run_code", json={"code": "import os, signal\nos.kill(1, signal.SIGINT)\nprint('ok')",
+                                           "language": "python"}).json()
+    assert body["status"] == "Success" and body["run_result"]["stdout"] == "ok\n"
+
+
+def test_a_test_without_asserts_is_422(sandbox: TestClient) -> None:
+    response = sandbox.post("/v1/tests", json={"code": DOUBLE, "tests": [
+        {"kind": "assert", "source": "if double(1) != 2:\n    raise AssertionError"}]})
+    assert response.status_code == 422 and "no assert" in response.json()["error"]["message"]
