@@ -205,9 +205,5 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
         proc.kill()
 
 
-def encode_files(files: dict[str, bytes]) -> dict[str, str]:
-    return {name: base64.b64encode(content).decode() for name, content in files.items()}
-
-
 def decoded(step: dict[str, Any], key: str) -> str:
     return base64.b64decode(step.get(key) or b"").decode("utf-8", "replace")

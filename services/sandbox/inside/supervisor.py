@@ -40,6 +40,7 @@ import os
 import resource
 import select
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -353,10 +354,10 @@ def _fetch(names: list[str], cap: int) -> dict[str, Any]:
             fetched[name] = {"error": exc.strerror or type(exc).__name__}
             continue
         with os.fdopen(fd, "rb") as handle:
-            if not _is_regular(fd):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 fetched[name] = {"error": "not a regular file"}
                 continue
-            info = os.fstat(fd)
             if (info.st_dev, info.st_ino) in seen:
                 fetched[name] = {"error": "the same file as another name in fetch_files"}
                 continue
@@ -368,12 +369,6 @@ def _fetch(names: list[str], cap: int) -> dict[str, Any]:
         total += len(content)
         fetched[name] = {"content": base64.b64encode(content).decode()}
     return fetched
-
-
-def _is_regular(fd: int) -> bool:
-    import stat
-
-    return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
 # --- mode "tests": Python tests whose verdicts are decided here -----------------------------------
