@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from services.common.reward_specs import RewardSpec, parse_spec_ref
-from trainer.algorithms import LossType, RewardScaling
+from trainer.algorithms import ADVANTAGE_ESTIMATORS, LOSS_AGGREGATIONS, LossType, RewardScaling
 
 _SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(RewardSpec)
 
@@ -215,6 +215,16 @@ class RunConfig(_Strict):
     seed: int = 0
     checkpoint_every: int = Field(default=0, ge=0, description="Steps between checkpoints; 0: only at the end.")
     output_dir: str | None = Field(default=None, description="Checkpoints and metrics.jsonl; required to train.")
+
+    @field_validator("loss_type")
+    @classmethod
+    def _registered_loss(cls, name: str) -> str:
+        return LOSS_AGGREGATIONS.check(name)
+
+    @field_validator("scale_rewards")
+    @classmethod
+    def _registered_estimator(cls, name: str) -> str:
+        return ADVANTAGE_ESTIMATORS.check(name)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

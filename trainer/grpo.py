@@ -25,6 +25,7 @@ import torch
 
 from trainer import checkpoint
 from trainer.algorithms import (
+    LOSS_AGGREGATIONS,
     entropy_from_logits,
     group_advantages,
     grpo_policy_loss,
@@ -402,9 +403,10 @@ class GRPOTrainer:
         per_micro = per_optimizer_step // config.gradient_accumulation
         sums: dict[str, float] = {}
         loss_total, grad_norm_total, n_micro = 0.0, 0.0, 0
+        global_token_mean = LOSS_AGGREGATIONS.get(config.loss_type).global_token_mean
         for mini in range(config.mini_batches):
             rows = order[mini * per_optimizer_step:(mini + 1) * per_optimizer_step]
-            tokens_in_mini = self._tokens_per_rank(mask[rows].sum()) if config.loss_type == "dapo" else None
+            tokens_in_mini = self._tokens_per_rank(mask[rows].sum()) if global_token_mean else None
             for micro in range(config.gradient_accumulation):
                 part = rows[micro * per_micro:(micro + 1) * per_micro]
                 logp, entropy = completion_logprobs(forward, _slice(batch, part), config.temperature,
@@ -416,8 +418,9 @@ class GRPOTrainer:
                     beta=config.beta, ref_logp=ref_logp[part] if ref_logp is not None else None,
                     kl_times_ratio=config.kl_times_ratio, max_completion_length=config.max_completion_length,
                     num_items_in_batch=tokens_in_mini)
-                # dapo already divides by the mini-batch's token count; the others are per-micro means.
-                loss = out.loss if config.loss_type == "dapo" else out.loss / config.gradient_accumulation
+                # A global-token-mean loss (dapo) already divides by the mini-batch's token count; the
+                # others are per-micro means.
+                loss = out.loss if global_token_mean else out.loss / config.gradient_accumulation
                 self.policy.backward(loss)
                 loss_total += float(loss.detach())
                 for name, value in out.metrics.items():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from trainer.algorithms.advantages import (
-    REWARD_SCALINGS,
+    ADVANTAGE_ESTIMATORS,
+    AdvantageEstimator,
     RewardScaling,
     group_advantages,
     group_view,
@@ -14,8 +15,10 @@ from trainer.algorithms.advantages import (
 from trainer.algorithms.dapo import informative_groups, overlong_penalty
 from trainer.algorithms.policy_loss import (
     IMPORTANCE_SAMPLING_LEVELS,
-    LOSS_TYPES,
+    LOSS_AGGREGATIONS,
+    AggregationContext,
     ImportanceSamplingLevel,
+    LossAggregation,
     LossType,
     PolicyLossOutput,
     aggregate_loss,
@@ -24,16 +27,22 @@ from trainer.algorithms.policy_loss import (
     importance_weights,
     k3_kl,
     log_ratio,
+    loss_aggregation,
 )
+from trainer.algorithms.registry import Registry
 from trainer.algorithms.stats import clip_fractions, entropy_from_logits, masked_mean, token_logprobs
 
 __all__ = [
+    "ADVANTAGE_ESTIMATORS",
     "IMPORTANCE_SAMPLING_LEVELS",
-    "LOSS_TYPES",
-    "REWARD_SCALINGS",
+    "LOSS_AGGREGATIONS",
+    "AdvantageEstimator",
+    "AggregationContext",
     "ImportanceSamplingLevel",
+    "LossAggregation",
     "LossType",
     "PolicyLossOutput",
+    "Registry",
     "RewardScaling",
     "aggregate_loss",
     "clip_fractions",
@@ -46,6 +55,7 @@ __all__ = [
     "informative_groups",
     "k3_kl",
     "log_ratio",
+    "loss_aggregation",
     "masked_mean",
     "nan_std",
     "overlong_penalty",

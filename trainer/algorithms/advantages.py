@@ -8,13 +8,18 @@ semantics as TRL's ``GRPOTrainer`` for reward functions that return ``None``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
 
 import torch
 
-RewardScaling = Literal["group", "batch", "none"]
-REWARD_SCALINGS: tuple[str, ...] = ("group", "batch", "none")
+from trainer.algorithms.registry import Registry
+
+AdvantageEstimator = Callable[[torch.Tensor, float], torch.Tensor]
+"""``(grouped rewards (G, n) float64 with NaN for unscorable, ε) → advantages (G, n)``; NaN → 0 after."""
+
+ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("scale_rewards")
+RewardScaling = str
+"""A name in :data:`ADVANTAGE_ESTIMATORS` (``group``, ``batch``, ``none`` and any registered later)."""
 
 
 def rewards_tensor(rewards: Sequence[float | None] | torch.Tensor,
@@ -64,30 +69,40 @@ def nan_std(values: torch.Tensor, dim: int | None = None, keepdim: bool = False)
 
 def group_advantages(rewards: torch.Tensor, group_size: int, *, scale_rewards: RewardScaling = "group",
                      eps: float = 1e-4) -> torch.Tensor:
-    """Group-relative advantage of each rollout.
+    """Group-relative advantage of each rollout, by the estimator registered as ``scale_rewards``.
 
-    ``A_i = (r_i − mean_g r) / (σ + ε)`` where ``mean_g`` is the mean over rollout i's group and σ is
-    - ``"group"``: the (unbiased) std of the group (GRPO),
-    - ``"batch"``: the std of all rewards in the batch (mean still per group),
-    - ``"none"``: no division at all, ``A_i = r_i − mean_g r`` (Dr.GRPO).
-    NaN rewards are excluded from mean and σ, and their advantage is 0. A group with no valid
-    reward gives advantages 0. ε defaults to TRL's 1e-4.
+    Rewards are viewed as groups ``(G, n)`` in float64 (so tiny spreads do not lose digits before the
+    division); NaN rewards are excluded from means and σ by every estimator, and any NaN advantage
+    (an unscorable reward, or a group with no valid reward) ends as 0. ε defaults to TRL's 1e-4.
     """
-    if scale_rewards not in REWARD_SCALINGS:
-        raise ValueError(f"scale_rewards must be one of {REWARD_SCALINGS}, got {scale_rewards!r}")
+    estimator = ADVANTAGE_ESTIMATORS.get(scale_rewards)
     out_dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
-    rewards = rewards.to(torch.float64)  # float64 so tiny spreads do not lose digits before the division
-    grouped = group_view(rewards, group_size)
-    # nanmean of an all-NaN group is NaN; those rows end as 0 below.
-    centred = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)).reshape(-1)
-    if scale_rewards == "group":
-        std = nan_std(grouped, dim=1, keepdim=True).expand_as(grouped).reshape(-1)
-        advantages = centred / (std + eps)
-    elif scale_rewards == "batch":
-        advantages = centred / (nan_std(rewards) + eps)
-    else:
-        advantages = centred
-    return torch.nan_to_num(advantages, nan=0.0).to(out_dtype)
+    grouped = group_view(rewards.to(torch.float64), group_size)
+    return torch.nan_to_num(estimator(grouped, eps), nan=0.0).reshape(-1).to(out_dtype)
+
+
+def _centred(grouped: torch.Tensor) -> torch.Tensor:
+    # nanmean of an all-NaN group is NaN; group_advantages turns those rows into 0.
+    return grouped - torch.nanmean(grouped, dim=1, keepdim=True)
+
+
+@ADVANTAGE_ESTIMATORS.register("group")
+def group_scaled(grouped: torch.Tensor, eps: float) -> torch.Tensor:
+    """GRPO: ``A_i = (r_i − mean_g r) / (σ_g + ε)``, σ_g the unbiased std of rollout i's group."""
+    return _centred(grouped) / (nan_std(grouped, dim=1, keepdim=True) + eps)
+
+
+@ADVANTAGE_ESTIMATORS.register("batch")
+def batch_scaled(grouped: torch.Tensor, eps: float) -> torch.Tensor:
+    """``A_i = (r_i − mean_g r) / (σ_B + ε)``: mean per group, σ_B the std of all rewards in the batch."""
+    return _centred(grouped) / (nan_std(grouped) + eps)
+
+
+@ADVANTAGE_ESTIMATORS.register("none")
+def unscaled(grouped: torch.Tensor, eps: float) -> torch.Tensor:
+    """Dr.GRPO: ``A_i = r_i − mean_g r``, no division at all (ε unused)."""
+    del eps
+    return _centred(grouped)
 
 
 def zero_std_group_fraction(rewards: torch.Tensor, group_size: int) -> float:

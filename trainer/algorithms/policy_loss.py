@@ -7,15 +7,17 @@ Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``mask`` are ``(B, T)`` over compl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
+from trainer.algorithms.registry import Registry
 from trainer.algorithms.stats import clip_fractions, masked_mean
 
-LossType = Literal["grpo", "dr_grpo", "dapo", "bnpo"]
-LOSS_TYPES: tuple[str, ...] = ("grpo", "dr_grpo", "dapo", "bnpo")
+LossType = str
+"""A name in :data:`LOSS_AGGREGATIONS` (``grpo``, ``bnpo``, ``dr_grpo``, ``dapo`` and any registered later)."""
 ImportanceSamplingLevel = Literal["token", "sequence"]
 IMPORTANCE_SAMPLING_LEVELS: tuple[str, ...] = ("token", "sequence")
 
@@ -67,34 +69,85 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
+@dataclass(frozen=True)
+class AggregationContext:
+    """What a loss aggregation may need besides the per-token losses and the mask."""
+
+    max_completion_length: int | None = None
+    num_items_in_batch: float | torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class LossAggregation:
+    """A registered reduction of per-token losses to a scalar.
+
+    ``global_token_mean``: the reduction already divides by the token count of the whole rollout
+    batch (``num_items_in_batch``), so the training loop passes that count and must not divide by the
+    gradient-accumulation steps again; for the others the loop divides by accumulation itself.
+    """
+
+    reduce: Callable[[torch.Tensor, torch.Tensor, AggregationContext], torch.Tensor]
+    global_token_mean: bool = False
+
+
+LOSS_AGGREGATIONS: Registry[LossAggregation] = Registry("loss_type")
+
+
+def loss_aggregation(name: str, *, global_token_mean: bool = False) -> Callable[
+        [Callable[[torch.Tensor, torch.Tensor, AggregationContext], torch.Tensor]],
+        Callable[[torch.Tensor, torch.Tensor, AggregationContext], torch.Tensor]]:
+    """Register the decorated ``(per_token_loss·mask, mask, context) → scalar`` as loss ``name``."""
+    def add(fn: Callable[[torch.Tensor, torch.Tensor, AggregationContext], torch.Tensor]
+            ) -> Callable[[torch.Tensor, torch.Tensor, AggregationContext], torch.Tensor]:
+        LOSS_AGGREGATIONS.add(name, LossAggregation(fn, global_token_mean))
+        return fn
+    return add
+
+
 def aggregate_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: LossType, *,
                    max_completion_length: int | None = None,
                    num_items_in_batch: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Reduce per-token losses ``(B, T)`` (or ``(B, 1)``, broadcast) to a scalar, with TRL's meanings.
+    """Reduce per-token losses ``(B, T)`` (or ``(B, 1)``, broadcast) to a scalar by the aggregation
+    registered as ``loss_type`` (the formulas are on each one below, with TRL's meanings).
 
-    With m the mask, B the rows of this micro-batch, L the max completion length:
-    - ``grpo``:    (1/B) Σ_i [Σ_t m_it ℓ_it / Σ_t m_it]         mean per sequence, then over sequences
-    - ``bnpo``:    Σ_it m_it ℓ_it / Σ_it m_it                    token mean over this micro-batch
-    - ``dr_grpo``: Σ_it m_it ℓ_it / (B · L)                      constant normaliser, no length bias
-    - ``dapo``:    Σ_it m_it ℓ_it / N                            N = ``num_items_in_batch``, the token count
-      of the whole rollout batch (all micro-batches), so the micro-batch losses sum to a global token
-      mean; defaults to this micro-batch's token count.
-    Division by gradient-accumulation steps (for grpo, bnpo, dr_grpo) is left to the caller.
+    Each receives the masked losses ``m ⊙ ℓ`` and the mask m as floats of the loss's dtype. Division
+    by gradient-accumulation steps (for all but ``global_token_mean`` ones) is left to the caller.
     """
+    aggregation = LOSS_AGGREGATIONS.get(loss_type)
     mask = mask.to(per_token_loss.dtype)
-    masked_sum_rows = (per_token_loss * mask).sum(-1)
-    if loss_type == "grpo":
-        return (masked_sum_rows / mask.sum(-1).clamp(min=1.0)).mean()
-    if loss_type == "bnpo":
-        return masked_sum_rows.sum() / mask.sum().clamp(min=1.0)
-    if loss_type == "dr_grpo":
-        if max_completion_length is None or max_completion_length < 1:
-            raise ValueError("max_completion_length: the dr_grpo loss needs the max completion length (a positive int)")
-        return masked_sum_rows.sum() / (per_token_loss.size(0) * max_completion_length)
-    if loss_type == "dapo":
-        normaliser = mask.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch)
-        return masked_sum_rows.sum() / normaliser.to(per_token_loss.dtype).clamp(min=1.0)
-    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    context = AggregationContext(max_completion_length, num_items_in_batch)
+    return aggregation.reduce(per_token_loss * mask, mask, context)
+
+
+@loss_aggregation("grpo")
+def sequence_mean(masked: torch.Tensor, mask: torch.Tensor, context: AggregationContext) -> torch.Tensor:
+    """``grpo``: (1/B) Σ_i [Σ_t m_it ℓ_it / Σ_t m_it] — mean per sequence, then over sequences."""
+    return (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+
+
+@loss_aggregation("dr_grpo")
+def constant_normaliser(masked: torch.Tensor, mask: torch.Tensor, context: AggregationContext) -> torch.Tensor:
+    """``dr_grpo``: Σ_it m_it ℓ_it / (B · L), L the max completion length — no length bias."""
+    length = context.max_completion_length
+    if length is None or length < 1:
+        raise ValueError("max_completion_length: the dr_grpo loss needs the max completion length (a positive int)")
+    return masked.sum() / (masked.size(0) * length)
+
+
+@loss_aggregation("dapo", global_token_mean=True)
+def batch_token_mean(masked: torch.Tensor, mask: torch.Tensor, context: AggregationContext) -> torch.Tensor:
+    """``dapo``: Σ_it m_it ℓ_it / N, N = ``num_items_in_batch``, the token count of the whole rollout
+    batch (all micro-batches), so the micro-batch losses sum to a global token mean; defaults to this
+    micro-batch's token count."""
+    count = context.num_items_in_batch
+    normaliser = mask.sum() if count is None else torch.as_tensor(count)
+    return masked.sum() / normaliser.to(masked.dtype).clamp(min=1.0)
+
+
+@loss_aggregation("bnpo")
+def micro_batch_token_mean(masked: torch.Tensor, mask: torch.Tensor, context: AggregationContext) -> torch.Tensor:
+    """``bnpo``: Σ_it m_it ℓ_it / Σ_it m_it — token mean over this micro-batch."""
+    return masked.sum() / mask.sum().clamp(min=1.0)
 
 
 @dataclass
