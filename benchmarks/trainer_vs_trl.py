@@ -78,7 +78,7 @@ def time_ours(args: argparse.Namespace, work: Path, *, http: bool) -> list[float
         "output_dir": str(work / ("ours-http" if http else "ours")),
     }
     if http:
-        from trainer.demo import embedded_server
+        from rewardhub.demo import embedded_server
 
         os.environ["REWARDHUB_DATA_DIR"] = str(work / "server-data")
         with embedded_server() as server:
@@ -109,7 +109,7 @@ def main() -> None:
 
     import torch
 
-    from services.common.tiny_models import build_tiny_causal_lm
+    from trainer.tiny_models import build_tiny_causal_lm
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory() as tmp:

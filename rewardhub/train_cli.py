@@ -105,7 +105,7 @@ def demo(
     work_dir: Annotated[Path | None, typer.Option(help="Where to put the run (default: a temp dir).")] = None,
 ) -> None:
     """A tiny model learns a verifiable task through the real reward API (embedded default, CPU, ~1 min)."""
-    from trainer.demo import demo_config, embedded_server
+    from rewardhub.demo import demo_config, embedded_server
 
     work = work_dir or Path(tempfile.mkdtemp(prefix="rewardhub-demo-"))
     os.environ.setdefault("REWARDHUB_DATA_DIR", str(work / "data"))

@@ -84,7 +84,7 @@ class PromptSampler:
         return order
 
     def take(self, k: int) -> list[int]:
-        out = []
+        out: list[int] = []
         while len(out) < k:
             if self.position >= self.n_rows:
                 self.epoch += 1

@@ -84,7 +84,7 @@ def model_source(config: RunConfig, work_dir: Path, collective: Collective) -> P
         if not path.is_dir():
             raise FileNotFoundError(f"model.path: {path} is not a local model directory")
         return path
-    from services.common.tiny_models import build_tiny_causal_lm
+    from trainer.tiny_models import build_tiny_causal_lm
 
     tiny = config.model.tiny
     path = work_dir / "base-model"
@@ -105,12 +105,12 @@ def load_model(config: RunConfig, path: Path, *, device: str, sharded: bool = Fa
         kwargs["attn_implementation"] = attention
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     if not sharded:  # ZeRO-3 shards already sit on the rank's device
-        model = model.to(device)
+        model = model.to(device)  # type: ignore[arg-type]  # transformers types .to() for a dtype only
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if config.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable()  # type: ignore[no-untyped-call]
     return model, tokenizer
 
 
@@ -191,9 +191,9 @@ class GRPOTrainer:
         ds_config = deepspeed_config(config, self.collective.world_size) if config.deepspeed is not None else None
         if zero3:
             # While this object lives, from_pretrained loads the weights straight into ZeRO-3 shards.
-            from transformers.integrations import HfDeepSpeedConfig
+            from transformers.integrations.deepspeed import HfDeepSpeedConfig
 
-            self._hf_deepspeed = HfDeepSpeedConfig(ds_config)
+            self._hf_deepspeed = HfDeepSpeedConfig(ds_config)  # type: ignore[no-untyped-call]
         model, self.tokenizer = load_model(config, source, device=self.device, sharded=zero3)
         model.train()
         self.reference: Any = frozen_copy(model) if config.beta > 0 and not zero3 else None
@@ -464,7 +464,7 @@ class GRPOTrainer:
         self._sync_engine()
         self.step += 1
         metrics["step"] = self.step
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["lr"] = float(self.scheduler.get_last_lr()[0])
         metrics["step_time_s"] = time.perf_counter() - started
         return metrics
 

@@ -50,7 +50,7 @@ class LocalPolicy:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
 
     def micro_step(self, boundary: bool) -> float | None:
         """After each micro-batch; at a boundary clip, step and clear the gradients, returning their norm."""

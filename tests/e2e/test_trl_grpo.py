@@ -30,7 +30,7 @@ def test_grpo_trainer_uses_rewardhub_rewards(live_server: LiveServer, tmp_path: 
     from trl.trainer.grpo_trainer import GRPOTrainer
 
     from rewardhub.adapters.trl import TRLRewardFunction
-    from services.common.tiny_models import build_tiny_causal_lm
+    from trainer.tiny_models import build_tiny_causal_lm
 
     model_dir = build_tiny_causal_lm(tmp_path / "tiny", seed=0)
     dataset = Dataset.from_list([{"prompt": f"{a} plus {a} is", "ground_truth": str(2 * a)} for a in range(1, 9)])
@@ -66,7 +66,7 @@ def test_grpo_trainer_awaits_the_async_adapter_on_a_conversational_dataset(live_
     from trl.trainer.grpo_trainer import GRPOTrainer
 
     from rewardhub.adapters.trl import AsyncTRLRewardFunction
-    from services.common.tiny_models import build_tiny_causal_lm
+    from trainer.tiny_models import build_tiny_causal_lm
 
     model_dir = build_tiny_causal_lm(tmp_path / "tiny", seed=0)
     dataset = Dataset.from_list([{"prompt": [{"role": "system", "content": "Answer with \\boxed{42}."},
@@ -103,7 +103,7 @@ def test_grpo_tool_loop_grades_the_final_assistant_message_not_the_tool(live_ser
     from trl.trainer.grpo_trainer import GRPOTrainer
 
     from rewardhub.adapters.trl import TRLRewardFunction
-    from services.common.tiny_models import build_tiny_causal_lm
+    from trainer.tiny_models import build_tiny_causal_lm
 
     model_dir = build_tiny_causal_lm(tmp_path / "tiny", seed=0)
     tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)

@@ -95,7 +95,7 @@ class ScriptedEngine:
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    from services.common.tiny_models import default_corpus, train_tokenizer
+    from trainer.tiny_models import default_corpus, train_tokenizer
 
     return train_tokenizer(default_corpus(200))
 

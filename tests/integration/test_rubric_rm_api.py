@@ -273,7 +273,7 @@ def test_no_backend_configured_is_an_error_status(tenant: Tenant, client: TestCl
 # --------------------------------------------------------------------------------- tiny local model
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from services.common.tiny_models import build_tiny_causal_lm
+    from trainer.tiny_models import build_tiny_causal_lm
 
     return Path(build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-judge"), seed=0))
 

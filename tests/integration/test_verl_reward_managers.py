@@ -30,7 +30,7 @@ KEYS = {"score", "status", "status_ok", "sub_num", "sub_fmt"}
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    from services.common.tiny_models import default_corpus, train_tokenizer
+    from trainer.tiny_models import default_corpus, train_tokenizer
 
     return train_tokenizer(default_corpus(200))
 
