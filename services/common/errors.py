@@ -58,11 +58,6 @@ class Conflict(ApiError):
     code = "conflict"
 
 
-class PayloadTooLarge(ApiError):
-    status_code = 413
-    code = "payload_too_large"
-
-
 class UpstreamUnavailable(ApiError):
     status_code = 503
     code = "upstream_unavailable"

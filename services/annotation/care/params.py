@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from services.common.errors import InvalidInput
@@ -107,6 +107,3 @@ def care_params_from(overrides: dict[str, Any] | None) -> CareParams:
     """The full parameter set: defaults with the (validated) overrides applied."""
     return CareParams(**validate_care_params(dict(overrides or {})))
 
-
-def care_params_dict(params: CareParams) -> dict[str, Any]:
-    return asdict(params)

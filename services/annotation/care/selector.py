@@ -75,7 +75,6 @@ class CareSelector:
         self.opt1: torch.optim.AdamW | None = None
         self.opt2: torch.optim.AdamW | None = None
         self.buffer: list[BufferEntry] = []
-        self.last_loss: tuple[float, float] | None = None
 
     # ------------------------------------------------------------------------------- probes
 
@@ -194,10 +193,9 @@ class CareSelector:
         self.stage1.train()
         self.stage2.train()
         for _ in range(p.train_steps):
-            loss1 = probes.train_step(self.stage1, self.opt1, probes.stage1_loss(self.stage1, batch, w1, p.aux_weight),
-                                      p.grad_clip)
-            loss2 = probes.train_step(self.stage2, self.opt2, probes.stage2_loss(self.stage2, batch, w2), p.grad_clip)
-            self.last_loss = (loss1, loss2)
+            probes.train_step(self.stage1, self.opt1, probes.stage1_loss(self.stage1, batch, w1, p.aux_weight),
+                              p.grad_clip)
+            probes.train_step(self.stage2, self.opt2, probes.stage2_loss(self.stage2, batch, w2), p.grad_clip)
 
     # ------------------------------------------------------------------------------- state
 
