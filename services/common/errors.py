@@ -59,8 +59,14 @@ class Conflict(ApiError):
 
 
 class UpstreamUnavailable(ApiError):
+    """503 with ``Retry-After``: a service this one depends on did not answer; retrying is safe."""
+
     status_code = 503
     code = "upstream_unavailable"
+
+    def __init__(self, message: str, *, field: str | None = None, retry_after_s: int = 1) -> None:
+        super().__init__(message, field=field)
+        self.headers = {"Retry-After": str(max(1, retry_after_s))}
 
 
 class RateLimited(ApiError):

@@ -26,7 +26,10 @@ Durability (a job resumes, it does not restart):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
+import socket
 import uuid
 from collections import Counter
 from concurrent.futures import Future
@@ -201,6 +204,39 @@ def _stale_after_s() -> float:
     return s.job_stale_after_s if s.job_stale_after_s is not None else 6.0 * s.job_heartbeat_s
 
 
+def _host_tag() -> str:
+    return hashlib.blake2s(socket.gethostname().encode(), digest_size=4).hexdigest()
+
+
+def attempt_owner() -> str:
+    """A new attempt's owner tag, ``<pid hex>-<host hash>-<random>`` (32 chars at most, the column's width).
+
+    Pid and host let a redelivery on the same host see at once that the attempt holding the job died
+    (a killed prefork child) instead of waiting for its heartbeat to go stale.
+    """
+    return f"{os.getpid():x}-{_host_tag()}-{uuid.uuid4().hex}"[:32]
+
+
+def _holder_died_here(owner: str | None) -> bool:
+    """True when ``owner`` is an attempt of this host whose process no longer exists."""
+    parts = (owner or "").split("-")
+    if len(parts) != 3 or parts[1] != _host_tag():
+        return False
+    try:
+        pid = int(parts[0], 16)
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def _claim(job_id: str, owner: str) -> tuple[RubricJob, dict[int, dict[str, Any]]] | None:
     """Take the job for attempt ``owner``, with the items stored so far; None when this delivery must
     not run it (gone, finished, or leased by an attempt whose heartbeat is fresh)."""
@@ -215,8 +251,10 @@ def _claim(job_id: str, owner: str) -> tuple[RubricJob, dict[int, dict[str, Any]
             return None
         if (job.state is JobState.running and job.owner not in (None, owner) and job.heartbeat_at is not None
                 and job.heartbeat_at > now - timedelta(seconds=_stale_after_s())):
-            log.info("rubric job %s runs elsewhere (attempt %s); duplicate delivery ignored", job_id, job.owner)
-            return None
+            if not _holder_died_here(job.owner):
+                log.info("rubric job %s runs elsewhere (attempt %s); duplicate delivery ignored", job_id, job.owner)
+                return None
+            log.warning("rubric job %s: its attempt %s died on this host; taking it over", job_id, job.owner)
         stored = {row.item_index: row.result for row in session.scalars(
             select(RubricJobItem).where(RubricJobItem.job_id == job_id))}
         job.state, job.owner, job.heartbeat_at = JobState.running, owner, now
@@ -275,7 +313,7 @@ async def run_job(job_id: str, backend: ChatBackend | None = None) -> dict[str, 
 
     A delivery that must not run the job (see :func:`_claim`) returns ``{"skipped": reason}``.
     """
-    owner = uuid.uuid4().hex
+    owner = attempt_owner()
     claimed = await asyncio.to_thread(_claim, job_id, owner)
     if claimed is None:
         return {"skipped": "finished, gone, or running elsewhere"}

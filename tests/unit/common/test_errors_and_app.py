@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from services.common.app_factory import create_service_app
-from services.common.errors import Conflict
+from services.common.errors import Conflict, UpstreamUnavailable
 
 
 class Item(BaseModel):
@@ -37,6 +37,10 @@ def _app(isolated_env: Path, monkeypatch: pytest.MonkeyPatch, max_bytes: int = 1
     def boom() -> None:
         raise RuntimeError("secret internals")
 
+    @router.get("/upstream")
+    def upstream() -> None:
+        raise UpstreamUnavailable("the verifier service is unreachable", retry_after_s=3)
+
     return TestClient(create_service_app("test", [router], title="t"), raise_server_exceptions=False)
 
 
@@ -57,6 +61,13 @@ def test_missing_field_and_api_error_shape(isolated_env: Path, monkeypatch: pyte
     assert client.post("/conflict").json() == {
         "error": {"code": "conflict", "message": "already there", "field": "name"}}
     assert client.get("/nowhere").json()["error"]["code"] == "not_found"
+
+
+def test_an_unreachable_upstream_is_a_503_saying_when_to_retry(isolated_env: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    response = _app(isolated_env, monkeypatch).get("/upstream")
+    assert response.status_code == 503 and response.headers["retry-after"] == "3"
+    assert response.json()["error"]["code"] == "upstream_unavailable"
 
 
 def test_body_over_cap_is_413_and_never_reaches_handler(isolated_env: Path,
