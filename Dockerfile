@@ -38,7 +38,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # The sandbox service isolates every run with bubblewrap and runs these toolchains (the image's
 # Python, with numpy and sympy from the project's dependencies, is the sandbox's Python).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends bubblewrap g++ nodejs \
+    && apt-get install -y --no-install-recommends bubblewrap g++ nodejs libseccomp2 \
     && rm -rf /var/lib/apt/lists/*
 
 # torch first, from its own index, in its own layer: it changes rarely and is the largest part.

@@ -11,6 +11,11 @@ turn over several rounds (the order alternates each round). Two programs:
 
 Prints the median and spread (min–max of the round medians) in ms per run and the ratio
 new / old. Run: ``python benchmarks/sandbox_bench.py [--rounds 5] [--runs 20]``.
+
+``--busy N`` also runs N concurrent ``while True: pass`` at ``run_timeout=10`` (veRL's load) and
+prints where each run's answer time goes: until its supervisor starts, until its program starts
+(the supervisor waits for the job on stdin), the program's own wall time, and the teardown until
+the service has the result (the supervisor reports its clock readings; CLOCK_MONOTONIC is shared).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import os
 import statistics
 import subprocess
 import sys
@@ -44,7 +50,7 @@ def load_anchor() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules["old_sandbox"] = module
     spec.loader.exec_module(module)
-    module._interpreter = lambda for_nobody: "/usr/bin/python3"  # same interpreter on both sides
+    module.__dict__["_interpreter"] = lambda for_nobody: "/usr/bin/python3"  # same interpreter on both sides
     return module
 
 
@@ -96,10 +102,51 @@ def compare(label: str, old_fn: Any, new_fn: Any, rounds: int, runs: int) -> Non
           f"ratio new/old {new_median / old_median:.2f}x over {rounds} rounds x {runs} runs")
 
 
+async def _busy_run(submitted_at: list[float]) -> dict[str, float]:
+    from services.common.sandbox_api import RunCodeRequest
+    from services.common.settings import get_settings
+    from services.sandbox import languages, run_code, runner
+
+    settings = get_settings()
+    request = RunCodeRequest(code="while True:\n    pass", language="python", run_timeout=10)
+    language = languages.LANGUAGES["python"]
+    tool = languages.tool_path(language, settings.sandbox_python)
+    assert tool is not None
+    job = run_code._job(request, language, tool, settings, memory_mb=settings.sandbox_memory_mb, run_timeout=10)
+    submitted = time.monotonic()
+    submitted_at.append(submitted)
+    result = await runner.execute(job, limit_s=10, settings=settings)
+    done = time.monotonic()
+    assert result.fault is None, result.fault
+    run, supervisor = result.data["run"], result.data["supervisor"]
+    assert run["timed_out"], run
+    return {"to supervisor": supervisor["started_at"] - submitted, "to program": run["started_at"] - supervisor["started_at"],
+            "program wall": run["wall_s"], "teardown": done - run["started_at"] - run["wall_s"],
+            "answer": done - submitted}
+
+
+def busy(count: int) -> None:
+    async def scenario() -> tuple[list[dict[str, float]], float]:
+        submitted_at: list[float] = []
+        started = time.monotonic()
+        rows = await asyncio.gather(*(_busy_run(submitted_at) for _ in range(count)))
+        return list(rows), time.monotonic() - started
+
+    rows, total = asyncio.run(scenario())
+    load = Path("/proc/loadavg").read_text().split()[0]
+    print(f"{count} concurrent `while True: pass` at run_timeout=10: all TimeLimitExceeded, last answer after "
+          f"{total:.2f}s (load average {load} on {len(os.sched_getaffinity(0))} CPUs)")
+    for key in rows[0]:
+        values = sorted(row[key] for row in rows)
+        print(f"  {key:13s} median {statistics.median(values):6.2f}s  p90 {values[int(len(values) * 0.9) - 1]:6.2f}s  "
+              f"max {values[-1]:6.2f}s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--busy", type=int, default=0, help="also time N concurrent busy runs (0: not)")
     args = parser.parse_args()
     from services.sandbox import runner
 
@@ -109,6 +156,8 @@ def main() -> None:
     old = load_anchor()
     compare("start-up (`pass`)", lambda: old_pass(old), new_pass, args.rounds, args.runs)
     compare("3 assert tests", lambda: old_tests(old), new_tests, args.rounds, max(args.runs // 3, 1))
+    if args.busy:
+        busy(args.busy)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Header
 
 from services.common.app_factory import create_service_app
 from services.common.errors import InvalidInput
@@ -18,19 +20,24 @@ from services.sandbox import languages, run_code, runner, testing
 from services.sandbox.deps import Caller, SandboxSettings
 
 router = APIRouter(tags=["sandbox"])
+# The tenant a run is counted against (runner.RunSlots): sent by the verifier, which knows the key's
+# project; only callers holding the sandbox's token get here when one is set.
+Project = Annotated[str | None, Header(alias=runner.PROJECT_HEADER, max_length=128)]
 
 
 @router.post("/run_code", response_model=RunCodeResponse)
-async def run_code_route(body: RunCodeRequest, _caller: Caller, settings: SandboxSettings) -> RunCodeResponse:
+async def run_code_route(body: RunCodeRequest, _caller: Caller, settings: SandboxSettings,
+                         project: Project = None) -> RunCodeResponse:
     """Run one program (SandboxFusion's request and response fields and statuses)."""
-    return await run_code.run_code(body, settings)
+    return await run_code.run_code(body, settings, project=project)
 
 
 @router.post("/v1/tests", response_model=SandboxTestsResponse)
-async def tests_route(body: SandboxTestsRequest, _caller: Caller, settings: SandboxSettings) -> SandboxTestsResponse:
+async def tests_route(body: SandboxTestsRequest, _caller: Caller, settings: SandboxSettings,
+                      project: Project = None) -> SandboxTestsResponse:
     """Run a Python solution against its tests; each test's verdict is decided outside the tested code."""
     try:
-        return await testing.run_tests(body, settings)
+        return await testing.run_tests(body, settings, project=project)
     except testing.InvalidTest as exc:
         raise InvalidInput(str(exc), field=f"tests.{exc.index}.source") from exc
 
@@ -40,8 +47,9 @@ async def info(_caller: Caller, settings: SandboxSettings) -> dict[str, object]:
     """How runs are isolated on this host, and which languages it has."""
     cap = runner.capability(settings)
     return {"isolation": settings.sandbox_isolation, "namespaces_available": cap.namespaces, "detail": cap.detail,
-            "languages": languages.available(settings.sandbox_python),
-            "max_concurrent_runs": settings.sandbox_max_concurrent_runs}
+            "seccomp": cap.seccomp, "languages": languages.available(settings.sandbox_python),
+            "max_concurrent_runs": settings.sandbox_max_concurrent_runs,
+            "max_runs_per_project": runner.runs_per_project(settings)}
 
 
 def _readiness() -> dict[str, str]:
@@ -49,7 +57,9 @@ def _readiness() -> dict[str, str]:
     if settings.sandbox_isolation == "processes":
         return {"isolation": "ok"}
     cap = runner.capability(settings)  # probed once, then cached: readiness never waits on runs
-    return {"isolation": "ok" if cap.namespaces else cap.detail}
+    # The probe ran a real run under the seccomp filters: it is "ok" only when they were in force.
+    return {"isolation": "ok" if cap.namespaces else cap.detail,
+            "seccomp": "ok" if cap.namespaces else f"not verified: {cap.detail}"}
 
 
 def create_app() -> FastAPI:

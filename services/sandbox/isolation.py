@@ -5,8 +5,10 @@ IPC, UTS (and, where possible, cgroup) namespaces, as the service's own unprivil
 
 - the file system is a read-only view of ``/usr`` (the interpreters and their libraries) and a
   few files of ``/etc`` the toolchains need; ``/work``, ``/tmp`` and ``/dev/shm`` are private
-  tmpfs mounts with a size cap; ``/proc`` is the run's own (only its processes); there is no
+  tmpfs mounts capped from the run's memory limit (``tmpfs_sizes``), bubblewrap's own ``/`` and
+  ``/dev`` are read-only; ``/proc`` is the run's own (only its processes); there is no
   ``/var/run``, no host ``/tmp``, no socket of the host's;
+- a seccomp filter (``seccomp.py``), passed to ``bwrap --seccomp`` on a fresh pipe per run;
 - no network: a new network namespace holds only its own loopback;
 - no capabilities, no further user namespaces (``--disable-userns``), a process group of its
   own (a session of its own when the service has a terminal: see ``service_has_terminal``),
@@ -17,6 +19,9 @@ IPC, UTS (and, where possible, cgroup) namespaces, as the service's own unprivil
   uid even outside its namespaces; the supervisor's files are then served from a root-owned,
   read-only copy that ``nobody`` can read.
 
+The probe (``probe``) starts one real sandbox with all of this at start-up and runs a program
+under both filters that must see its calls refused; without that, no code runs.
+
 ``processes`` (weaker, opt-in with ``REWARDHUB_SANDBOX_ISOLATION=processes`` where user
 namespaces are unavailable): the same supervisor runs as a plain child process in a fresh
 temporary directory, under the same rlimits and process-group kill, and as ``nobody`` when the
@@ -26,8 +31,11 @@ security section for what that leaves open.
 
 from __future__ import annotations
 
+import base64
 import ctypes
+import errno
 import functools
+import json
 import os
 import platform
 import shutil
@@ -36,6 +44,9 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from services.sandbox import seccomp
 
 INSIDE_DIR = Path(__file__).resolve().parent / "inside"
 MOUNTED_INSIDE_DIR = "/opt/rewardhub"
@@ -53,6 +64,7 @@ class Capability:
     bwrap: str | None
     namespaces: bool
     detail: str
+    seccomp: str = "not probed"  # what the runs' seccomp filter refuses, once the probe saw it work
 
 
 def find_bwrap() -> str | None:
@@ -88,9 +100,32 @@ def service_has_terminal() -> bool:
     return True
 
 
-def bwrap_argv(bwrap: str, command: list[str], *, disk_mb: int, new_session: bool | None = None) -> list[str]:
-    """The ``bwrap`` command line that runs ``command`` (paths as seen inside) in a fresh sandbox."""
-    size = str(disk_mb * 1024 * 1024)
+@dataclass(frozen=True)
+class TmpfsSizes:
+    """Size caps, in MiB, of a run's writable mounts (all tmpfs: their pages are host memory)."""
+
+    work_mb: int
+    tmp_mb: int
+    shm_mb: int
+
+    @property
+    def total_mb(self) -> int:
+        return self.work_mb + self.tmp_mb + self.shm_mb
+
+
+def tmpfs_sizes(*, disk_mb: int, memory_mb: int) -> TmpfsSizes:
+    """Each mount is capped at ``disk_mb`` and, together, at the run's memory limit (half for
+    ``/work``, a quarter each for ``/tmp`` and ``/dev/shm``): files there are memory no resident
+    set shows, and the supervisor counts them into ``memory_limit_MB`` too, so a run's hold on
+    host memory stays within about that limit plus the rest of its tmpfs room."""
+    return TmpfsSizes(work_mb=max(1, min(disk_mb, memory_mb // 2)), tmp_mb=max(1, min(disk_mb, memory_mb // 4)),
+                      shm_mb=max(1, min(disk_mb, memory_mb // 4)))
+
+
+def bwrap_argv(bwrap: str, command: list[str], *, sizes: TmpfsSizes, seccomp_fd: int | None,
+               new_session: bool | None = None) -> list[str]:
+    """The ``bwrap`` command line that runs ``command`` (paths as seen inside) in a fresh sandbox;
+    ``seccomp_fd`` holds the filter bwrap loads just before it starts ``command``."""
     session = ["--new-session"] if (service_has_terminal() if new_session is None else new_session) else []
     argv = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try", "--disable-userns", "--die-with-parent", *session, "--as-pid-1",
@@ -99,7 +134,8 @@ def bwrap_argv(bwrap: str, command: list[str], *, disk_mb: int, new_session: boo
             "--setenv", "HOME", WORK_DIR, "--setenv", "RH_WORK_DIR", WORK_DIR,
             "--ro-bind", "/usr", "/usr"]
     if Path("/usr/local/etc").is_dir():  # host configuration (npmrc, tokens) is no run's business
-        argv += ["--tmpfs", "/usr/local/etc"]
+        # an empty mask: read-only and one page, as every tmpfs of a run needs a cap (its pages are RAM)
+        argv += ["--size", "4096", "--tmpfs", "/usr/local/etc", "--remount-ro", "/usr/local/etc"]
     for name in _MERGED_DIRS:
         host = Path("/") / name
         if host.is_symlink():
@@ -109,12 +145,20 @@ def bwrap_argv(bwrap: str, command: list[str], *, disk_mb: int, new_session: boo
     for path in _ETC_FILES:
         argv += ["--ro-bind-try", path, path]
     argv += ["--proc", "/proc", "--dev", "/dev",
-             "--size", size, "--tmpfs", "/dev/shm",
-             "--size", size, "--tmpfs", "/tmp",
-             "--size", size, "--tmpfs", WORK_DIR,
+             "--size", _bytes(sizes.shm_mb), "--tmpfs", "/dev/shm",
+             "--size", _bytes(sizes.tmp_mb), "--tmpfs", "/tmp",
+             "--size", _bytes(sizes.work_mb), "--tmpfs", WORK_DIR,
              "--ro-bind", str(inside_dir()), MOUNTED_INSIDE_DIR,
+             # bwrap's own tmpfs for / and /dev have no size cap (half the host's RAM): read-only
+             # instead, each alone (the mounts under them keep their own flags)
+             "--remount-ro", "/dev", "--remount-ro", "/",
+             *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []),
              "--chdir", WORK_DIR, *command]
     return argv
+
+
+def _bytes(mb: int) -> str:
+    return str(mb * 1024 * 1024)
 
 
 NOBODY = 65534
@@ -140,8 +184,21 @@ def drop_to_nobody() -> None:
     os.setuid(NOBODY)
 
 
-def bwrap_preexec() -> Callable[[], None]:
+def weak_preexec() -> Callable[[], None]:
+    """preexec_fn for the weak mode's supervisor (which no seccomp filter guards)."""
     return drop_to_nobody if os.geteuid() == 0 else own_keyring
+
+
+def bwrap_spawn_options() -> dict[str, Any]:
+    """``Popen`` options that start ``bwrap``: no preexec_fn, so that Python can ``vfork`` (as a
+    non-root service) or at least skip running Python code in the child (as root: the C-level
+    setuid). A preexec_fn made each spawn copy the service's page tables and wait for the child to
+    run Python code, in the event loop: a hundred simultaneous runs queued behind each other.
+    Joining a fresh keyring (``own_keyring``) is not needed here: the run's seccomp filter refuses
+    ``keyctl``, ``add_key`` and ``request_key``, so no key can be read or left behind."""
+    if os.geteuid() == 0:
+        return {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+    return {}
 
 
 @functools.cache
@@ -159,24 +216,63 @@ def inside_dir() -> Path:
     return copy
 
 
+# Run by the probe's supervisor as a child, under both filters: each call must be refused as a run's
+# would be (prints: not PID 1, io_uring_setup's errno, memfd_create's, personality(ADDR_NO_RANDOMIZE)'s).
+_PROBE_CODE = """import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def errno_of(*args):
+    return ctypes.get_errno() if libc.syscall(*args) == -1 else 0
+print(os.getpid() != 1, errno_of({io_uring}, 1, None), errno_of({memfd}, b"probe", 0), errno_of({personality}, 0x40000))
+"""
+_PROBE_EXPECTED = f"True {errno.ENOSYS} {errno.EPERM} {errno.EPERM}"
+
+
 @functools.cache
 def probe(python: str | None) -> Capability:
-    """Can this process start a sandbox? (A real one, with the same flags every run gets.)"""
+    """Can this process start a sandbox? (A real one, with the flags and filters every run gets.)"""
     bwrap = find_bwrap()
     if python is None:
         return Capability(bwrap, False, "no Python interpreter under /usr for the sandbox")
     if bwrap is None:
         return Capability(None, False, "bubblewrap (bwrap) is not installed")
-    argv = bwrap_argv(bwrap, [python, "-I", "-c", "import os; print(os.getpid())"], disk_mb=1)
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT_S, check=False,
-                              preexec_fn=bwrap_preexec())
+        programs = seccomp.programs()
+    except seccomp.SeccompUnavailable as exc:
+        return Capability(bwrap, False, f"no seccomp filter for the runs: {exc}")
+    numbers = {name: seccomp.syscall_number(name) for name in ("io_uring_setup", "memfd_create", "personality")}
+    code = _PROBE_CODE.format(io_uring=numbers["io_uring_setup"], memfd=numbers["memfd_create"],
+                              personality=numbers["personality"])
+    job = {"mode": "run", "files": {}, "limits": {"cpu_s": 10, "memory_mb": 256, "address_space_mb": 0, "file_mb": 1,
+                                                  "processes": 16, "open_files": 64},
+           "seccomp": [base64.b64encode(programs.child).decode()],
+           "run": {"argv": [python, "-I", "-S", "-c", code], "timeout_s": PROBE_TIMEOUT_S / 2, "stdin": ""}}
+    fd = seccomp.program_fd(programs.run)
+    argv = bwrap_argv(bwrap, supervisor_command(python, inside_path=MOUNTED_INSIDE_DIR),
+                      sizes=tmpfs_sizes(disk_mb=1, memory_mb=4), seccomp_fd=fd)
+    try:
+        done = subprocess.run(argv, input=json.dumps(job).encode(), capture_output=True, timeout=PROBE_TIMEOUT_S,
+                              check=False, pass_fds=(fd,), **bwrap_spawn_options())
     except (OSError, subprocess.SubprocessError) as exc:
         return Capability(bwrap, False, f"bwrap failed to start: {type(exc).__name__}: {exc}")
-    if done.returncode != 0 or done.stdout.strip() != b"1":
+    finally:
+        os.close(fd)
+    seen = _probe_output(done.stdout)
+    if done.returncode != 0 or seen is None:
         reason = done.stderr.decode("utf-8", "replace").strip()[:300] or f"exit {done.returncode}"
         return Capability(bwrap, False, f"bwrap cannot create the run's namespaces here: {reason}")
-    return Capability(bwrap, True, "namespaces")
+    if seen != _PROBE_EXPECTED:
+        return Capability(bwrap, False, f"the seccomp filter is not in force in the sandbox (probe saw {seen!r}, "
+                                        f"expected {_PROBE_EXPECTED!r})")
+    return Capability(bwrap, True, "namespaces", seccomp=f"{len(programs.denied)} system calls refused")
+
+
+def _probe_output(stdout: bytes) -> str | None:
+    """The probe program's printed line, out of the supervisor's JSON result (None: no result)."""
+    try:
+        result = json.loads(stdout)
+        return base64.b64decode(result["run"]["stdout"]).decode().strip()
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def supervisor_command(python: str, *, inside_path: str) -> list[str]:

@@ -50,7 +50,8 @@ def _failed(message: str) -> RunCodeResponse:
     return RunCodeResponse(status="Failed", message=message, executor_pod_name=socket.gethostname())
 
 
-async def run_code(req: RunCodeRequest, settings: Settings | None = None) -> RunCodeResponse:
+async def run_code(req: RunCodeRequest, settings: Settings | None = None, *,
+                   project: str | None = None) -> RunCodeResponse:
     settings = settings or get_settings()
     language = languages.resolve(req.language)
     if language is None:
@@ -67,7 +68,7 @@ async def run_code(req: RunCodeRequest, settings: Settings | None = None) -> Run
     run_timeout = req.run_timeout if req.run_timeout is not None else settings.sandbox_timeout_s
     job = _job(req, language, tool, settings, memory_mb=memory_mb, run_timeout=run_timeout)
     limit = run_timeout + (req.compile_timeout if language.compile_argv else 0.0)
-    result = await runner.execute(job, limit_s=limit, settings=settings)
+    result = await runner.execute(job, limit_s=limit, settings=settings, project=project)
     return to_response(result, settings)
 
 

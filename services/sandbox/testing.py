@@ -65,7 +65,8 @@ def _budget(req: SandboxTestsRequest) -> float:
     return req.budget_s if req.budget_s is not None else req.timeout_s * len(req.tests)
 
 
-async def run_tests(req: SandboxTestsRequest, settings: Settings | None = None) -> SandboxTestsResponse:
+async def run_tests(req: SandboxTestsRequest, settings: Settings | None = None, *,
+                    project: str | None = None) -> SandboxTestsResponse:
     settings = settings or get_settings()
     started = time.monotonic()
     isolation = settings.sandbox_isolation
@@ -74,7 +75,7 @@ async def run_tests(req: SandboxTestsRequest, settings: Settings | None = None) 
     except runner.SandboxUnavailable as exc:
         return SandboxTestsResponse(tests=[], fault=str(exc), isolation=isolation, wall_s=0.0)
     # The whole budget, plus one test's time: the last test may start just before the budget ends.
-    result = await runner.execute(job, limit_s=_budget(req) + req.timeout_s, settings=settings)
+    result = await runner.execute(job, limit_s=_budget(req) + req.timeout_s, settings=settings, project=project)
     wall_s = round(time.monotonic() - started, 6)
     if result.fault is not None:
         return SandboxTestsResponse(tests=[], fault=result.fault, isolation=isolation, wall_s=wall_s)

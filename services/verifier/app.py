@@ -14,6 +14,7 @@ from services.common.auth import Principal, require_roles
 from services.common.models import Role
 from services.common.reward_api import GradeRequest, GradeResponse, merge, screen, summarise
 from services.common.sandbox_api import RunCodeRequest, RunCodeResponse
+from services.common.service_client import tenant_of, tenant_var
 from services.verifier import grading, run_code
 
 router = APIRouter(tags=["verifier"])
@@ -28,9 +29,12 @@ async def grade(body: GradeRequest, request: Request, _principal: Principal = De
     """Grade a batch against a resolved spec (the gateway's `/v1/rewards` forwards here)."""
     # Graders that call other services (rubric) do so with the caller's key and project scope.
     auth = request.headers.get("authorization")
+    tenant_var.set(tenant_of(_principal.key_id, _principal.project_ids, _principal.all_projects))
     # An item that cannot be graded (NUL, lone surrogate, oversized, too deep, NaN) is its own
     # invalid_input result; the rest of the batch is graded as usual.
     gradable, invalid = screen(body.items)
+    for result in invalid.values():
+        grading.observe(body.spec, result)
     if body.stream:
         async def lines() -> AsyncIterator[bytes]:
             for result in invalid.values():
@@ -53,6 +57,7 @@ async def sandbox_run_code(body: RunCodeRequest,
                            _principal: Principal = Depends(graders_only)) -> dict[str, object]:
     """SandboxFusion-compatible code execution, run by the sandbox service (user-code failures are
     `Failed`, platform faults `SandboxError`)."""
+    tenant_var.set(tenant_of(_principal.key_id, _principal.project_ids, _principal.all_projects))
     return await run_code.forward_run_code(body.model_dump(mode="json"))
 
 

@@ -128,6 +128,8 @@ def assert_no_secret(deployed: Deployment, text: str) -> None:
 def record(deployed: Deployment, attack: str, answer: dict[str, Any]) -> None:
     run = answer.get("run_result") or {}
     status = f"{answer['status']} / {run.get('status')} rc={run.get('return_code')}"
+    if "limit exceeded" in answer.get("message", ""):
+        status += f" ({answer['message'].split(';')[0]})"
     deployed.table.append((attack, "contained", status))
 
 
@@ -249,10 +251,168 @@ except OSError:
 print("\n".join(out))
 '''
 
+# Memory outside the resident sets: tmpfs files, memfd pages, shared anonymous mappings. Each runs
+# at MEMORY_MB: the mounts are capped at half / a quarter / a quarter of it and count into it.
+MEMORY_MB = 64
+FILL = r'''
+import os
+written = 0
+try:
+    for n in range(10_000):
+        with open(f"{directory}/fill{{n}}", "wb") as f:
+            for _ in range(16):
+                f.write(b"x" * (1 << 20))
+                written += 1
+except OSError as exc:
+    print("refused after", written, "MiB errno", exc.errno, flush=True)
+print("wrote", written, "MiB")
+'''
+FILL_ALL = r'''
+import os, time
+for directory in ("/work", "/tmp", "/dev/shm"):
+    try:
+        for n in range(10_000):
+            with open(f"{directory}/fill{n}", "wb") as f:
+                f.write(b"x" * (1 << 20))
+    except OSError as exc:
+        print(directory, "refused errno", exc.errno, flush=True)
+time.sleep(5)  # holding the mounts full: the resident set plus these files is over the limit
+print("SURVIVED")
+'''
+MEMFD = r'''
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+for attempt in ("os", "ctypes"):
+    try:
+        fd = os.memfd_create("hold") if attempt == "os" else libc.syscall({memfd}, b"hold", 0)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "memfd_create")
+        for _ in range(2 * {memory_mb}):
+            os.write(fd, b"x" * (1 << 20))
+        print("HELD", attempt)
+    except OSError as exc:
+        print("refused", attempt, exc.errno)
+'''
+SHARED_MAPPING = r'''
+import mmap, os
+try:
+    one = mmap.mmap(-1, 2 * {memory_mb} << 20, mmap.MAP_SHARED)  # MAP_SHARED | MAP_ANONYMOUS
+    one[::4096] = b"x" * len(one[::4096])
+    print("MAPPED 2x the limit")
+except OSError as exc:
+    print("refused errno", exc.errno, flush=True)
+# under the address-space limit per process, beyond the run's limit together
+for _ in range(4):
+    if os.fork() == 0:
+        part = mmap.mmap(-1, ({memory_mb} // 2) << 20, mmap.MAP_SHARED)
+        part[::4096] = b"x" * len(part[::4096])
+        import time
+        time.sleep(30)
+        os._exit(0)
+import time
+time.sleep(30)
+print("SURVIVED")
+'''
+SYSV = r'''
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+for name, number, args in (("shmget", {shmget}, (0, 64 << 20, 0o1600)), ("msgget", {msgget}, (0, 0o1600))):
+    result = libc.syscall(number, *args)
+    print(name, "CREATED" if result >= 0 else f"refused {{ctypes.get_errno()}}")
+'''
+
+
+def _memory_attacks() -> dict[str, tuple[str, dict[str, Any]]]:
+    from services.sandbox import seccomp
+
+    numbers = {name: seccomp.syscall_number(name) for name in ("memfd_create", "shmget", "msgget")}
+    return {
+        "fill /tmp (tmpfs)": (FILL.format(directory="/tmp"), {}),
+        "fill /dev/shm (tmpfs)": (FILL.format(directory="/dev/shm"), {}),
+        "fill /work (tmpfs)": (FILL.format(directory="/work"), {}),
+        "fill /work, /tmp and /dev/shm together and hold them": (FILL_ALL, {}),
+        "memfd_create + write 2x the limit": (MEMFD.format(memfd=numbers["memfd_create"], memory_mb=MEMORY_MB), {}),
+        "mmap MAP_SHARED|MAP_ANONYMOUS beyond the limit (1 and 4 processes)":
+            (SHARED_MAPPING.format(memory_mb=MEMORY_MB), {}),
+        "System V shm / message queue held after detach": (SYSV.format(**numbers), {}),
+    }
+
+
+# Each refused family, by number, from Python's ctypes: (call, arguments, errno the filter answers).
+# Arguments are ones the kernel would accept, or refuse otherwise, without the filter.
+SECCOMP_CALLS: list[tuple[str, tuple[Any, ...], str]] = [
+    ("io_uring_setup", (8, 0), "ENOSYS"), ("io_uring_enter", (0, 0, 0, 0, 0, 0), "ENOSYS"),
+    ("io_uring_register", (0, 0, 0, 0), "ENOSYS"), ("memfd_create", (b"x", 0), "EPERM"),
+    ("memfd_secret", (0,), "EPERM"), ("userfaultfd", (1,), "EPERM"), ("bpf", (0, 0, 0), "EPERM"),
+    ("perf_event_open", (0, 0, -1, -1, 0), "EPERM"), ("keyctl", (1, 0), "EPERM"),
+    ("add_key", (b"user", b"rh", b"v", 1, -2), "EPERM"), ("request_key", (b"user", b"rh", 0, 0), "EPERM"),
+    ("kexec_load", (0, 0, 0, 0), "EPERM"), ("kexec_file_load", (-1, -1, 0, 0, 0), "EPERM"),
+    ("init_module", (0, 0, b""), "EPERM"), ("finit_module", (-1, b"", 0), "EPERM"),
+    ("delete_module", (b"x", 0), "EPERM"), ("mount", (b"none", b"/tmp", b"tmpfs", 0, 0), "EPERM"),
+    ("umount2", (b"/tmp", 0), "EPERM"), ("pivot_root", (b"/tmp", b"/tmp"), "EPERM"),
+    ("open_tree", (-100, b"/tmp", 0), "EPERM"), ("move_mount", (-1, b"", -1, b"", 0), "EPERM"),
+    ("fsopen", (b"tmpfs", 0), "EPERM"), ("fsmount", (-1, 0, 0), "EPERM"), ("fspick", (-100, b"/tmp", 0), "EPERM"),
+    ("unshare", (0x00020000,), "EPERM"), ("setns", (-1, 0), "EPERM"),
+    ("clone", (0x10000000 | 17, 0, 0, 0, 0), "EPERM"), ("clone", (0x40000000 | 17, 0, 0, 0, 0), "EPERM"),
+    ("clone3", (0, 0), "ENOSYS"), ("ptrace", (0, 0, 0, 0), "EPERM"),
+    ("process_vm_readv", (1, 0, 0, 0, 0, 0), "EPERM"), ("process_vm_writev", (1, 0, 0, 0, 0, 0), "EPERM"),
+    ("personality", (0x0040000,), "EPERM"), ("personality", (0x0400000,), "EPERM"),
+    ("acct", (0,), "EPERM"), ("swapon", (b"/tmp/swap", 0), "EPERM"), ("swapoff", (b"/tmp/swap",), "EPERM"),
+    ("reboot", (0, 0, 0, 0), "EPERM"), ("ioperm", (0, 1, 1), "EPERM"), ("iopl", (3,), "EPERM"),
+]
+SECCOMP_PYTHON = r'''
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+for name, number, args in {calls!r}:
+    result = libc.syscall(number, *args)
+    if result == 0 and name == "clone":
+        os._exit(0)  # a clone the filter let through: the copy must not run on
+    print(name, errno.errorcode.get(ctypes.get_errno(), "?") if result == -1 else f"ALLOWED {{result}}", flush=True)
+print("x32 next", flush=True)
+libc.syscall(0x40000000 | 39)  # getpid on the x32 ABI: the filter kills the process
+print("X32 ALLOWED")
+'''
+SECCOMP_CPP = r'''
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <unistd.h>
+static void show(const char* name, long result) {{
+  printf("%s %s\n", name, result == -1 ? strerrorname_np(errno) : "ALLOWED");
+  fflush(stdout);
+}}
+int main() {{
+{calls}
+  printf("int80 next\n");
+  fflush(stdout);
+  long result;
+  asm volatile("int $0x80" : "=a"(result) : "a"(20) : "memory");  // getpid, 32-bit ABI: killed
+  printf("INT80 ALLOWED %ld\n", result);
+}}
+'''
+
+
+def _seccomp_programs() -> tuple[str, str, list[str]]:
+    """The ctypes program, the C++ program and the lines each must print, numbers resolved here."""
+    from services.sandbox import seccomp
+
+    calls = [(name, seccomp.syscall_number(name), args, expected) for name, args, expected in SECCOMP_CALLS]
+    known = [(name, number, args, expected) for name, number, args, expected in calls if number is not None]
+    python = SECCOMP_PYTHON.format(calls=[(name, number, args) for name, number, args, _ in known])
+
+    def c_arg(value: Any) -> str:
+        return '"' + value.decode() + '"' if isinstance(value, bytes) else f"{value}L"
+
+    cpp_calls = "\n".join(f'  show("{name}", syscall({number}{"".join(", " + c_arg(a) for a in args)}));'
+                           for name, number, args, _ in known if name != "clone")
+    cpp = SECCOMP_CPP.format(calls=cpp_calls)
+    return python, cpp, [f"{name} {expected}" for name, _, _, expected in known]
+
 
 def test_attacks_are_contained(deployment: Deployment) -> None:
     deployed = deployment
-    uid_processes_before = _processes_of(deployed.sandbox.uid)
+    runs_before = _run_processes(deployed.sandbox.uid)
     with HealthWatch(deployed.services()) as health:
         # 1. Other processes' environment and command lines (the service's secrets).
         answer = run_code(deployed, READ_PROCESSES)
@@ -318,27 +478,63 @@ def test_attacks_are_contained(deployment: Deployment) -> None:
                 assert "-> -1" in line, line
         record(deployed, "raise rlimits; ctypes unshare/ptrace/mount/setuid; write /usr; read /proc/1/mem", answer)
 
+        # 9. Memory no resident set shows: each ends in the memory limit or a clean refusal, and never
+        #    holds more than the run's tmpfs caps (half + a quarter + a quarter of the limit).
+        for name, (code, extra) in _memory_attacks().items():
+            answer = run_code(deployed, code, memory_limit_MB=MEMORY_MB, run_timeout=10, **extra)
+            text = output(answer)
+            for forbidden in ("HELD", "MAPPED", "SURVIVED", "CREATED"):
+                assert forbidden not in text, (name, text)
+            if "wrote" in text:
+                cap = MEMORY_MB // 2 if "/work" in name else MEMORY_MB // 4
+                assert int(text.split("wrote ", 1)[1].split()[0]) <= cap, (name, text)
+            limited = "memory limit exceeded" in answer["message"]
+            assert limited or "refused" in text, (name, answer)
+            if "together" in name:  # files count into memory_limit_MB, with the resident set
+                assert limited, answer
+            record(deployed, name, answer)
+
+        # 10. The seccomp filter: every refused family, from ctypes and from C++; other ABIs are killed.
+        python_code, cpp_code, expected = _seccomp_programs()
+        for language, code, other_abi in (("python", python_code, "x32"), ("cpp", cpp_code, "int80")):
+            answer = run_code(deployed, code, language=language)
+            lines = output(answer).splitlines()
+            # the C++ program leaves out raw clone (a clone that got through would run on as a copy)
+            wanted = [line for line in expected if language == "python" or not line.startswith("clone ")]
+            assert lines[:len(wanted)] == wanted, (language, output(answer))
+            assert f"{other_abi} next" in lines and f"{other_abi.upper()} ALLOWED" not in output(answer), lines
+            assert answer["run_result"]["return_code"] == -31, answer  # SIGSYS: the foreign ABI's call
+            record(deployed, f"seccomp: {len(wanted)} refused calls via {language}, then a {other_abi} call", answer)
+
     assert health.misses == [], f"/healthz missed during the attacks: {health.misses}"
     assert health.polls > 0
     deployed.table.append(("/healthz of gateway, verifier, sandbox throughout", "every poll 200",
                            f"{health.polls} polls, slowest {health.worst_s:.2f}s"))
     assert all(alive(service) for service in deployed.services())
-    assert _processes_of(deployed.sandbox.uid) <= uid_processes_before, "a run left processes behind"
+    left = _run_processes(deployed.sandbox.uid) - runs_before
+    assert not left, f"runs left processes behind: {left}"
 
 
-def _processes_of(uid: int) -> int:
-    """Processes of ``uid`` and of nobody (what runs become when the service is root)."""
-    count = 0
+def _run_processes(uid: int) -> set[int]:
+    """Processes of ``uid`` or nobody (what runs become when the service is root) that belong to a
+    sandbox run: working in a run's dir (``/work`` inside, ``rewardhub-run-*`` in the weak mode) or
+    being a run's ``bwrap``/supervisor. (The machine may run other tests' services as the same uid,
+    so counting every process of the uid would measure them too.)"""
+    found = set()
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                status = Path(f"/proc/{entry}/status").read_text()
-            except OSError:
+        if not entry.isdigit():
+            continue
+        try:
+            real = int(Path(f"/proc/{entry}/status").read_text().split("Uid:")[1].split()[0])
+            if real not in (uid, 65534) or real == 0:
                 continue
-            real = int(status.split("Uid:")[1].split()[0])
-            if real in (uid, 65534) and real != 0:
-                count += 1
-    return count
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if cwd.startswith("/work") or "rewardhub-run-" in cwd or b"supervisor.py" in cmdline or b"bwrap" in cmdline:
+            found.add(int(entry))
+    return found
 
 
 GAMING_ENDINGS = ["import sys\nsys.exit(0)", "raise SystemExit", "import os\nos._exit(0)",
