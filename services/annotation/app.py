@@ -8,12 +8,23 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.annotation import accounts, notifications, purchases, queue
-from services.annotation.models import AnnotationProject, Annotator, AnnotatorMembership, Policy
+from services.annotation import accounts, notifications, purchases, queue, webhooks
+from services.annotation.models import (
+    AnnotationProject,
+    Annotator,
+    AnnotatorMembership,
+    Assignment,
+    AssignmentState,
+    DeliveryState,
+    Policy,
+    Task,
+    TaskStatus,
+    WebhookDelivery,
+)
 from services.annotation.schemas import (
     AdjudicationOut,
     AdjudicationView,
@@ -41,11 +52,14 @@ from services.annotation.schemas import (
     Submission,
     TaskView,
     UndoOut,
+    WebhookDeliveriesOut,
+    WebhookDeliveryOut,
     WebhookSecretOut,
 )
+from services.common import metrics
 from services.common.app_factory import create_service_app
 from services.common.auth import Principal, get_accessible_project, require_roles
-from services.common.db import get_session, session_scope
+from services.common.db import get_session, session_factory, session_scope, utcnow
 from services.common.errors import Conflict, InvalidInput, NotFound
 from services.common.models import Role
 from services.common.validation import ID_PATTERN
@@ -188,6 +202,37 @@ def rotate_webhook_secret(annotation_project_id: ProjectPath, principal: Princip
     project = purchases.lock_project(session, annotation_project_id)
     project.webhook_secret = purchases.new_webhook_secret()
     return WebhookSecretOut(webhook_secret=project.webhook_secret)
+
+
+def _delivery_out(row: WebhookDelivery) -> WebhookDeliveryOut:
+    out = WebhookDeliveryOut.model_validate(row)
+    if row.state is not DeliveryState.pending:
+        out.next_attempt_at = None  # only a pending delivery has a next attempt
+    return out
+
+
+@router.get("/projects/{annotation_project_id}/webhook-deliveries", response_model=WebhookDeliveriesOut)
+def list_webhook_deliveries(annotation_project_id: ProjectPath,
+                            state: DeliveryState | None = Query(default=None, description="Only this state."),
+                            offset: int = Query(default=0, ge=0), limit: int = Query(default=100, ge=1, le=500),
+                            principal: Principal = Depends(admins),
+                            session: Session = Depends(get_session)) -> WebhookDeliveriesOut:
+    """The project's webhook deliveries, newest first: state, attempts, last status or error."""
+    accessible(session, principal, annotation_project_id)
+    rows, total = webhooks.list_deliveries(session, annotation_project_id, state=state, offset=offset, limit=limit)
+    return WebhookDeliveriesOut(deliveries=[_delivery_out(r) for r in rows], total=total, offset=offset, limit=limit)
+
+
+@router.post("/projects/{annotation_project_id}/webhook-deliveries/{delivery_id}/redeliver",
+             response_model=WebhookDeliveryOut, status_code=202)
+def redeliver_webhook(annotation_project_id: ProjectPath, delivery_id: ItemPath, principal: Principal = Depends(admins),
+                      session: Session = Depends(get_session)) -> WebhookDeliveryOut:
+    """Send a failed delivery again (same delivery id, attempts counted afresh) to the current webhook URL,
+    signed with the current secret. A delivery that is not failed is 409 `delivery_not_failed`."""
+    accessible(session, principal, annotation_project_id)
+    row = webhooks.redeliver(session, annotation_project_id, delivery_id)
+    session.flush()
+    return _delivery_out(row)
 
 
 @router.put("/projects/{annotation_project_id}/answer-key", response_model=AnswerKeyOut)
@@ -420,9 +465,27 @@ def adjudicate(annotation_project_id: ProjectPath, task_id: ItemPath, body: Deci
     return queue.adjudicate(session, annotation_project_id, annotator.id, task_id, body, now=now)
 
 
+def _queue_depth() -> dict[tuple[str, ...], float]:
+    """Tasks by status and leases by state (live or expired, not yet taken up), over every project."""
+    now = utcnow()
+    with session_factory()() as session:
+        tasks = session.execute(select(Task.status, func.count(Task.id)).group_by(Task.status)).all()
+        leases = session.execute(
+            select(Assignment.expires_at > now, func.count(Assignment.id))
+            .where(Assignment.state == AssignmentState.active).group_by(Assignment.expires_at > now)).all()
+    depth: dict[tuple[str, ...], float] = {("task", status.value): 0.0 for status in TaskStatus}
+    depth.update({("task", TaskStatus(status).value): float(count) for status, count in tasks})
+    depth.update({("lease", "live" if live else "expired"): float(count) for live, count in leases})
+    return depth
+
+
 def create_app() -> FastAPI:
     from services.annotation.webui_routes import router as webui_router  # imported here: it uses request_time
 
+    # Read at scrape time, from the database every replica shares; registered once per process.
+    metrics.register_collector("annotation_queue_depth", metrics.ScrapeGauge(
+        "rewardhub_annotation_queue_depth", "Annotation tasks by status, and active leases live or expired",
+        ["kind", "state"], _queue_depth))
     return create_service_app(
         "annotation", [router, trainer_router, queue_router, webui_router], title="rewardhub annotation",
         description="CARE active annotation: pseudo-labels from rollout groups, budgeted label purchases, "

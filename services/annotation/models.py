@@ -378,3 +378,46 @@ class LoginAttempt(Base):
     scope: Mapped[str] = mapped_column(String(16))  # "account" or "address"
     subject: Mapped[str] = mapped_column(String(64))
     attempted_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class DeliveryState(enum.StrEnum):
+    """Where one webhook delivery stands (services/annotation/webhooks.py)."""
+
+    pending = "pending"  # waiting for its next attempt (``next_attempt_at``)
+    delivering = "delivering"  # leased by a sender until ``lease_until``
+    delivered = "delivered"  # the receiver answered 2xx
+    failed = "failed"  # dead: out of attempts, or refused for good; kept for the admin to redeliver
+
+
+class WebhookDelivery(Base):
+    """One webhook message to a project's receiver: a transactional-outbox row.
+
+    Written in the same transaction as the label change it announces, so a rolled-back label
+    leaves no row and a committed one is never lost to a restart. The target is a reference: each
+    attempt reads the project's current ``webhook_url`` and ``webhook_secret`` (no secret, and no
+    URL that may carry credentials, is copied here), so an admin who fixes a broken URL can
+    redeliver. ``id`` is the ``X-Rewardhub-Delivery`` header, the same on every attempt.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+                      Index("ix_webhook_deliveries_project", "annotation_project_id", "created_at"))
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=ordered_id)
+    annotation_project_id: Mapped[str] = mapped_column(ForeignKey("annotation_projects.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(String(32), default=new_id)
+    event_type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[DeliveryState] = mapped_column(_enum(DeliveryState), default=DeliveryState.pending)
+    # Attempts started so far (counted when a sender claims the row, so a sender that dies mid-send
+    # still uses one up and a row that kills its senders cannot loop forever).
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Redacted: no secret, no URL credentials or query string (webhooks.describe_error).
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -1,13 +1,17 @@
-"""Telling trainers that labels arrived: a signed, retried webhook and a Server-Sent-Events stream.
+"""Telling trainers that labels arrived: a signed webhook and a Server-Sent-Events stream.
 
-Label changes are collected on the session while its transaction runs and sent only after it
-commits (a rolled-back label is never announced). The webhook is best-effort with retries; the
-label feed (``GET …/labels?cursor=``) is the durable record a client catches up from. The SSE
-stream reads that same feed, woken at once by commits in this process and by a short poll for
-commits made by other replicas.
+A label change with a webhook configured writes a delivery row in the label's own transaction
+(the outbox in ``services/annotation/webhooks.py``): a rolled-back label is never announced and a
+committed one survives restarts; senders retry it with backoff (``services/annotation/tasks.py``).
+This module holds what every attempt does: sign, check the URL (SSRF guard) and POST once. The
+label feed (``GET …/labels?cursor=``) stays the record a client catches up from. The SSE stream
+reads that same feed, woken at once by commits in this process and by a short poll for commits
+made by other replicas.
 
 Webhook signature: ``X-Rewardhub-Signature: sha256=<hex HMAC-SHA256(secret, f"{timestamp}." + body)>``
-with ``X-Rewardhub-Timestamp`` (Unix seconds); check it with ``verify_signature``.
+with ``X-Rewardhub-Timestamp`` (Unix seconds); check it with ``verify_signature``. Each delivery
+carries ``X-Rewardhub-Delivery`` (the same on every attempt: receivers deduplicate on it) and
+``X-Rewardhub-Delivery-Attempt`` (1, 2, ...).
 
 Where a webhook may point (SSRF guard). A webhook URL is chosen by a project admin but fetched
 from inside the platform's network, so it could aim at the metadata service (169.254.169.254),
@@ -32,18 +36,13 @@ import logging
 import socket
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from sqlalchemy import event
 from sqlalchemy.orm import Session
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
-from tenacity.wait import wait_base
 
 from services.common.errors import InvalidInput
 from services.common.settings import get_settings
@@ -53,6 +52,9 @@ log = logging.getLogger("rewardhub.annotation.notifications")
 _SESSION_KEY = "annotation_label_changes"
 SIGNATURE_HEADER = "X-Rewardhub-Signature"
 TIMESTAMP_HEADER = "X-Rewardhub-Timestamp"
+# The same on every attempt of one delivery, so a receiver can drop a repeat it already processed.
+DELIVERY_HEADER = "X-Rewardhub-Delivery"
+ATTEMPT_HEADER = "X-Rewardhub-Delivery-Attempt"
 
 
 # ------------------------------------------------------------------------------------- signing
@@ -209,48 +211,49 @@ def webhook_target(url: str) -> WebhookTarget:
 class WebhookRejected(Exception):
     """The receiver answered with a status that retrying will not fix, or the URL is not allowed."""
 
-
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, httpx.TransportError):
-        return True
-    return isinstance(exc, httpx.HTTPStatusError) and (
-        exc.response.status_code >= 500 or exc.response.status_code == 429)
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
-def send_webhook(url: str, secret: str, payload: dict[str, Any], *, attempts: int | None = None,
-                 wait: wait_base | None = None, timeout_s: float | None = None,
-                 client: httpx.Client | None = None) -> int:
-    """POST the signed payload, retrying transport errors, 5xx and 429; returns the final status."""
-    settings = get_settings()
-    body = json.dumps(payload, separators=(",", ":"), default=str).encode()
-    attempts = attempts if attempts is not None else settings.http_max_retries + 1
-    own_client = client is None
-    http = client or httpx.Client(timeout=timeout_s or settings.http_timeout_s)
-    try:
-        for attempt in Retrying(stop=stop_after_attempt(attempts), reraise=True,
-                                wait=wait or wait_exponential(multiplier=0.5, max=30),
-                                retry=retry_if_exception(_retryable)):
-            with attempt:
-                target = _delivery_target(url)
-                timestamp = int(time.time())
-                response = http.post(target.url, content=body, follow_redirects=False,
-                                     extensions=target.extensions, headers={
-                    **target.headers, "Content-Type": "application/json", "User-Agent": "rewardhub-annotation",
-                    "X-Rewardhub-Event": str(payload.get("event", "labels")),
-                    "X-Rewardhub-Delivery": uuid.uuid4().hex, TIMESTAMP_HEADER: str(timestamp),
-                    SIGNATURE_HEADER: sign(secret, timestamp, body)})
-                if response.status_code >= 500 or response.status_code == 429:
-                    response.raise_for_status()
-                if response.status_code >= 400:
-                    raise WebhookRejected(f"{url} answered {response.status_code}")
-                if response.is_redirect:
-                    raise WebhookRejected(f"{url} answered a redirect ({response.status_code}); webhook deliveries "
-                                          "do not follow redirects")
-                return response.status_code
-    finally:
-        if own_client:
-            http.close()
-    raise AssertionError("unreachable")
+class WebhookUnavailable(Exception):
+    """The receiver answered 5xx or 429: the same delivery is tried again later."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def encode_payload(payload: dict[str, Any]) -> bytes:
+    """The exact bytes that are signed and sent (compact JSON)."""
+    return json.dumps(payload, separators=(",", ":"), default=str).encode()
+
+
+def post_webhook(url: str, secret: str, body: bytes, *, delivery_id: str, event_type: str, attempt: int,
+                 client: httpx.Client) -> int:
+    """One signed delivery attempt; returns the receiver's 2xx status.
+
+    The URL is checked again (SSRF guard) and the connection goes to the checked address. Raises
+    :class:`WebhookRejected` for what a retry will not fix (the URL is refused, a 4xx other than 429,
+    a redirect), :class:`WebhookUnavailable` for 5xx/429, and ``httpx.TransportError`` (a failed
+    lookup included) when the receiver could not be reached. Messages never contain the URL, which
+    may carry credentials.
+    """
+    target = _delivery_target(url)
+    timestamp = int(time.time())
+    response = client.post(target.url, content=body, follow_redirects=False, extensions=target.extensions, headers={
+        **target.headers, "Content-Type": "application/json", "User-Agent": "rewardhub-annotation",
+        "X-Rewardhub-Event": event_type, DELIVERY_HEADER: delivery_id, ATTEMPT_HEADER: str(attempt),
+        TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: sign(secret, timestamp, body)})
+    status = response.status_code
+    if status >= 500 or status == 429:
+        raise WebhookUnavailable(f"the receiver answered {status}", status)
+    if response.is_redirect or 300 <= status < 400:
+        raise WebhookRejected(f"the receiver answered a redirect ({status}); webhook deliveries do not follow "
+                              "redirects", status)
+    if status >= 400:
+        raise WebhookRejected(f"the receiver answered {status}", status)
+    return status
 
 
 def _delivery_target(url: str) -> WebhookTarget:
@@ -263,35 +266,11 @@ def _delivery_target(url: str) -> WebhookTarget:
         raise WebhookRejected(exc.message) from exc
 
 
-_EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="annotation-webhook")
-_IN_FLIGHT: set[Future[int]] = set()
-_IN_FLIGHT_LOCK = threading.Lock()
-
-
-def _dispatch(url: str, secret: str, payload: dict[str, Any]) -> None:
-    def run() -> int:
-        try:
-            return send_webhook(url, secret, payload)
-        except Exception as exc:
-            log.warning("webhook to %s failed after retries: %s", url, exc)
-            raise
-
-    future = _EXECUTOR.submit(run)
-    with _IN_FLIGHT_LOCK:
-        _IN_FLIGHT.add(future)
-    future.add_done_callback(_forget)
-
-
-def _forget(future: Future[int]) -> None:
-    with _IN_FLIGHT_LOCK:
-        _IN_FLIGHT.discard(future)
-
-
 def wait_for_webhooks(timeout_s: float = 30.0) -> None:
-    """Block until the webhooks sent so far have finished (tests, graceful shutdown)."""
-    with _IN_FLIGHT_LOCK:
-        pending = list(_IN_FLIGHT)
-    wait_futures(pending, timeout=timeout_s)
+    """Block until the sends this process started so far have finished (tests, graceful shutdown)."""
+    from services.annotation.tasks import wait_for_local_sends  # imported here: tasks imports this module
+
+    wait_for_local_sends(timeout_s)
 
 
 # --------------------------------------------------------------------------------- broadcaster
@@ -334,39 +313,35 @@ broadcaster = LabelBroadcaster()
 # -------------------------------------------------------------------- after-commit collection
 
 
-@dataclass
-class _ProjectChanges:
-    webhook_url: str | None
-    webhook_secret: str
-    labels: list[dict[str, Any]] = field(default_factory=list)
-
-
 def label_changed(session: Session, annotation_project_id: str, label: dict[str, Any] | None, *,
                   webhook_url: str | None, webhook_secret: str) -> None:
-    """Remember a label change; it is announced when (and only if) the session commits."""
-    changes: dict[str, _ProjectChanges] | None = session.info.get(_SESSION_KEY)
-    if changes is None:
-        changes = session.info[_SESSION_KEY] = {}
+    """A label changed in this session's transaction.
+
+    With a webhook configured, the label joins this transaction's delivery row for the project (the
+    outbox, written and committed or rolled back with the label; ``webhook_secret`` is not stored
+    there, each attempt reads the project's current one). SSE streams are woken after the commit.
+    """
+    from services.annotation.webhooks import add_label  # imported here: webhooks imports this module
+
+    projects: set[str] | None = session.info.get(_SESSION_KEY)
+    if projects is None:
+        projects = session.info[_SESSION_KEY] = set()
         if not event.contains(session, "after_commit", _after_commit):
             event.listen(session, "after_commit", _after_commit)
             event.listen(session, "after_soft_rollback", _after_rollback)
-    entry = changes.setdefault(annotation_project_id, _ProjectChanges(webhook_url, webhook_secret))
-    if label is not None:
-        entry.labels.append(label)
+    projects.add(annotation_project_id)
+    if webhook_url and label is not None:
+        add_label(session, annotation_project_id, label)
 
 
-def _after_rollback(session: Session, _previous_transaction: object) -> None:
-    session.info.pop(_SESSION_KEY, None)
+def _after_rollback(session: Session, previous_transaction: Any) -> None:
+    if previous_transaction.parent is None:  # the whole transaction: nothing of it will commit
+        session.info.pop(_SESSION_KEY, None)
 
 
 def _after_commit(session: Session) -> None:
-    changes: dict[str, _ProjectChanges] = session.info.pop(_SESSION_KEY, None) or {}
-    for annotation_project_id, entry in changes.items():
+    for annotation_project_id in session.info.pop(_SESSION_KEY, None) or ():
         broadcaster.notify(annotation_project_id)
-        if entry.webhook_url and entry.labels:
-            payload = {"event": "labels", "annotation_project_id": annotation_project_id, "labels": entry.labels,
-                       "label_cursor": max(int(label["seq"]) for label in entry.labels)}
-            _dispatch(entry.webhook_url, entry.webhook_secret, payload)
 
 
 # ------------------------------------------------------------------------------------------ SSE

@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from services.annotation.models import AnnotatorRole, AnswerSource, LabelKind, Policy
+from services.annotation.models import AnnotatorRole, AnswerSource, DeliveryState, LabelKind, Policy
 from services.common.validation import ID_PATTERN, NameText, StoredText
 
 # Stored text: StoredText refuses NUL and lone surrogates, naming the field.
@@ -471,3 +471,30 @@ class QueueStats(BaseModel):
                                                      "equivalence cluster, over finished tasks with k ≥ 2.")
     pseudo_label_accuracy: float | None = Field(description="Share of bought labels equal to the pseudo-label.")
     annotators: list[AnnotatorThroughput]
+
+
+class WebhookDeliveryOut(BaseModel):
+    """One webhook delivery as an admin sees it (never the secret, never the URL's credentials)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str = Field(description="Sent as `X-Rewardhub-Delivery`, the same on every attempt.")
+    event_id: str
+    event_type: str
+    state: DeliveryState = Field(description="pending, delivering, delivered or failed (out of attempts, or "
+                                 "refused for good; POST …/redeliver to try again).")
+    attempts: int
+    next_attempt_at: datetime | None = Field(description="When a pending delivery is tried next.")
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    last_attempt_at: datetime | None
+    delivered_at: datetime | None
+    payload: dict[str, Any]
+
+
+class WebhookDeliveriesOut(BaseModel):
+    deliveries: list[WebhookDeliveryOut]
+    total: int
+    offset: int
+    limit: int

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from tenacity import wait_none
 
 from services.annotation import notifications
 from services.annotation.app import create_app
@@ -199,6 +198,13 @@ class Receiver:
         self.server.server_close()
 
 
+def send_once(url: str) -> int:
+    """One delivery attempt, as the durable sender makes each (services/annotation/webhooks.py)."""
+    with httpx.Client(timeout=5) as client:
+        return notifications.post_webhook(url, "s", b'{"event":"labels"}', delivery_id="d" * 32,
+                                          event_type="labels", attempt=1, client=client)
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     server = Receiver()
@@ -213,13 +219,13 @@ def test_delivery_checks_again_so_a_dns_change_cannot_reach_loopback(guarded: Pa
     notifications.check_webhook_url(url)  # accepted when it was set...
     monkeypatch.setattr(socket, "getaddrinfo", fake_dns({"rebind.example": ["127.0.0.1"]}))
     with pytest.raises(notifications.WebhookRejected, match="not a public address"):  # ...refused when sent
-        notifications.send_webhook(url, "s", {"event": "labels"}, attempts=3, wait=wait_none())
+        send_once(url)
     assert receiver.requests == []
 
 
 def test_a_stored_loopback_url_is_not_delivered_without_the_setting(guarded: Path, receiver: Receiver) -> None:
     with pytest.raises(notifications.WebhookRejected):
-        notifications.send_webhook(receiver.url, "s", {"event": "labels"}, attempts=2, wait=wait_none())
+        send_once(receiver.url)
     assert receiver.requests == []
 
 
@@ -231,8 +237,7 @@ def test_delivery_connects_to_the_checked_address_with_the_host_name_kept(guarde
     assert target.url == f"https://127.0.0.1:{receiver.port}/hook"
     assert target.headers == {"Host": f"hooks.internal:{receiver.port}"}
     assert target.extensions == {"sni_hostname": "hooks.internal"}
-    status = notifications.send_webhook(f"http://hooks.internal:{receiver.port}/hook", "s", {"event": "labels"},
-                                        attempts=1)
+    status = send_once(f"http://hooks.internal:{receiver.port}/hook")
     assert status == 200 and receiver.requests[0]["host"] == f"hooks.internal:{receiver.port}"
 
 
@@ -242,7 +247,7 @@ def test_redirects_are_not_followed(guarded: Path, monkeypatch: pytest.MonkeyPat
     bouncer = Receiver(302, {"Location": inner.url})
     try:
         with pytest.raises(notifications.WebhookRejected, match="redirect"):
-            notifications.send_webhook(bouncer.url, "s", {"event": "labels"}, attempts=3, wait=wait_none())
+            send_once(bouncer.url)
         assert len(bouncer.requests) == 1 and inner.requests == []
     finally:
         inner.close()
@@ -258,7 +263,7 @@ def test_a_failed_lookup_at_delivery_is_retried_as_a_connection_error(guarded: P
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
     monkeypatch.setattr(socket, "getaddrinfo", fail)
-    with pytest.raises(httpx.ConnectError):
-        notifications.send_webhook("https://flaky.example/hook", "s", {"event": "labels"}, attempts=3,
-                                   wait=wait_none())
+    for _attempt in range(3):  # every attempt looks the host up again
+        with pytest.raises(httpx.ConnectError):  # a transport error: the durable sender retries it
+            send_once("https://flaky.example/hook")
     assert calls == ["flaky.example"] * 3

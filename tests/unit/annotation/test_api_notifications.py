@@ -1,4 +1,7 @@
-"""Label notifications: HMAC-signed webhooks with retries over real HTTP, and the SSE wake-up."""
+"""Label notifications: HMAC-signed webhook attempts over real HTTP, the outbox row, and the SSE wake-up.
+
+Retries, backoff, leases and restarts of the durable deliveries: tests/unit/test_webhook_delivery.py.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +14,13 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
-from tenacity import wait_none
 
 from services.annotation import notifications, purchases
 from services.annotation.app import create_app
-from services.annotation.models import Purchase
+from services.annotation.models import DeliveryState, Purchase, WebhookDelivery
 from services.common.db import session_scope
 from services.common.settings import reset_settings_cache
 from tests.conftest import Tenant, bearer
@@ -75,28 +78,36 @@ def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
     assert not notifications.verify_signature("whsec_test", "1700000000", body, signature, now=1700009999)
 
 
-def test_webhook_retries_server_errors_then_succeeds(receiver: RecordingWebhookReceiver) -> None:
-    receiver.statuses = [503, 500, 204]
-    status = notifications.send_webhook(receiver.url, "s3cret", {"event": "labels", "labels": []}, attempts=4,
-                                        wait=wait_none())
-    assert status == 204 and len(receiver.requests) == 3
-    headers, body = receiver.requests[-1]
+def post_once(url: str, secret: str = "s3cret", delivery_id: str = "d" * 32) -> int:
+    with httpx.Client(timeout=5) as client:
+        return notifications.post_webhook(url, secret, b'{"event":"labels","labels":[]}', delivery_id=delivery_id,
+                                          event_type="labels", attempt=2, client=client)
+
+
+def test_one_attempt_is_signed_and_names_its_delivery(receiver: RecordingWebhookReceiver) -> None:
+    receiver.statuses = [204]
+    assert post_once(receiver.url) == 204
+    [(headers, body)] = receiver.requests
     assert notifications.verify_signature("s3cret", headers["x-rewardhub-timestamp"], body,
                                           headers["x-rewardhub-signature"])
+    assert headers["x-rewardhub-delivery"] == "d" * 32 and headers["x-rewardhub-delivery-attempt"] == "2"
+    assert headers["x-rewardhub-event"] == "labels"
 
 
-def test_webhook_does_not_retry_a_client_error(receiver: RecordingWebhookReceiver) -> None:
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_server_errors_and_429_are_retryable(receiver: RecordingWebhookReceiver, status: int) -> None:
+    receiver.statuses = [status]
+    with pytest.raises(notifications.WebhookUnavailable) as raised:
+        post_once(receiver.url)
+    assert raised.value.status_code == status and len(receiver.requests) == 1
+
+
+def test_a_client_error_is_final_and_does_not_name_the_url(receiver: RecordingWebhookReceiver) -> None:
     receiver.statuses = [410]
-    with pytest.raises(notifications.WebhookRejected):
-        notifications.send_webhook(receiver.url, "s", {"event": "labels"}, attempts=4, wait=wait_none())
+    with pytest.raises(notifications.WebhookRejected) as raised:
+        post_once(receiver.url)
+    assert raised.value.status_code == 410 and "127.0.0.1" not in str(raised.value)
     assert len(receiver.requests) == 1
-
-
-def test_webhook_gives_up_after_the_attempts(receiver: RecordingWebhookReceiver) -> None:
-    receiver.statuses = [503, 503, 503]
-    with pytest.raises(Exception, match="503"):
-        notifications.send_webhook(receiver.url, "s", {"event": "labels"}, attempts=3, wait=wait_none())
-    assert len(receiver.requests) == 3
 
 
 def test_a_delivered_label_posts_one_signed_webhook_after_commit(sqlite_tenant: Tenant,
@@ -122,6 +133,8 @@ def test_a_delivered_label_posts_one_signed_webhook_after_commit(sqlite_tenant: 
         raise RuntimeError("roll back")
     notifications.wait_for_webhooks()
     assert receiver.requests == []
+    with session_scope() as session:
+        assert session.query(WebhookDelivery).count() == 0  # the outbox row went with the label
 
     lease = client.post(f"{BASE}/{pid}/queue/next", headers=annotator).json()
     client.post(f"{BASE}/{pid}/assignments/{lease['assignment_id']}/submit",
@@ -130,6 +143,10 @@ def test_a_delivered_label_posts_one_signed_webhook_after_commit(sqlite_tenant: 
     [(headers, body)] = receiver.requests
     assert notifications.verify_signature(made["webhook_secret"], headers["x-rewardhub-timestamp"], body,
                                           headers["x-rewardhub-signature"])
+    with session_scope() as session:
+        [delivery] = session.query(WebhookDelivery).all()
+        assert delivery.state is DeliveryState.delivered and delivery.attempts == 1
+        assert headers["x-rewardhub-delivery"] == delivery.id
     payload = json.loads(body)
     assert payload["event"] == "labels" and payload["annotation_project_id"] == pid
     assert [(x["prompt_id"], x["label"], x["seq"]) for x in payload["labels"]] == [("a", "1", 1)]
