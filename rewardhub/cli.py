@@ -47,12 +47,16 @@ def up(
     import uvicorn
 
     from rewardhub.embedded import bootstrap, build_embedded_app
-    from services.common.logging import configure_logging, mask_url
+    from services.common.logging import configure_logging, logging_config, mask_url
 
     settings = _settings()
     configure_logging("embedded", settings.log_level, json_logs=False)
     boot = bootstrap(settings)
     application = build_embedded_app()
+    if not settings.redis_url:
+        from services.common.tasks import start_embedded_sweeping
+
+        start_embedded_sweeping()
     url = f"http://{host}:{port}"
     console.print(f"[bold green]rewardhub[/] is up at [link={url}]{url}[/]  (API docs: {url}/docs)")
     console.print(f"database: {mask_url(settings.effective_database_url)}")
@@ -60,14 +64,17 @@ def up(
         console.print(f"first admin key (shown once, also saved to {boot.admin_key_file}):")
         console.print(f"  [bold]{boot.admin_key}[/]")
     elif boot.admin_key:
-        console.print(f"admin key (from {boot.admin_key_file}): [bold]{boot.admin_key}[/]")
+        # Shown once: later starts only say where it is (terminal scrollback and CI logs keep secrets).
+        console.print(f"admin key: saved in {boot.admin_key_file} (shown once, on the first start)")
     else:
         console.print("an admin key exists already; make another with `rewardhub keys create --role admin`")
     console.print(f"default project id: {boot.project_id}")
     console.print("Press Ctrl-C to stop.")
     # Trainers hold connections open between steps; outlive their idle gaps (uvicorn's default is 5 s).
+    # uvicorn applies rewardhub's logging config, not its own: its lines get the same format and filters.
     uvicorn.run(application, host=host, port=port, log_level=log_level, lifespan="on",
-                timeout_keep_alive=KEEP_ALIVE_S)
+                timeout_keep_alive=KEEP_ALIVE_S,
+                log_config=logging_config("embedded", settings.log_level, json_logs=False))
     console.print("rewardhub stopped.")
 
 
@@ -82,7 +89,7 @@ def serve(
     import uvicorn
 
     from rewardhub.service_map import SERVICES
-    from services.common.logging import configure_logging, mask_url
+    from services.common.logging import configure_logging, logging_config, mask_url
 
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; known: {', '.join(sorted(SERVICES))}",
@@ -94,8 +101,11 @@ def serve(
         mask_url(settings.effective_database_url), mask_url(settings.redis_url) if settings.redis_url else "in-process")
     os.environ["REWARDHUB_SERVICE"] = service
     module, _, factory = SERVICES[service].partition(":")
+    # rewardhub's logging config as uvicorn's own (applied in each of its worker processes too): its
+    # error and access lines are JSON, with the request id, through the secret-masking filter.
     uvicorn.run(f"{module}:{factory}", factory=True, host=host, port=port, workers=workers,
-                log_level=settings.log_level.lower(), access_log=False, timeout_keep_alive=KEEP_ALIVE_S)
+                log_level=settings.log_level.lower(), access_log=True, timeout_keep_alive=KEEP_ALIVE_S,
+                log_config=logging_config(service, settings.log_level, settings.log_json))
 
 
 @app.command()
@@ -112,8 +122,12 @@ def worker(
     if not settings.redis_url:
         raise typer.BadParameter("REDIS_URL is not set: a worker needs a broker (the embedded default "
                                  "runs tasks in-process)", param_hint="REDIS_URL")
+    # Celery's setup_logging signal (services/common/tasks.py) applies the same again in the worker,
+    # so Celery installs none of its own handlers.
     configure_logging("worker", settings.log_level, settings.log_json)
-    celery_app.worker_main(["worker", f"--queues={queues}", f"--concurrency={concurrency}",
+    # With JSON logs, no start-up banner (celery's --quiet): every line the worker writes is JSON.
+    quiet = ["--quiet"] if settings.log_json else []
+    celery_app.worker_main([*quiet, "worker", f"--queues={queues}", f"--concurrency={concurrency}",
                             f"--pool={pool}", f"--loglevel={settings.log_level}"])
 
 

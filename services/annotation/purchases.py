@@ -62,6 +62,7 @@ from services.annotation.schemas import (
 from services.common import idempotency
 from services.common.db import utcnow
 from services.common.errors import Conflict, InvalidInput, NotFound
+from services.common.metrics import ANNOTATION_LABELS_BOUGHT
 
 # ---------------------------------------------------------------------------------------- locks
 
@@ -450,6 +451,8 @@ def record_purchase(session: Session, project: AnnotationProject, group: Rollout
                         purchased_at=now)
     session.add(purchase)
     project.labels_bought += 1
+    # Counted when spent (a transaction that then fails to commit is counted too: rare, and bounded).
+    ANNOTATION_LABELS_BOUGHT.labels(project.answer_source.value).inc()
     return purchase
 
 

@@ -60,6 +60,7 @@ from services.annotation.schemas import (
 )
 from services.common.db import utcnow
 from services.common.errors import Conflict, Forbidden, InvalidInput, NotFound
+from services.common.metrics import ANNOTATION_LEASES_EXPIRED
 
 MAX_PICK_ATTEMPTS = 50
 
@@ -219,6 +220,7 @@ def next_task(session: Session, annotation_project_id: str, annotator_id: str, *
                               annotator_id=annotator_id, leased_at=now, expires_at=expires)
             session.add(mine)
         else:  # the annotator's own lease had expired; take it up again
+            ANNOTATION_LEASES_EXPIRED.labels("re_lease").inc()
             mine.leased_at, mine.expires_at = now, expires
         task.version += 1
         session.flush()
@@ -245,6 +247,7 @@ def _require_live(assignment: Assignment, now: datetime) -> None:
         raise Conflict(f"this assignment was already {assignment.state.value}", field="assignment_id",
                        code="lease_not_active")
     if assignment.expires_at <= now:
+        ANNOTATION_LEASES_EXPIRED.labels("late_action").inc()
         raise Conflict(f"the lease expired at {assignment.expires_at.isoformat()}; the task went back to the "
                        "queue. Ask for the next task.", field="assignment_id", code="lease_expired")
 

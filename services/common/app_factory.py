@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.common import health, metrics
 from services.common.db import UnitOfWorkMiddleware
 from services.common.errors import error_body, install_error_handlers
-from services.common.logging import request_id_var
+from services.common.logging import new_request_id, request_id_var, valid_request_id
 from services.common.settings import get_settings
 
 
@@ -58,22 +57,35 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+REQUEST_ID_HEADER = b"x-request-id"
+# Set on the (shared) ASGI scope by the outermost RequestIdMiddleware: an app mounted inside another
+# (the embedded /services/<name> mounts) reuses the id and adds no second header.
+REQUEST_ID_SCOPE_KEY = "rewardhub.request_id"
+
+
 class RequestIdMiddleware:
-    """Tag each request (and its log lines) with an id, taken from ``X-Request-ID`` when given."""
+    """Tag each request (its log lines, its calls to other services, its Celery tasks) with one id.
+
+    The id is the caller's ``X-Request-ID`` when that is a valid id (:func:`valid_request_id`), else a
+    fresh one; the response carries it in exactly one ``x-request-id`` header.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or REQUEST_ID_SCOPE_KEY in scope:
             await self.app(scope, receive, send)
             return
-        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")[:128]
-        rid = given or uuid.uuid4().hex
+        given = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER, b"").decode("latin-1")
+        rid = valid_request_id(given) or new_request_id()
+        scope[REQUEST_ID_SCOPE_KEY] = rid
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+                # Whatever an inner layer set (a handler's own header) gives way to the one id.
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != REQUEST_ID_HEADER]
+                message["headers"] = [*headers, (REQUEST_ID_HEADER, rid.encode("ascii"))]
             await send(message)
 
         token = request_id_var.set(rid)
@@ -83,12 +95,24 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
+class ServiceApp(FastAPI):
+    """A FastAPI app whose request id is set outside Starlette's ServerErrorMiddleware.
+
+    Middleware added with ``add_middleware`` runs inside that outermost layer, which is where the
+    app's catch-all 500 handler runs and logs; wrapped here, the 500's log line and response carry
+    the request id like every other.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestIdMiddleware(super().build_middleware_stack())
+
+
 def create_service_app(service: str, routers: Iterable[APIRouter], *, title: str, description: str = "",
                        lifespan: Any = None, version: str = "0.1.0",
                        health_router: APIRouter | None = None) -> FastAPI:
     """A service's app; ``health_router`` replaces the default /healthz + /readyz (database, broker)."""
     settings = get_settings()
-    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    app = ServiceApp(title=title, description=description, version=version, lifespan=lifespan)
     app.state.service_name = service
     install_error_handlers(app)
     app.include_router(health_router or health.router)
@@ -100,5 +124,14 @@ def create_service_app(service: str, routers: Iterable[APIRouter], *, title: str
     # Added first = innermost: the body cap's 413 is raised where the route reads the body.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(metrics.MetricsMiddleware, service=service)
-    app.add_middleware(RequestIdMiddleware)
+    # Scrape-time Celery queue depth (only reported with REDIS_URL set); registered once per process.
+    metrics.register_collector("celery_queue_depth", metrics.CeleryQueueCollector(_celery_queue_names))
     return app
+
+
+def _celery_queue_names() -> list[str]:
+    from services.common.tasks import celery_app
+
+    conf = celery_app.conf
+    names = {conf.task_default_queue, *(queue.name for queue in conf.task_queues or ())}
+    return sorted(name for name in names if name)

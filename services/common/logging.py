@@ -1,5 +1,12 @@
 """Structured JSON logs (one object per line) for every service and worker, with secrets masked.
 
+One configuration for every process (:func:`logging_config`): ``configure_logging`` applies it to
+this process, ``rewardhub serve`` hands the same dict to uvicorn (``log_config``, so its error and
+access loggers — in every uvicorn worker process too — go to the same JSON handler) and the Celery
+worker applies it from the ``setup_logging`` signal (so Celery does not install its own handlers on
+the root logger). Each line carries ``service`` and ``request_id``: the id of the HTTP request (or
+of the request that submitted the Celery task) being handled, from :data:`request_id_var`.
+
 Every handler ``configure_logging`` installs carries ``SecretMaskingFilter``: a log line never
 shows a password inside a URL (``scheme://user:***@host``) nor the value of a secret setting
 (``secret_key``, ``llm_api_key``, the database and Redis passwords), whoever logged it and in
@@ -9,10 +16,12 @@ whatever part of the record (message, arguments, traceback, extra fields).
 from __future__ import annotations
 
 import logging
+import logging.config
 import re
-import sys
+import uuid
 from collections.abc import Iterable
 from contextvars import ContextVar
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from pythonjsonlogger.json import JsonFormatter
@@ -20,6 +29,8 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="")
+# A caller's id is used only when it is short and plain (it goes into log lines and headers as is).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 MASK = "***"
 # scheme://[user]:password@ — the password may hold a raw '@' or ':' (the last '@' before the
@@ -27,8 +38,24 @@ MASK = "***"
 _URL_CREDENTIALS = re.compile(r"(?P<prefix>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*:)[^\s/?#]*@")
 # Shorter values would mask ordinary words all over the log.
 MIN_SECRET_CHARS = 6
-# Loggers whose records do not reach the root handler (uvicorn and Celery install their own).
+# Loggers that may get handlers of their own (uvicorn's, Celery's): masked at the logger too.
 _OWN_HANDLER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.app.trace")
+# Loggers that must reach the root handler: whatever handlers their library gave them are dropped.
+_PROPAGATING_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task",
+                        "celery.redirected")
+JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(request_id)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s [%(service)s] %(name)s: %(message)s"
+
+
+def valid_request_id(value: str | None) -> str | None:
+    """``value`` when it is a usable request id (1-64 of ``A-Za-z0-9._:-``, starting alphanumeric)."""
+    if value and _REQUEST_ID.fullmatch(value):
+        return value
+    return None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -114,8 +141,10 @@ class SecretMaskingFilter(logging.Filter):
         return True
 
 
-class _ContextFilter(logging.Filter):
-    def __init__(self, service: str) -> None:
+class ContextFilter(logging.Filter):
+    """Adds ``service`` and the current ``request_id`` to every record."""
+
+    def __init__(self, service: str = "") -> None:
         super().__init__()
         self.service = service
 
@@ -130,21 +159,38 @@ def install_secret_masking(logger: logging.Logger) -> None:
         logger.addFilter(SecretMaskingFilter())
 
 
+def json_formatter() -> JsonFormatter:
+    return JsonFormatter(JSON_FIELDS, rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"})
+
+
+def logging_config(service: str, level: str = "INFO", json_logs: bool = True) -> dict[str, Any]:
+    """The ``logging.config.dictConfig`` dict of every rewardhub process (also uvicorn's ``log_config``)."""
+    formatter: dict[str, Any] = ({"()": f"{__name__}.json_formatter"} if json_logs
+                                 else {"format": TEXT_FORMAT})
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"rewardhub": formatter},
+        "filters": {"context": {"()": f"{__name__}.ContextFilter", "service": service},
+                    "secrets": {"()": f"{__name__}.SecretMaskingFilter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
+                                "formatter": "rewardhub", "filters": ["context", "secrets"]}},
+        "root": {"handlers": ["stderr"], "level": level},
+        # Their own handlers (uvicorn's plain text, Celery's) are replaced by the root's JSON one.
+        "loggers": {
+            **{name: {"handlers": [], "propagate": True} for name in _PROPAGATING_LOGGERS},
+            # One line per request at INFO (LOG_LEVEL=WARNING turns them off); noisy clients stay quiet.
+            "uvicorn.access": {"handlers": [], "propagate": True, "level": level},
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
+        },
+    }
+
+
 def configure_logging(service: str, level: str = "INFO", json_logs: bool = True) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if json_logs:
-        handler.setFormatter(JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(request_id)s",
-            rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
-        ))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(service)s] %(name)s: %(message)s"))
-    handler.addFilter(_ContextFilter(service))
-    handler.addFilter(SecretMaskingFilter())
-    root = logging.getLogger()
-    root.handlers = [handler]
-    root.setLevel(level)
+    """Send this process's logs, one JSON object per line (or plain text), to stderr."""
+    logging.config.dictConfig(logging_config(service, level, json_logs))
+    # Python warnings (a library's DeprecationWarning, Celery's SecurityWarning) become log lines too.
+    logging.captureWarnings(True)
     for name in _OWN_HANDLER_LOGGERS:
         install_secret_masking(logging.getLogger(name))
-    for noisy in ("uvicorn.access", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -11,10 +11,16 @@ retrying a lost broker forever, with backoff, and survives an outage while busy
 (:class:`ResilientConsumer`). Jobs keep their real state in the database, not in Redis: each
 service registers a *sweeper* (:func:`register_sweeper`) that every worker runs at start-up and
 every ``job_sweep_interval_s`` to resubmit work whose submission or delivery was lost.
+
+Observability: ``submit`` sends the submitting request's id in a task header and ``task_prerun``
+restores it, so the task's log lines carry it; task outcomes are counted
+(``rewardhub_celery_tasks_total``); a worker's logging is rewardhub's JSON logging
+(``setup_logging``), never Celery's own handlers on the root logger.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import socket
@@ -34,9 +40,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.errors import UpstreamUnavailable
+from services.common.logging import configure_logging, request_id_var, valid_request_id
+from services.common.metrics import CELERY_TASKS
 from services.common.settings import Settings, get_settings
 
-TASK_MODULES = ["services.common.tasks", "services.rubric_rm.tasks"]
+TASK_MODULES = ["services.common.tasks", "services.rubric_rm.tasks", "services.annotation.tasks"]
 log = logging.getLogger("rewardhub.tasks")
 
 
@@ -222,9 +230,10 @@ def submit(task: Task, *args: Any, **kwargs: Any) -> TaskHandle:
 
     Raises :class:`BrokerUnavailable` when the broker cannot be reached (after the publish retries).
     """
+    headers = {REQUEST_ID_HEADER: request_id_var.get()}
     if not celery_app.conf.task_always_eager:
         try:
-            result = task.apply_async(args=args, kwargs=kwargs)
+            result = task.apply_async(args=args, kwargs=kwargs, headers=headers)
         except Exception as exc:
             if not _broker_down(exc):
                 raise
@@ -234,8 +243,78 @@ def submit(task: Task, *args: Any, **kwargs: Any) -> TaskHandle:
     if _LOCAL_EXECUTOR is None:
         _LOCAL_EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rewardhub-task")
     task_id = uuid.uuid4().hex
-    future = _LOCAL_EXECUTOR.submit(lambda: task.apply(args=args, kwargs=kwargs, task_id=task_id).get())
+    # The thread runs in a copy of this context: the task sees the submitting request's id.
+    context = contextvars.copy_context()
+    future = _LOCAL_EXECUTOR.submit(
+        context.run, lambda: task.apply(args=args, kwargs=kwargs, task_id=task_id, headers=headers).get())
     return TaskHandle(id=task_id, future=future)
+
+
+# ------------------------------------------------------------------------------- observability
+
+REQUEST_ID_HEADER = "rewardhub_request_id"
+
+
+def _request_id_of(request: Any) -> str:
+    """The submitting request's id from a task's request: with the Redis protocol a custom header is
+    an attribute of the request; an eager ``apply`` keeps it in ``request.headers``."""
+    value = getattr(request, REQUEST_ID_HEADER, None) or (getattr(request, "headers", None) or {}).get(
+        REQUEST_ID_HEADER)
+    return valid_request_id(value if isinstance(value, str) else None) or ""
+
+
+def _add_request_id_header(headers: dict[str, Any] | None = None, **_kwargs: Any) -> None:
+    """Every publish (``submit``, or a task queueing another with ``apply_async``) carries the current
+    request id, unless the caller set one."""
+    request_id = request_id_var.get()
+    if headers is not None and request_id and not headers.get(REQUEST_ID_HEADER):
+        headers[REQUEST_ID_HEADER] = request_id
+
+
+def _restore_request_id(task: Task | None = None, **_kwargs: Any) -> None:
+    # Set (or cleared) before every task, so a pool process never carries one task's id into the next.
+    request_id_var.set(_request_id_of(task.request) if task is not None else "")
+
+
+def _task_name(sender: Any) -> str:
+    # Registered task names only (bounded); anything else is counted as "other".
+    name = getattr(sender, "name", None)
+    return name if isinstance(name, str) and name in celery_app.tasks else "other"
+
+
+def _count_success(sender: Any = None, **_kwargs: Any) -> None:
+    CELERY_TASKS.labels(_task_name(sender), "success").inc()
+
+
+def _count_failure(sender: Any = None, **_kwargs: Any) -> None:
+    CELERY_TASKS.labels(_task_name(sender), "failure").inc()
+
+
+def _count_eager_failure(sender: Any = None, request: Any = None, **_kwargs: Any) -> None:
+    """In the embedded default (eager, exceptions propagated) Celery reports a task that raised as an
+    internal error and sends no task_failure; on a worker it sends task_failure as well, counted there."""
+    eager = request.get("is_eager") if isinstance(request, dict) else getattr(request, "is_eager", False)
+    if eager:
+        _count_failure(sender)
+
+
+def _count_retry(sender: Any = None, **_kwargs: Any) -> None:
+    CELERY_TASKS.labels(_task_name(sender), "retry").inc()
+
+
+def _worker_logging(**_kwargs: Any) -> None:
+    """Celery's ``setup_logging``: with a receiver Celery leaves the root logger (and stdout) alone."""
+    settings = get_settings()
+    configure_logging("worker", settings.log_level, settings.log_json)
+
+
+signals.before_task_publish.connect(_add_request_id_header, weak=False)
+signals.task_prerun.connect(_restore_request_id, weak=False)
+signals.task_success.connect(_count_success, weak=False)
+signals.task_failure.connect(_count_failure, weak=False)
+signals.task_internal_error.connect(_count_eager_failure, weak=False)
+signals.task_retry.connect(_count_retry, weak=False)
+signals.setup_logging.connect(_worker_logging, weak=False)
 
 
 # ------------------------------------------------------------------------------------- sweepers
@@ -278,6 +357,16 @@ def _start_sweeping(**_kwargs: Any) -> None:
         _SWEEP_STOP.clear()
         _SWEEP_THREAD = threading.Thread(target=_sweep_loop, daemon=True, name="rewardhub-sweeper")
         _SWEEP_THREAD.start()
+
+
+def start_embedded_sweeping() -> None:
+    """The embedded default has no Celery worker: run the sweepers in this process instead (for work a
+    previous run left behind — webhook deliveries, rubric jobs). Called by ``rewardhub up``."""
+    import importlib
+
+    for module in TASK_MODULES:
+        importlib.import_module(module)  # each registers its sweeper on import
+    _start_sweeping()
 
 
 def _stop_sweeping(**_kwargs: Any) -> None:

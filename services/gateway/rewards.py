@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,7 +22,7 @@ import httpx
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from services.common import idempotency
+from services.common import idempotency, metrics
 from services.common.auth import Principal, choose_project, get_accessible_project
 from services.common.db import session_scope, utcnow
 from services.common.errors import ApiError, InvalidInput, UpstreamUnavailable, error_body
@@ -228,6 +228,14 @@ async def _lease_kept(held: idempotency.Claim | None) -> AsyncIterator[None]:
         task.cancel()
 
 
+def _count_screened(spec: Mapping[str, Any], invalid: Mapping[Any, Any]) -> None:
+    """Screened items never reach the verifier: count them in the grader metrics here, once per request
+    that runs (not for an idempotent replay)."""
+    kind = spec.get("type")
+    for _ in invalid:
+        metrics.observe_grade(kind if isinstance(kind, str) else "unknown", "invalid_input", 0.0)
+
+
 async def score(principal: Principal, body: RewardsRequest, auth: str, idempotency_key: str | None) -> Response:
     received_at = time.monotonic()
     project_id = choose_project(principal, body.project_id)
@@ -243,6 +251,7 @@ async def score(principal: Principal, body: RewardsRequest, auth: str, idempoten
         if isinstance(claimed, Response):
             return claimed
         held = claimed
+    _count_screened(spec, invalid)
     extra = {"Deprecation": "true", "Warning": DEPRECATED_FIELD_WARNING} if deprecated_field else {}
     request_id = uuid.uuid4().hex
     if body.stream:

@@ -1,4 +1,9 @@
-"""Batch grading on the supervised process pool: per-item hard timeouts, batch deadlines, streaming."""
+"""Batch grading on the supervised process pool: per-item hard timeouts, batch deadlines, streaming.
+
+Every item graded here is counted by grader type and status (``rewardhub_grader_results_total``) and
+its grading time observed (``rewardhub_grader_item_seconds``), whatever path graded it (pool, code
+sandbox, rubric judge, multi with remote parts).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from services.common import metrics
 from services.common.reward_api import ItemResult, RewardItem
 from services.common.reward_specs import CodeSpec, MathSpec, MultiSpec, RewardSpec, RubricSpec, is_remote
 from services.common.settings import get_settings
@@ -72,6 +78,25 @@ def get_pool() -> GraderPool:
         _POOL = GraderPool(workers=settings.verifier_workers or os.cpu_count() or 1, preload=WORKER_IMPORTS)
         atexit.register(shutdown_pool)
     return _POOL
+
+
+def _pool_queue_depth() -> float:
+    return float(_POOL.queue_depth()) if _POOL is not None else 0.0
+
+
+metrics.POOL_QUEUE_DEPTH.set_function(_pool_queue_depth)
+
+
+def grader_type(spec: Any) -> str:
+    """The spec's ``type`` (a fixed set of grader names: a bounded metric label)."""
+    kind = getattr(spec, "type", None)
+    return kind if isinstance(kind, str) else "unknown"
+
+
+def observe(spec: Any, result: ItemResult) -> ItemResult:
+    """Count one item's result in the grader metrics; returns it unchanged."""
+    metrics.observe_grade(grader_type(spec), result.status, result.elapsed_ms / 1000)
+    return result
 
 
 def shutdown_pool() -> None:
@@ -157,6 +182,18 @@ def _pool_gradings(spec: Any, items: list[RewardItem], deadline_s: float | None)
 
 async def grade_batch(spec: Any, items: list[RewardItem], deadline_s: float | None,
                       auth: str | None = None) -> list[ItemResult]:
+    return [observe(spec, result) for result in await _grade_batch(spec, items, deadline_s, auth)]
+
+
+async def grade_stream(spec: Any, items: list[RewardItem], deadline_s: float | None,
+                       auth: str | None = None) -> AsyncIterator[ItemResult]:
+    """Yield each item's result as soon as it is done (completion order, not request order)."""
+    async for result in _grade_stream(spec, items, deadline_s, auth):
+        yield observe(spec, result)
+
+
+async def _grade_batch(spec: Any, items: list[RewardItem], deadline_s: float | None,
+                       auth: str | None) -> list[ItemResult]:
     if isinstance(spec, RubricSpec):  # an LLM judge over HTTP: it waits, so it stays off the process pool
         from services.verifier.graders.rubric import grade_rubric_batch
 
@@ -170,9 +207,8 @@ async def grade_batch(spec: Any, items: list[RewardItem], deadline_s: float | No
     return list(await asyncio.gather(*_pool_gradings(spec, items, deadline_s)))
 
 
-async def grade_stream(spec: Any, items: list[RewardItem], deadline_s: float | None,
-                       auth: str | None = None) -> AsyncIterator[ItemResult]:
-    """Yield each item's result as soon as it is done (completion order, not request order)."""
+async def _grade_stream(spec: Any, items: list[RewardItem], deadline_s: float | None,
+                        auth: str | None) -> AsyncIterator[ItemResult]:
     if isinstance(spec, RubricSpec):
         from services.verifier.graders.rubric import grade_rubric_stream
 

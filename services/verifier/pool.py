@@ -7,6 +7,10 @@ worker past its item's limit is SIGKILLed and replaced, the item answers ``timeo
 rest of that worker's chunk goes back to the queue. Small items travel in chunks to keep the
 per-item overhead low. The API is thread- and event-loop-agnostic (concurrent futures,
 wrapped for asyncio), so many requests on any loop can share one pool.
+
+Observability: a worker that dies on its own is logged (WARNING, with its exit code); every
+replacement is counted by reason (``rewardhub_verifier_pool_worker_replacements_total``), and
+:meth:`GraderPool.queue_depth` is read by the ``rewardhub_verifier_pool_queue_depth`` gauge.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import contextlib
 import importlib
 import itertools
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -27,6 +32,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Literal
 
+from services.common.metrics import POOL_WORKER_REPLACEMENTS
+
+log = logging.getLogger("rewardhub.verifier.pool")
 OutcomeStatus = Literal["ok", "timeout", "error"]
 MAX_CHUNK = 32
 
@@ -123,6 +131,11 @@ class GraderPool:
     def size(self) -> int:
         return self._size
 
+    def queue_depth(self) -> int:
+        """Items waiting for a worker (not those a worker holds)."""
+        with self._lock:
+            return len(self._queue)
+
     def worker_pids(self) -> list[int]:
         with self._lock:
             return [w.process.pid for w in self._workers]
@@ -210,7 +223,7 @@ class GraderPool:
                           else "the batch deadline passed while this item was grading")
                 worker.assigned.popleft()
                 # Replace before resolving so that whoever awaits the outcome sees a whole pool again.
-                self._replace(worker)
+                self._replace(worker, reason="timeout")
                 _resolve(task, PoolOutcome("timeout", detail=reason, elapsed_s=now - task.started_at))
         with self._lock:
             expired = [t for t in self._queue if t.deadline is not None and now > t.deadline]
@@ -247,6 +260,8 @@ class GraderPool:
     def _worker_died(self, worker: _Worker) -> None:
         worker.process.join(timeout=0.1)
         code = worker.process.exitcode
+        log.warning("verifier pool worker %s died (exit code %s) with %d item(s) assigned; replacing it",
+                    worker.process.pid, code, len(worker.assigned))
         if worker.assigned:
             task = worker.assigned.popleft()
             if task.started_at is not None:
@@ -254,9 +269,9 @@ class GraderPool:
                                            elapsed_s=time.monotonic() - task.started_at))
             else:
                 worker.assigned.appendleft(task)
-        self._replace(worker)
+        self._replace(worker, reason="died")
 
-    def _replace(self, worker: _Worker) -> None:
+    def _replace(self, worker: _Worker, *, reason: Literal["timeout", "died"]) -> None:
         """Kill ``worker``, return its unstarted items to the front of the queue, start a fresh one."""
         self._stop(worker, graceful=False)
         leftovers = list(worker.assigned)
@@ -269,6 +284,7 @@ class GraderPool:
             if not self._closed:
                 self._workers[index] = self._spawn()
                 self.replaced_workers += 1
+                POOL_WORKER_REPLACEMENTS.labels(reason).inc()
 
     @staticmethod
     def _stop(worker: _Worker, *, graceful: bool) -> None:

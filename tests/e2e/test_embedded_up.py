@@ -59,3 +59,14 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
     assert re.search(r"first admin key .*\n\s+rh_[A-Za-z0-9_-]{20,}", output)
     assert "rewardhub stopped." in output
     assert (tmp_path / "data" / "rewardhub.db").exists()
+
+    # The key is shown once: a later start says where it is saved and does not print it again.
+    again = subprocess.Popen([str(cli), "up", "--port", str(port)], env=env, cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}/readyz", again)
+    finally:
+        again.send_signal(signal.SIGINT)
+        second, _ = again.communicate(timeout=30)
+    assert again.returncode == 0, second
+    assert key not in second and "admin-key.txt" in second and "shown once" in second
