@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio.to_thread
 from sqlalchemy import DateTime, Dialect, Engine, MetaData, create_engine, event, make_url
+from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
@@ -160,7 +161,9 @@ def session_scope() -> Iterator[Session]:
 # The unit of work closes that gap: ``get_session`` registers each request session on the request's
 # ``UnitOfWork`` and ``UnitOfWorkMiddleware`` (installed by ``create_service_app`` on every service)
 # commits it when the endpoint has returned and before the response starts. A failed commit turns
-# into a 503 with ``Retry-After``; nothing of the request is stored and no 2xx is sent. Streaming
+# into a 503 with ``Retry-After``; nothing of the request is stored and no 2xx is sent. So does a
+# request that could not reach the database at all (a restart or failover under way): a 503
+# ``database_unavailable`` the client retries, not a 500. Streaming
 # routes get what they wrote before the stream committed before the first byte.
 
 UNIT_OF_WORK_SCOPE_KEY = "rewardhub.unit_of_work"
@@ -244,6 +247,28 @@ class _ResponseReplaced(Exception):
     """Stops the original response after a failed commit replaced it with a 503."""
 
 
+# The driver or pool could not reach the database (a restart, a failover, an exhausted pool): the
+# request may well succeed a moment later, so the client is told to retry, never given a 500.
+_UNREACHABLE = (sqlalchemy_exc.OperationalError, sqlalchemy_exc.InterfaceError, sqlalchemy_exc.DisconnectionError,
+                sqlalchemy_exc.TimeoutError)
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the database could not be reached or dropped the connection."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _UNREACHABLE):
+            return True
+        if isinstance(current, sqlalchemy_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if type(current).__module__.startswith("psycopg") and type(current).__name__ == "OperationalError":
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 class UnitOfWorkMiddleware:
     """Commit the request's sessions after the endpoint returns and before the response starts."""
 
@@ -256,10 +281,10 @@ class UnitOfWorkMiddleware:
             return
         unit = UnitOfWork()
         scope[UNIT_OF_WORK_SCOPE_KEY] = unit
-        replaced = False
+        replaced = started = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal replaced
+            nonlocal replaced, started
             if replaced:
                 raise _ResponseReplaced
             if message["type"] == "http.response.start" and unit.has_work():
@@ -271,16 +296,31 @@ class UnitOfWorkMiddleware:
                     replaced = True
                     await _send_commit_failed(send)
                     return
+            started = started or message["type"] == "http.response.start"
             await send(message)
 
-        with suppress(_ResponseReplaced):
-            await self.app(scope, receive, send_wrapper)
+        try:
+            with suppress(_ResponseReplaced):
+                await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            # Raised past the error handlers (they leave driver errors to the catch-all 500): when the
+            # database was unreachable and nothing was sent yet, the honest answer is "retry shortly".
+            if started or replaced or not database_unreachable(exc):
+                raise
+            log.error("database unreachable on %s %s; answering 503: %s: %s", scope.get("method"), scope.get("path"),
+                      type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "")
+            await _send_unavailable(send, "database_unavailable", "the database is unreachable right now; nothing "
+                                    "was saved, retry the request shortly", "database")
 
 
 async def _send_commit_failed(send: Send) -> None:
-    body = json.dumps({"error": {
-        "code": "commit_failed", "field": None,
-        "message": "the database did not store this request's changes; nothing was saved, retry it"}}).encode()
+    await _send_unavailable(send, "commit_failed",
+                            "the database did not store this request's changes; nothing was saved, retry it", None)
+
+
+async def _send_unavailable(send: Send, code: str, message: str, field: str | None) -> None:
+    """A 503 with ``Retry-After`` in the common error shape."""
+    body = json.dumps({"error": {"code": code, "field": field, "message": message}}).encode()
     await send({"type": "http.response.start", "status": 503,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"retry-after", str(COMMIT_FAILED_RETRY_AFTER_S).encode())]})
