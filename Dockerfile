@@ -46,7 +46,8 @@ RUN apt-get update \
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 
 COPY --from=build /wheels /tmp/wheels
-RUN pip install /tmp/wheels/*.whl && rm -rf /tmp/wheels
+# The wheel with the server and train extras (the bare wheel is only the light client).
+RUN pip install "$(ls /tmp/wheels/rewardhub-*.whl)[server,train]" && rm -rf /tmp/wheels
 # The annotation service serves them from the installed webui package's node_modules.
 COPY --from=webui /webui/node_modules /usr/local/lib/python3.11/site-packages/webui/node_modules
 

@@ -13,11 +13,11 @@ $(BIN)/python:
 
 # torch==2.13.0 is pinned in pyproject.toml: pip takes the CPU wheel from the machine's wheelhouse.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[server,train]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml tests/integration/framework-requirements.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[server,train,dev]'
 	# veRL's and OpenRLHF's own reward code for the adapter tests, without their (GPU) dependencies,
 	# in a folder of its own so their top-level `tests` packages cannot shadow ours.
 	$(BIN)/pip install --quiet --no-deps --target $(VENV)/frameworks -r tests/integration/framework-requirements.txt
@@ -30,8 +30,11 @@ webui/node_modules/.package-lock.json: webui/package-lock.json
 install: $(VENV)/.installed webui/node_modules/.package-lock.json
 install-dev: $(VENV)/.installed-dev webui/node_modules/.package-lock.json
 
+# `make up PORT=8080 HOST=0.0.0.0` to serve elsewhere.
+PORT ?= 8000
+HOST ?= 127.0.0.1
 up: install system-deps
-	$(BIN)/rewardhub up
+	$(BIN)/rewardhub up --host $(HOST) --port $(PORT)
 
 # The sandbox isolates each run with Debian's bubblewrap and runs Debian's toolchains (the sandbox
 # Python with numpy and sympy, g++, nodejs); browser tests drive Debian's Chromium through
@@ -39,7 +42,8 @@ up: install system-deps
 # Debian's docker-compose.
 SYSTEM_PACKAGES := /usr/bin/bwrap:bubblewrap /usr/lib/python3/dist-packages/numpy:python3-numpy \
 	/usr/lib/python3/dist-packages/sympy:python3-sympy /usr/bin/g++:g++ /usr/bin/node:nodejs \
-	/usr/bin/chromium:chromium /usr/bin/docker-compose:docker-compose
+	/usr/bin/chromium:chromium /usr/bin/docker-compose:docker-compose \
+	/usr/share/doc/libseccomp2/copyright:libseccomp2
 system-deps:
 	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
 	  test -e "$${entry%%:*}" || missing="$$missing $${entry##*:}"; done; \
@@ -49,9 +53,10 @@ system-deps:
 
 lint: install-dev
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 typecheck: install-dev
-	$(BIN)/mypy services/common
+	$(BIN)/mypy rewardhub services trainer migrations webui
 
 test: install-dev system-deps lint typecheck
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)

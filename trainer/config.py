@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from services.common.reward_specs import RewardSpec, parse_spec_ref
+from rewardhub.reward_specs import RewardSpec, parse_spec_ref
 from trainer.algorithms import ADVANTAGE_ESTIMATORS, LOSS_AGGREGATIONS, LossType, RewardScaling
 
 _SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(RewardSpec)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from services.annotation import purchases
@@ -169,7 +169,7 @@ def current_task(session: Session, annotation_project_id: str, annotator_id: str
 
 
 def _pick_query(annotation_project_id: str, annotator_id: str, now: datetime, exclude: set[str],
-                postgres: bool):  # type: ignore[no-untyped-def]
+                postgres: bool) -> Select[Task]:
     taken = (select(func.count(Assignment.id)).where(Assignment.task_id == Task.id, slot_holders(now))
              .correlate(Task).scalar_subquery())
     mine = exists().where(Assignment.task_id == Task.id, blocks_annotator(annotator_id, now))

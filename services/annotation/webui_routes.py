@@ -549,10 +549,9 @@ def dashboard(request: Request, now: datetime | None = Depends(request_time), fo
     if not found.sees_dashboard:
         return error_page(request, Forbidden("the dashboard is for reviewer and admin accounts, or an admin API "
                                              "key"), found)
-    cards = [{"project": p, "stats": queue.project_stats(session, p.id, now=now)}
-             for p in dashboard_projects(session, found)]
-    chart_data = [{"id": c["project"].id, "name": c["project"].name, **c["stats"].model_dump(mode="json")}
-                  for c in cards]
+    pairs = [(p, queue.project_stats(session, p.id, now=now)) for p in dashboard_projects(session, found)]
+    cards = [{"project": p, "stats": stats} for p, stats in pairs]
+    chart_data = [{"id": p.id, "name": p.name, **stats.model_dump(mode="json")} for p, stats in pairs]
     return render(request, "dashboard.html", {"cards": cards, "chart_data": chart_data, "title": "Dashboard"},
                   found=found)
 

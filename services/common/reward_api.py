@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from services.common.reward_specs import RewardSpec
+from rewardhub.reward_specs import RewardSpec
 from services.common.settings import get_settings
 from services.common.validation import StoredText, text_problem
 

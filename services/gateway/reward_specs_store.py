@@ -8,8 +8,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from rewardhub.reward_specs import parse_spec_ref
 from services.common.errors import Conflict, InvalidInput, NotFound
-from services.common.reward_specs import parse_spec_ref
 from services.gateway.models import RewardSpecRecord
 from services.gateway.schemas import RewardSpecOut
 

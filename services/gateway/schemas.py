@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rewardhub.reward_specs import RewardSpec
 from services.common.models import Role
 from services.common.reward_api import GradeResponse, RewardItem, cap_batch
-from services.common.reward_specs import RewardSpec
 from services.common.validation import ID_PATTERN, NameText, StoredText
 
 

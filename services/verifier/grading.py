@@ -18,9 +18,9 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from rewardhub.reward_specs import CodeSpec, MathSpec, MultiSpec, RewardSpec, RubricSpec, is_remote
 from services.common import metrics
 from services.common.reward_api import ItemResult, RewardItem
-from services.common.reward_specs import CodeSpec, MathSpec, MultiSpec, RewardSpec, RubricSpec, is_remote
 from services.common.settings import get_settings
 from services.verifier.completion_order import as_finished
 from services.verifier.graders.result import GradeResult

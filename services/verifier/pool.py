@@ -159,7 +159,7 @@ class GraderPool:
     # ---- supervisor -------------------------------------------------------------------------
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=_worker_main, args=(child, self._preload), daemon=True)
+        process = self._ctx.Process(target=_worker_main, args=(child, self._preload), daemon=True)  # type: ignore[attr-defined]
         process.start()
         child.close()
         return _Worker(process=process, conn=parent)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from services.common.reward_specs import MultipleChoiceSpec
+from rewardhub.reward_specs import MultipleChoiceSpec
 from services.verifier.graders.extract import last_boxed
 from services.verifier.graders.result import GradeResult, invalid_input, ok
 

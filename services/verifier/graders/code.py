@@ -30,8 +30,8 @@ from typing import Any
 
 import httpx
 
+from rewardhub.reward_specs import CodeSpec
 from services.common.reward_api import ItemResult, RewardItem
-from services.common.reward_specs import CodeSpec
 from services.common.service_client import service_client
 from services.common.settings import get_settings
 from services.verifier.completion_order import as_finished

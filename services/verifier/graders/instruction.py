@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from services.common.reward_specs import (
+from rewardhub.reward_specs import (
     Constraint,
     CountConstraint,
     FormatConstraint,

@@ -7,7 +7,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from services.common.reward_specs import JsonSchemaSpec
+from rewardhub.reward_specs import JsonSchemaSpec
 from services.verifier.graders.extract import parse_json_lenient
 from services.verifier.graders.result import GradeResult, ok
 

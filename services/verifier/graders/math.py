@@ -16,7 +16,7 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, veri
 from math_verify.errors import TimeoutException
 from sympy import Basic, MatrixBase
 
-from services.common.reward_specs import MathSpec
+from rewardhub.reward_specs import MathSpec
 from services.verifier.graders.extract import all_boxed
 from services.verifier.graders.result import GradeResult, invalid_input, ok, timed_out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from services.common.reward_specs import MultiSpec, RewardSpec
+from rewardhub.reward_specs import MultiSpec, RewardSpec
 from services.verifier.graders.result import GradeResult
 
 Grade = Callable[[RewardSpec, str, Any], GradeResult]

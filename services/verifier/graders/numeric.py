@@ -6,7 +6,7 @@ import math
 import re
 from typing import Any
 
-from services.common.reward_specs import NumericSpec
+from rewardhub.reward_specs import NumericSpec
 from services.verifier.graders.extract import last_boxed
 from services.verifier.graders.result import GradeResult, invalid_input, ok
 

@@ -6,7 +6,7 @@ import math
 import re
 from typing import Any
 
-from services.common.reward_specs import NutritionSpec
+from rewardhub.reward_specs import NutritionSpec
 from services.verifier.graders.extract import parse_json_lenient
 from services.verifier.graders.result import GradeResult, invalid_input
 

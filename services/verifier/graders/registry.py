@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.reward_specs import (
+from rewardhub.reward_specs import (
     CodeSpec,
     ExactSpec,
     InstructionSpec,

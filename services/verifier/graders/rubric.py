@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
+from rewardhub.reward_specs import RubricSpec
 from services.common.reward_api import ItemResult, RewardItem
-from services.common.reward_specs import RubricSpec
 from services.common.service_client import service_client
 from services.verifier.completion_order import as_finished
 

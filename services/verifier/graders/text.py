@@ -6,7 +6,7 @@ import re
 import string
 from typing import Any
 
-from services.common.reward_specs import ExactSpec, Normalisation, RegexSpec
+from rewardhub.reward_specs import ExactSpec, Normalisation, RegexSpec
 from services.verifier.graders.extract import last_boxed
 from services.verifier.graders.result import GradeResult, invalid_input, ok
 

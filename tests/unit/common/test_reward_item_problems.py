@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from rewardhub.reward_specs import MultiSpec, RewardSpec
 from services.common.errors import safe_text
 from services.common.reward_api import (
     GradeRequest,
@@ -22,7 +23,6 @@ from services.common.reward_api import (
     screen,
     text_problem,
 )
-from services.common.reward_specs import MultiSpec, RewardSpec
 from services.common.settings import reset_settings_cache
 
 

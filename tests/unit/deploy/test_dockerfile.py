@@ -108,7 +108,7 @@ def test_python_stages_start_from_python_3_11_slim(instructions: list[Instructio
 
 def test_torch_is_the_pinned_cpu_build_installed_before_rewardhub(
         instructions: list[Instruction], pyproject: dict[str, Any]) -> None:
-    pin = next(dep for dep in pyproject["project"]["dependencies"] if dep.startswith("torch"))
+    pin = next(dep for dep in pyproject["project"]["optional-dependencies"]["train"] if dep.startswith("torch"))
     stage = final_stage(instructions)
     args = {i.args.split("=", 1)[0]: i.args.split("=", 1)[1] for i in stage if i.keyword == "ARG" and "=" in i.args}
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
@@ -116,7 +116,8 @@ def test_torch_is_the_pinned_cpu_build_installed_before_rewardhub(
     torch_run = next(n for n, run in enumerate(runs) if re.search(r"pip install .*\btorch==", run))
     assert pin in runs[torch_run].split(), f"the image must install the project's own pin {pin}"
     assert '--index-url "${TORCH_INDEX_URL}"' in runs[torch_run]
-    rewardhub_run = next(n for n, run in enumerate(runs) if re.search(r"pip install /tmp/wheels/\*\.whl", run))
+    rewardhub_run = next(n for n, run in enumerate(runs)
+                         if re.search(r'pip install "\$\(ls /tmp/wheels/rewardhub-\*\.whl\)\[server,train\]"', run))
     assert torch_run < rewardhub_run, "torch must be in place first, or pip resolves the CUDA build from PyPI"
 
 
@@ -198,4 +199,4 @@ def test_a_wheel_built_from_the_copied_files_contains_every_module_and_data_file
     assert not missing, (f"`pip install .` in the image would lack {missing}: a package directory without "
                          "__init__.py, or a data file outside tool.setuptools.package-data")
     assert "migrations/versions/0001_tenancy.py" in packaged and "migrations/script.py.mako" in packaged
-    assert re.search(r"^rewardhub = rewardhub\.cli:app$", entry_points, re.MULTILINE)
+    assert re.search(r"^rewardhub = rewardhub\.entry:main$", entry_points, re.MULTILINE)

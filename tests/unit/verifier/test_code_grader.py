@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from rewardhub.reward_specs import CodeSpec
 from services.common.reward_api import RewardItem
-from services.common.reward_specs import CodeSpec
 from services.sandbox.testing import outputs_match
 from services.verifier.graders.code import extract_code, grade_code_batch, parse_tests
 from services.verifier.graders.registry import grade

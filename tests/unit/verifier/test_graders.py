@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from services.common.reward_specs import RewardSpec, parse_spec_ref
+from rewardhub.reward_specs import RewardSpec, parse_spec_ref
 from services.verifier.graders.extract import last_boxed
 from services.verifier.graders.nutrition import credit
 from services.verifier.graders.registry import grade

@@ -15,7 +15,7 @@ import pytest
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 from pydantic import TypeAdapter
 
-from services.common.reward_specs import MathSpec, RewardSpec
+from rewardhub.reward_specs import MathSpec, RewardSpec
 from services.verifier.graders.math import gold_text
 from services.verifier.graders.registry import grade
 

@@ -13,7 +13,7 @@ from math_verify import verify as real_verify
 from math_verify.errors import TimeoutException
 from pydantic import TypeAdapter, ValidationError
 
-from services.common.reward_specs import MathSpec, RewardSpec
+from rewardhub.reward_specs import MathSpec, RewardSpec
 from services.verifier.graders import math as math_grader
 from services.verifier.graders.extract import all_boxed
 from services.verifier.graders.registry import grade

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from services.common.reward_specs import RewardSpec
+from rewardhub.reward_specs import RewardSpec
 from services.verifier.grading import QUICK_PASS_S, _quick_pass, _ran_out
 from services.verifier.pool import PoolOutcome
 
