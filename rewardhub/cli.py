@@ -57,6 +57,11 @@ def up(
         from services.common.tasks import start_embedded_sweeping
 
         start_embedded_sweeping()
+    # Mounted apps get no lifespan of their own: watch the training runs' heartbeats from here.
+    from services.trainer.supervisor import Watcher
+
+    run_watcher = Watcher()
+    run_watcher.start()
     url = f"http://{host}:{port}"
     console.print(f"[bold green]rewardhub[/] is up at [link={url}]{url}[/]  (API docs: {url}/docs)")
     console.print(f"database: {mask_url(settings.effective_database_url)}")
@@ -75,6 +80,7 @@ def up(
     uvicorn.run(application, host=host, port=port, log_level=log_level, lifespan="on",
                 timeout_keep_alive=KEEP_ALIVE_S,
                 log_config=logging_config("embedded", settings.log_level, json_logs=False))
+    run_watcher.stop()
     console.print("rewardhub stopped.")
 
 

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     sandbox_disk_mb: int = Field(default=64, ge=1, le=16384, description="Size cap of each of a run's /work, /tmp, /dev/shm.")
     sandbox_max_processes: int = Field(default=64, ge=4, le=4096, description="Processes and threads of one run.")
     sandbox_max_output_bytes: int = Field(default=1_000_000, ge=1024, description="Kept of each of stdout and stderr.")
+    sandbox_max_runs_per_project: int = Field(default=100, ge=1, le=4096, description=(
+        "Runs of one project executing at once (the rest wait on that project's own queue)."))
 
     # LLM backend (OpenAI-compatible: vLLM or any compatible server)
     llm_base_url: str = ""
@@ -128,6 +130,17 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: str = Field(default="", description="Comma-separated host names and CIDRs webhooks may "
                                        "reach even though they are not public (e.g. hooks.internal,10.2.0.0/16).")
 
+    # Durable webhook deliveries: attempts, backoff and sender leases (services/annotation/webhooks.py)
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100, description=(
+        "Attempts per webhook delivery before it is marked failed (kept, and an admin can redeliver it)."))
+    webhook_backoff_base_s: float = Field(default=10.0, gt=0, description=(
+        "Delay before the second attempt; it doubles each attempt (with jitter) up to webhook_backoff_max_s."))
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0, description="Longest delay between two attempts.")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Time limit of one webhook POST.")
+    webhook_lease_s: float = Field(default=120.0, gt=0, description=(
+        "How long a sender holds a delivery it is sending; a sender that dies leaves it to another one after "
+        "this. Raised to at least twice webhook_timeout_s, so a live sender never loses it mid-POST."))
+
     # Trainer service confinement (what a run started over the API may reach)
     trainer_reward_url_allowlist: str = Field(default="", description="Comma-separated URL prefixes "
                                               "(https://rm.example.com/v1) or hosts (rm.example.com[:port]) a run's "
@@ -135,6 +148,20 @@ class Settings(BaseSettings):
                                               "platform.")
     trainer_model_dirs: str = Field(default="", description="Comma-separated folders of shared base models a run "
                                     "may name by absolute model.path; empty: only paths inside the project's area.")
+
+    # Training-run supervision: each run's worker holds a heartbeat lease on its row; every trainer
+    # service process (and the Celery worker's sweeper) watches it (services/trainer/supervisor.py)
+    trainer_heartbeat_s: float = Field(default=5.0, gt=0, description=(
+        "How often a training run's worker stamps its heartbeat (a timer thread, whatever the step length)."))
+    trainer_stale_after_s: float | None = Field(default=None, gt=0, description=(
+        "A run whose heartbeat is older than this has lost its worker: it is failed (or resumed). "
+        "Unset: 4 × trainer_heartbeat_s."))
+    trainer_watch_interval_s: float | None = Field(default=None, gt=0, description=(
+        "How often each trainer service process looks for runs whose worker died. Unset: trainer_heartbeat_s."))
+    trainer_resume_dead_runs: bool = Field(default=False, description=(
+        "Resume a run whose worker died from its last checkpoint instead of failing it."))
+    trainer_max_auto_resumes: int = Field(default=3, ge=0, description=(
+        "Automatic resumes of one run before a dead worker fails it for good."))
 
     @field_validator("log_level")
     @classmethod

@@ -44,7 +44,8 @@ from services.common.logging import configure_logging, request_id_var, valid_req
 from services.common.metrics import CELERY_TASKS
 from services.common.settings import Settings, get_settings
 
-TASK_MODULES = ["services.common.tasks", "services.rubric_rm.tasks", "services.annotation.tasks"]
+TASK_MODULES = ["services.common.tasks", "services.rubric_rm.tasks", "services.annotation.tasks",
+                "services.trainer.supervisor"]
 log = logging.getLogger("rewardhub.tasks")
 
 

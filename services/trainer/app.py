@@ -1,4 +1,9 @@
-"""Trainer routes: start, watch, cancel and resume GRPO-family training runs; upload and list datasets."""
+"""Trainer routes: start, watch, cancel and resume GRPO-family training runs; upload and list datasets.
+
+Runs outlive this process: their workers run in their own sessions and a restarted (or another)
+trainer service process supervises them through the database (services/trainer/supervisor.py,
+started with the lifespan). Shutting the service down leaves the runs training.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from services.common.db import get_session
 from services.common.errors import InvalidInput
 from services.common.models import Role
 from services.common.validation import ID_PATTERN, ProjectIdPath
-from services.trainer import datasets, runs
+from services.trainer import datasets, runs, supervisor
 from services.trainer.models import TrainingDataset, TrainingRun
 from services.trainer.schemas import DatasetOut, DatasetPage, RunCreate, RunMetricsOut, RunOut, StepMetricsOut
 
@@ -41,7 +46,8 @@ def _out(run: TrainingRun) -> RunOut:
                   current_step=run.current_step, max_steps=run.max_steps, cancel_requested=run.cancel_requested,
                   last_metrics=run.last_metrics or {}, checkpoint=run.checkpoint, error=run.error,
                   output_dir=run.output_dir, config=run.config, created_at=run.created_at,
-                  started_at=run.started_at, finished_at=run.finished_at)
+                  started_at=run.started_at, finished_at=run.finished_at, attempt=run.attempt,
+                  auto_resumes=run.auto_resumes, heartbeat_at=run.heartbeat_at)
 
 
 @router.post("", response_model=RunOut, status_code=201)
@@ -49,9 +55,9 @@ def start_run(body: RunCreate, principal: Principal = Depends(trainers),
               session: Session = Depends(get_session)) -> RunOut:
     """Validate and confine the config, record the run with a key minted for it, start its worker process."""
     project = get_accessible_project(session, principal, choose_project(principal, body.project_id))
-    run, api_key = runs.create_run(session, project, body.name, body.config)
+    run, ticket = runs.create_run(session, project, body.name, body.config)
     session.commit()
-    runs.launch(run.id, api_key)
+    runs.launch(ticket)
     return _out(run)
 
 
@@ -84,7 +90,7 @@ def cancel_run(run_id: RunPath, principal: Principal = Depends(trainers),
                session: Session = Depends(get_session)) -> RunOut:
     """Ask the run to stop; it saves a checkpoint at the end of the current step, then ends `cancelled`."""
     run = runs.get_run(session, run_id, _scope(principal))
-    runs.request_cancel(run)
+    runs.request_cancel(session, run)
     return _out(run)
 
 
@@ -93,9 +99,9 @@ def resume_run(run_id: RunPath, principal: Principal = Depends(trainers),
                session: Session = Depends(get_session)) -> RunOut:
     """Continue a cancelled or failed run from its last checkpoint, in a new worker process."""
     run = runs.get_run(session, run_id, _scope(principal))
-    api_key = runs.prepare_resume(session, run)
+    ticket = runs.prepare_resume(session, run)
     session.commit()
-    runs.launch(run.id, api_key)
+    runs.launch(ticket)
     return _out(run)
 
 
@@ -177,11 +183,17 @@ def _register_collector() -> None:
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-    yield
-    runs.stop_all()
+    """Watch runs while the service is up; on shutdown stop watching and leave the runs training."""
+    watcher = supervisor.Watcher()
+    watcher.start()
+    try:
+        yield
+    finally:
+        watcher.stop()
 
 
 def create_app() -> FastAPI:
     _register_collector()
     return create_service_app("trainer", [router, datasets_router], title="rewardhub trainer", lifespan=lifespan,
-                              description="GRPO-family training runs against the reward API, one worker process each.")
+                              description="GRPO-family training runs against the reward API, one supervised worker "
+                              "process each.")

@@ -1,4 +1,10 @@
-"""Training runs and their per-step metrics."""
+"""Training runs and their per-step metrics.
+
+A run's worker holds a heartbeat lease on its row: ``attempt`` names the launch that owns it (every
+write of a worker is conditional on it), ``supervisor`` the service process that launched it, and
+``heartbeat_at`` is stamped by the worker on a timer. Watchers end or resume a run whose heartbeat
+went stale (services/trainer/supervisor.py).
+"""
 
 from __future__ import annotations
 
@@ -25,8 +31,13 @@ class RunStatus(enum.StrEnum):
         return self in (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
 
 
+# The statuses in which a run has (or is about to get) a worker.
+LIVE_STATUSES = (RunStatus.queued, RunStatus.running)
+
+
 class TrainingRun(Base):
     __tablename__ = "training_runs"
+    __table_args__ = (Index("ix_training_runs_status_heartbeat_at", "status", "heartbeat_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
@@ -42,6 +53,15 @@ class TrainingRun(Base):
     checkpoint: Mapped[str | None] = mapped_column(String(1000), default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     worker_pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The lease. ``attempt`` grows by one each time the run is queued (created, resumed by hand or
+    # automatically); a worker writes only while the row still carries its attempt. ``supervisor``
+    # ("host:pid" of the service process that launched the attempt) is None on a queued run that
+    # waits for a trainer service to launch it.
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    auto_resumes: Mapped[int] = mapped_column(Integer, default=0)
+    supervisor: Mapped[str | None] = mapped_column(String(255), default=None)
+    worker_host: Mapped[str | None] = mapped_column(String(255), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     # The key minted for the run (its worker's only credential); revoked when the run ends. The
     # clear key is never stored: the worker receives it at launch.
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)

@@ -1,34 +1,79 @@
-"""Run bookkeeping: create, launch (one worker process per run), reap, cancel, report.
+"""Run bookkeeping: create, launch (one worker process per run), end dead attempts, cancel, report.
 
-A run's worker process owns its row while it runs (status, step, metrics, checkpoint); the
-service only launches it, reads it, and sets ``cancel_requested``. A worker that dies without
-finishing its row is detected when the run is read and the run is failed with its exit code.
+A run's worker process owns its row while it runs (status, step, metrics, checkpoint) and holds
+a heartbeat lease on it: every launch is a new ``attempt``, and the worker writes only while the
+row still carries its attempt (services/trainer/worker.py). The service launches workers, reads
+rows and sets ``cancel_requested``; a worker that dies is noticed by the process that launched it
+(it waits for its children, so none is left a zombie) or, after that process is gone, by the
+watchers (services/trainer/supervisor.py) once its heartbeat is stale. Every transition is a
+conditional UPDATE on (status, attempt[, heartbeat]), so two processes never both act on a run.
 
-Each launch mints the run an API key (role trainer, the run's project only) that the worker
-receives over the spawn pipe — never in its environment, command line, the stored config or a
-log line — and that is revoked when the run ends, however it ends. The run row keeps its id.
+A worker runs in its own session and process group, not as a daemon child: it survives a restart
+of the service process that launched it. Each launch mints the run an API key (role trainer, the
+run's project only) that the worker reads once from its stdin — never from its environment, its
+command line, the stored config or a log line — and that is revoked when the attempt ends,
+however it ends. The run row keeps its id.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import logging
 import os
-from multiprocessing.process import BaseProcess
-from typing import Any
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, Update, select, update
 from sqlalchemy.orm import Session
 
 from services.common.auth import create_api_key, forget_key
 from services.common.db import session_scope, utcnow
 from services.common.errors import Conflict, NotFound
 from services.common.models import ApiKey, Project, Role
+from services.common.settings import Settings, get_settings
 from services.trainer import confine, datasets
-from services.trainer.models import RunStatus, RunStepMetrics, TrainingRun
+from services.trainer.models import LIVE_STATUSES, RunStatus, RunStepMetrics, TrainingRun
 from trainer.config import ConfigError, RunConfig, parse_config
 
-# Runs launched by this service process; spawn, not fork: torch and an event loop live here.
-_PROCESSES: dict[str, BaseProcess] = {}
+logger = logging.getLogger(__name__)
+WORKER_LOG = "worker.log"
+
+
+def rows_changed(session: Session, statement: Update) -> int:
+    """Run a conditional UPDATE (a compare-and-set) and say how many rows it changed."""
+    result = session.execute(statement.execution_options(synchronize_session=False))
+    return cast(CursorResult[Any], result).rowcount
+
+
+def heartbeat_interval_s(settings: Settings | None = None) -> float:
+    return (settings or get_settings()).trainer_heartbeat_s
+
+
+def stale_after_s(settings: Settings | None = None) -> float:
+    """How old a heartbeat may get before the run's worker counts as dead (and its lease as lost)."""
+    s = settings or get_settings()
+    return s.trainer_stale_after_s if s.trainer_stale_after_s is not None else 4.0 * s.trainer_heartbeat_s
+
+
+def this_process() -> str:
+    """``host:pid`` of this process: who launched an attempt, or where a worker runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What a worker needs to start one attempt of a run; the key stays out of every repr."""
+
+    run_id: str
+    attempt: int
+    output_dir: str
+    api_key: str = field(repr=False)
 
 
 def checked_config(session: Session, project_id: str, config: RunConfig) -> dict[str, Any]:
@@ -45,14 +90,15 @@ def checked_config(session: Session, project_id: str, config: RunConfig) -> dict
     return stored
 
 
-def create_run(session: Session, project: Project, name: str, config: RunConfig) -> tuple[TrainingRun, str]:
-    """Record a checked run with the key minted for it; return the run and the clear key (for its launch)."""
+def create_run(session: Session, project: Project, name: str, config: RunConfig) -> tuple[TrainingRun, Launch]:
+    """Record a checked run, claimed by this process as its first attempt, with the key minted for it."""
     stored = checked_config(session, project.id, config)
-    run = TrainingRun(project_id=project.id, name=name, config=stored, max_steps=config.max_steps, output_dir="")
+    run = TrainingRun(project_id=project.id, name=name, config=stored, max_steps=config.max_steps, output_dir="",
+                      attempt=1, supervisor=this_process(), heartbeat_at=utcnow())
     session.add(run)
     session.flush()
     run.output_dir = str(confine.run_dir(project.id, run.id))
-    return run, mint_key(session, run, project)
+    return run, Launch(run.id, run.attempt, run.output_dir, mint_key(session, run, project))
 
 
 def mint_key(session: Session, run: TrainingRun, project: Project | None = None) -> str:
@@ -79,59 +125,164 @@ def revoke_key(session: Session, run: TrainingRun) -> None:
     forget_key(key.key_hash)
 
 
-def launch(run_id: str, api_key: str) -> None:
-    """Start the run's worker process (it marks the run running, then trains).
+# ------------------------------------------------------------------------------------- launching
 
-    The key travels in the spawn pipe with the target's arguments: unlike the environment or
-    argv it is not readable from /proc by other users, nor inherited by anything the worker starts.
+def launch(ticket: Launch) -> None:
+    """Start the attempt's worker (it marks the run running, then trains) and wait for it on a thread.
+
+    The worker gets its own session (``start_new_session``): a signal to the service's process group
+    or the service's death does not reach it. Its output goes to ``worker.log`` in the run's folder,
+    not to the service's pipes, whose reader may be gone long before the run ends. The key is
+    written to its stdin and the pipe closed: unlike argv or the environment it is not readable from
+    /proc, nor inherited by anything the worker starts.
     """
-    from services.trainer.worker import run_worker
-
-    context = multiprocessing.get_context("spawn")
-    process = context.Process(target=run_worker, args=(run_id, api_key), name=f"rewardhub-run-{run_id[:8]}",
-                              daemon=False)
-    process.start()
-    _PROCESSES[run_id] = process
-
-
-def reap(run: TrainingRun) -> None:
-    """Fail a run whose worker is gone without having finished it (killed, out of memory, restart)."""
-    if run.status.finished:
-        return
-    process = _PROCESSES.get(run.id)
-    if process is not None:
-        if process.is_alive():
-            return
-        process.join(timeout=0)
-        _PROCESSES.pop(run.id, None)
-        reason = f"the run's worker process exited with code {process.exitcode} before finishing"
-    elif run.worker_pid is not None and _pid_alive(run.worker_pid):
-        return  # launched by an earlier service process on this host and still training
-    else:
-        reason = "the run's worker is gone (the trainer service restarted); resume it from its last checkpoint"
-    run.status = RunStatus.failed
-    run.error = reason
-    run.finished_at = utcnow()
-    session = Session.object_session(run)
-    if session is not None:
-        revoke_key(session, run)
-
-
-def _pid_alive(pid: int) -> bool:
+    log_path = Path(ticket.output_dir) / WORKER_LOG
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "services.trainer.worker", ticket.run_id, str(ticket.attempt)],
+                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    except OSError as exc:
+        end_dead_attempt(ticket.run_id, ticket.attempt, f"the run's worker could not be started: {exc}")
+        return
+    try:
+        if process.stdin is not None:  # always, with stdin=PIPE
+            process.stdin.write(ticket.api_key.encode() + b"\n")
+            process.stdin.close()
+    except OSError:  # it died at once; the waiter below reports how
+        logger.warning("run %s: the worker exited before it read its key", ticket.run_id)
+    threading.Thread(target=_wait_for_worker, args=(process, ticket.run_id, ticket.attempt), daemon=True,
+                     name=f"rewardhub-run-{ticket.run_id[:8]}").start()
+    logger.info("run %s: attempt %d launched as worker pid %d", ticket.run_id, ticket.attempt, process.pid)
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _wait_for_worker(process: subprocess.Popen[bytes], run_id: str, attempt: int) -> None:
+    """Reap the worker when it exits; if it left its attempt unfinished, end (or resume) it at once."""
+    code = process.wait()
+    try:
+        outcome = end_dead_attempt(run_id, attempt,
+                                   f"the run's worker process {_exit_reason(code)} before finishing the run")
+        if outcome == "resumed":
+            relaunch(run_id)
+    except Exception as exc:  # the database is down: the watchers see the stale heartbeat later
+        logger.warning("run %s: could not record that its worker (pid %d) exited: %s: %s", run_id, process.pid,
+                       type(exc).__name__, exc)
+
+
+def claim_pending(run_id: str) -> Launch | None:
+    """Claim a queued run that no process launched yet (an automatic resume) and mint its key.
+
+    None when another process claimed it first, or it is no longer waiting.
+    """
+    with session_scope() as session:
+        run = session.get(TrainingRun, run_id)
+        if run is None or run.status is not RunStatus.queued or run.supervisor is not None:
+            return None
+        claimed = rows_changed(session, update(TrainingRun).where(
+            TrainingRun.id == run_id, TrainingRun.attempt == run.attempt, TrainingRun.status == RunStatus.queued,
+            TrainingRun.supervisor.is_(None)).values(supervisor=this_process(), heartbeat_at=utcnow()))
+        if claimed != 1:
+            session.rollback()
+            return None
+        return Launch(run.id, run.attempt, run.output_dir, mint_key(session, run))
+
+
+def relaunch(run_id: str) -> bool:
+    """Claim and launch a run waiting for a worker; False when another process got it."""
+    ticket = claim_pending(run_id)
+    if ticket is None:
         return False
-    except PermissionError:
-        return True
+    launch(ticket)
     return True
 
+
+# ----------------------------------------------------------------------------- dead attempts
+
+def check_resumable(session: Session, run: TrainingRun) -> None:
+    """Raise (a 4xx) unless ``run`` may be queued again under today's rules (allowlist, dataset, folder)."""
+    try:
+        config = parse_config(run.config)
+    except ConfigError as exc:  # a run stored before the current rules
+        raise Conflict(f"config: run {run.id} cannot be resumed: {exc}", field="config") from None
+    checked_config(session, run.project_id, config)
+    if run.output_dir != str(confine.run_dir(run.project_id, run.id)):
+        raise Conflict(f"output_dir: run {run.id} writes outside its project's area and cannot be resumed",
+                       field="output_dir")
+
+
+def _resume_problem(session: Session, run: TrainingRun) -> str | None:
+    try:
+        check_resumable(session, run)
+    except Exception as exc:  # any refusal: the run is failed with it instead of resumed
+        return str(exc)
+    return None
+
+
+def _dead_attempt_values(session: Session, run: TrainingRun, cause: str) -> dict[str, Any]:
+    """The row's next state when its attempt's worker is dead: requeued for a resume, or ended."""
+    settings = get_settings()
+    ended: dict[str, Any] = {"finished_at": utcnow(), "heartbeat_at": None}
+    if run.cancel_requested:
+        return {**ended, "status": RunStatus.cancelled, "error": f"{cause} (while it was being cancelled)"}
+    if not settings.trainer_resume_dead_runs:
+        return {**ended, "status": RunStatus.failed,
+                "error": f"{cause}; resume it from its last checkpoint with POST /v1/runs/{run.id}/resume"}
+    if run.auto_resumes >= settings.trainer_max_auto_resumes:
+        return {**ended, "status": RunStatus.failed,
+                "error": f"{cause}; gave up after {run.auto_resumes} automatic resumes "
+                         f"(REWARDHUB_TRAINER_MAX_AUTO_RESUMES={settings.trainer_max_auto_resumes})"}
+    problem = _resume_problem(session, run)
+    if problem is not None:
+        return {**ended, "status": RunStatus.failed, "error": f"{cause}; not resumed: {problem}"}
+    resumes = run.auto_resumes + 1
+    return {"status": RunStatus.queued, "attempt": run.attempt + 1, "auto_resumes": resumes, "supervisor": None,
+            "heartbeat_at": None, "worker_pid": None, "worker_host": None, "finished_at": None,
+            "error": f"resuming from the last checkpoint (automatic resume {resumes} of "
+                     f"{settings.trainer_max_auto_resumes}) after: {cause}"}
+
+
+def end_dead_attempt(run_id: str, attempt: int, cause: str, *, stale_before: datetime | None = None) -> str | None:
+    """Fail, cancel or requeue (automatic resume) ``attempt`` of a run whose worker is dead.
+
+    A compare-and-set on (status, attempt) — and on the heartbeat being older than ``stale_before``
+    when the death was inferred from it — so of several processes noticing the same death exactly
+    one acts, and a worker that beat in between keeps its run. Returns "failed", "cancelled",
+    "resumed", or None when nothing was done (the attempt finished, was taken over, or is alive).
+    """
+    with session_scope() as session:
+        run = session.get(TrainingRun, run_id)
+        if run is None or run.attempt != attempt or run.status not in LIVE_STATUSES or run.supervisor is None:
+            return None
+        values = _dead_attempt_values(session, run, cause)
+        conditions = [TrainingRun.id == run_id, TrainingRun.attempt == attempt,
+                      TrainingRun.status.in_(LIVE_STATUSES), TrainingRun.supervisor.is_not(None)]
+        if stale_before is not None:
+            conditions.append(TrainingRun.heartbeat_at < stale_before)
+        if rows_changed(session, update(TrainingRun).where(*conditions).values(**values)) != 1:
+            session.rollback()
+            return None
+        revoke_key(session, run)
+    outcome = "resumed" if values["status"] is RunStatus.queued else values["status"].value
+    logger.warning("run %s attempt %d: %s -> %s", run_id, attempt, cause, outcome)
+    return outcome
+
+
+# ------------------------------------------------------------------------------ API operations
 
 def get_run(session: Session, run_id: str, project_ids: set[str] | None) -> TrainingRun:
     run = session.get(TrainingRun, run_id)
     if run is None or (project_ids is not None and run.project_id not in project_ids):
         raise NotFound(f"no training run {run_id}", field="run_id")
-    reap(run)
     if run.status.finished:
         revoke_key(session, run)  # the worker revoked it; this also clears this process's cache at once
     return run
@@ -141,43 +292,44 @@ def list_runs(session: Session, project_ids: set[str] | None, limit: int) -> lis
     query = select(TrainingRun).order_by(TrainingRun.created_at.desc()).limit(limit)
     if project_ids is not None:
         query = query.where(TrainingRun.project_id.in_(project_ids))
-    runs = list(session.scalars(query))
-    for run in runs:
-        reap(run)
-    return runs
+    return list(session.scalars(query))
 
 
-def request_cancel(run: TrainingRun) -> None:
+def request_cancel(session: Session, run: TrainingRun) -> None:
+    """Ask the run's worker to stop (it polls the row between steps, whoever launched it).
+
+    A run still queued ends at once: its worker's start is conditional on the run being queued and
+    not cancelled, so it then finds nothing to do.
+    """
     if run.status.finished:
         raise Conflict(f"run {run.id} has already {run.status.value}", field="run_id")
-    run.cancel_requested = True
-    if run.status is RunStatus.queued and run.id not in _PROCESSES:
-        run.status = RunStatus.cancelled
-        run.finished_at = utcnow()
-        session = Session.object_session(run)
-        if session is not None:
-            revoke_key(session, run)
+    rows_changed(session, update(TrainingRun).where(TrainingRun.id == run.id, TrainingRun.status.in_(LIVE_STATUSES))
+                 .values(cancel_requested=True))
+    ended = rows_changed(session, update(TrainingRun).where(TrainingRun.id == run.id,
+                                                            TrainingRun.status == RunStatus.queued)
+                         .values(status=RunStatus.cancelled, finished_at=utcnow(), heartbeat_at=None))
+    session.refresh(run)
+    if ended == 1:
+        revoke_key(session, run)
+    elif run.status.finished and not run.cancel_requested:
+        raise Conflict(f"run {run.id} has already {run.status.value}", field="run_id")
 
 
-def prepare_resume(session: Session, run: TrainingRun) -> str:
-    """Queue a finished run again under today's rules (allowlist, dataset); return its new minted key."""
-    if run.status in (RunStatus.queued, RunStatus.running):
+def prepare_resume(session: Session, run: TrainingRun) -> Launch:
+    """Queue a finished run again under today's rules as a new attempt claimed by this process."""
+    if run.status in LIVE_STATUSES:
         raise Conflict(f"run {run.id} is {run.status.value}; only a finished run can be resumed", field="run_id")
     if run.status is RunStatus.succeeded:
         raise Conflict(f"run {run.id} has succeeded; there is nothing left to train", field="run_id")
-    try:
-        config = parse_config(run.config)
-    except ConfigError as exc:  # a run stored before the current rules
-        raise Conflict(f"config: run {run.id} cannot be resumed: {exc}", field="config") from None
-    checked_config(session, run.project_id, config)
-    if run.output_dir != str(confine.run_dir(run.project_id, run.id)):
-        raise Conflict(f"output_dir: run {run.id} writes outside its project's area and cannot be resumed",
-                       field="output_dir")
-    run.status = RunStatus.queued
-    run.cancel_requested = False
-    run.error = None
-    run.finished_at = None
-    return mint_key(session, run)
+    check_resumable(session, run)
+    queued = rows_changed(session, update(TrainingRun).where(
+        TrainingRun.id == run.id, TrainingRun.status == run.status, TrainingRun.attempt == run.attempt)
+        .values(status=RunStatus.queued, attempt=run.attempt + 1, supervisor=this_process(), heartbeat_at=utcnow(),
+                cancel_requested=False, error=None, finished_at=None, worker_pid=None, worker_host=None))
+    if queued != 1:
+        raise Conflict(f"run {run.id} changed while it was being resumed; read it again", field="run_id")
+    session.refresh(run)
+    return Launch(run.id, run.attempt, run.output_dir, mint_key(session, run))
 
 
 def step_metrics(session: Session, run_id: str, after_step: int, limit: int) -> list[RunStepMetrics]:
@@ -192,18 +344,3 @@ def running_metrics() -> list[tuple[str, dict[str, Any]]]:
         rows = session.execute(select(TrainingRun.id, TrainingRun.last_metrics)
                                .where(TrainingRun.status == RunStatus.running)).all()
     return [(run_id, metrics or {}) for run_id, metrics in rows]
-
-
-def stop_all(timeout_s: float = 10.0) -> None:
-    """Ask every local worker to stop (service shutdown); kill those that do not."""
-    for run_id in list(_PROCESSES):
-        with session_scope() as session:
-            run = session.get(TrainingRun, run_id)
-            if run is not None and not run.status.finished:
-                run.cancel_requested = True
-    for run_id, process in list(_PROCESSES.items()):
-        process.join(timeout=timeout_s)
-        if process.is_alive():
-            process.kill()
-            process.join(timeout=5)
-        _PROCESSES.pop(run_id, None)

@@ -69,6 +69,10 @@ class RunOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    attempt: int = Field(description="Launches of this run so far (created, resumed by hand or automatically).")
+    auto_resumes: int = Field(description="Times the run was resumed automatically after its worker died.")
+    heartbeat_at: datetime | None = Field(description="The last heartbeat of the run's worker (its lease); "
+                                          "null once the run has ended.")
 
 
 class StepMetricsOut(BaseModel):

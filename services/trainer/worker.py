@@ -1,10 +1,19 @@
-"""A training run's worker process: owns the run's row while it trains.
+"""A training run's worker process: holds the run's lease and owns its row while it trains.
 
-It marks the run running, resumes from the run's last checkpoint if there is one, trains, and
-writes each step's metrics to the database (and, through the trainer, to metrics.jsonl). It
-checks ``cancel_requested`` between steps. Whatever ends the run is written to its row: success,
+Started by services.trainer.runs.launch as ``python -m services.trainer.worker RUN_ID ATTEMPT`` in
+its own session, with the run's minted API key on stdin (read once; never in argv or the
+environment). It marks the run running (if the row is still queued for this attempt and not
+cancelled), resumes from the run's last checkpoint if there is one, trains, and writes each
+step's metrics to the database (and, through the trainer, to metrics.jsonl). It checks
+``cancel_requested`` between steps. Whatever ends the run is written to its row: success,
 cancellation with the checkpoint it left, or the error that stopped it — and the run's minted
 API key is revoked in the same transaction.
+
+The lease: a timer thread stamps ``heartbeat_at`` every ``trainer_heartbeat_s``, whatever the step
+length, and every write is conditional on the row still carrying this attempt. A worker whose row
+moved on (a watcher declared it dead and failed or resumed the run) or that could not renew its
+heartbeat for ``trainer_stale_after_s`` has lost its lease and exits at once with
+:data:`EXIT_LEASE_LOST`, writing nothing more: another attempt may own the run's folder by then.
 
 The stored config is checked again here (confinement to the project's area, the reward URL
 allowlist) right before the worker opens anything, and its paths are resolved only then.
@@ -14,51 +23,130 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from services.common.db import session_scope, utcnow
 from services.common.logging import configure_logging
 from services.common.settings import get_settings
 from services.trainer import confine
 from services.trainer.models import RunStatus, RunStepMetrics, TrainingRun
+from services.trainer.runs import heartbeat_interval_s, revoke_key, rows_changed, stale_after_s
 from trainer.config import RewardConfig, RunConfig, parse_config
 
 logger = logging.getLogger(__name__)
+EXIT_LEASE_LOST = 75  # EX_TEMPFAIL: the run is someone else's now
 
 
-def _record_step(run_id: str, step: int, metrics: dict[str, Any]) -> None:
+class LeaseLost(Exception):
+    """The run's row no longer carries this worker's attempt, or is no longer running."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    run_id: str
+    attempt: int
+
+    def owns(self) -> tuple[Any, ...]:
+        """The conditions under which a row is still this attempt's to write."""
+        return (TrainingRun.id == self.run_id, TrainingRun.attempt == self.attempt,
+                TrainingRun.status == RunStatus.running)
+
+
+class Heartbeat:
+    """Stamps the run's ``heartbeat_at`` on a daemon thread; exits the process when the lease is lost."""
+
+    def __init__(self, lease: Lease, interval_s: float, stale_after_s: float) -> None:
+        self.lease = lease
+        self.interval_s = interval_s
+        self.stale_after_s = stale_after_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="rewardhub-run-heartbeat")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating (before the run's end is written, so a beat never races the final write)."""
+        self._stop.set()
+        self._thread.join(timeout=self.interval_s + 30)
+
+    def beat(self) -> bool:
+        with session_scope() as session:
+            return rows_changed(session, update(TrainingRun).where(*self.lease.owns())
+                                .values(heartbeat_at=utcnow())) == 1
+
+    def _loop(self) -> None:
+        renewed = time.monotonic()
+        while not self._stop.wait(self.interval_s):
+            try:
+                owned = self.beat()
+            except SQLAlchemyError as exc:
+                logger.warning("run %s: heartbeat failed: %s", self.lease.run_id, exc)
+                if time.monotonic() - renewed > self.stale_after_s:
+                    self._lose(f"no heartbeat could be written for {self.stale_after_s:.0f} s; the watchers "
+                               "count this worker as dead")
+                continue
+            if not owned:
+                self._lose("the run's row no longer names this attempt as running (a watcher ended or "
+                           "resumed it)")
+            renewed = time.monotonic()
+
+    def _lose(self, why: str) -> None:
+        if self._stop.is_set():  # the run is being finished normally
+            return
+        logger.error("run %s: attempt %d lost its lease, exiting: %s", self.lease.run_id, self.lease.attempt, why)
+        logging.shutdown()
+        os._exit(EXIT_LEASE_LOST)  # at once: the main thread must not write another checkpoint or row
+
+
+def _record_step(lease: Lease, step: int, metrics: dict[str, Any]) -> None:
     clean = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}
     with session_scope() as session:
-        session.add(RunStepMetrics(run_id=run_id, step=step, metrics=clean))
-        run = session.get(TrainingRun, run_id)
-        if run is not None:
-            run.current_step = step
-            run.last_metrics = clean
+        if rows_changed(session, update(TrainingRun).where(*lease.owns())
+                        .values(current_step=step, last_metrics=clean)) != 1:
+            raise LeaseLost(f"run {lease.run_id}: attempt {lease.attempt} lost its lease (step {step} not recorded)")
+        session.add(RunStepMetrics(run_id=lease.run_id, step=step, metrics=clean))
 
 
-def _cancel_requested(run_id: str) -> bool:
+def _forget_steps_after(lease: Lease, step: int) -> None:
+    """A resumed attempt takes again the steps its predecessor did after the checkpoint: drop their rows."""
     with session_scope() as session:
-        return bool(session.scalar(select(TrainingRun.cancel_requested).where(TrainingRun.id == run_id)))
+        if rows_changed(session, update(TrainingRun).where(*lease.owns()).values(current_step=step)) != 1:
+            raise LeaseLost(f"run {lease.run_id}: attempt {lease.attempt} lost its lease before training")
+        session.execute(delete(RunStepMetrics).where(RunStepMetrics.run_id == lease.run_id,
+                                                     RunStepMetrics.step > step))
 
 
-def _finish(run_id: str, status: RunStatus, *, error: str | None = None, checkpoint: str | None = None) -> None:
-    """Write how the run ended and revoke its minted key in the same transaction."""
-    from services.trainer.runs import revoke_key
-
+def _cancel_requested(lease: Lease) -> bool:
     with session_scope() as session:
-        run = session.get(TrainingRun, run_id)
-        if run is None:
-            return
-        run.status = status
-        run.error = error
-        if checkpoint is not None:
-            run.checkpoint = checkpoint
-        run.finished_at = utcnow()
-        revoke_key(session, run)
+        row = session.execute(select(TrainingRun.cancel_requested).where(*lease.owns())).first()
+    if row is None:
+        raise LeaseLost(f"run {lease.run_id}: attempt {lease.attempt} lost its lease")
+    return bool(row[0])
+
+
+def _finish(lease: Lease, status: RunStatus, *, error: str | None = None, checkpoint: str | None = None) -> None:
+    """Write how the run ended (if it is still this attempt's) and revoke its key in the same transaction."""
+    values: dict[str, Any] = {"status": status, "error": error, "finished_at": utcnow(), "heartbeat_at": None}
+    if checkpoint is not None:
+        values["checkpoint"] = checkpoint
+    with session_scope() as session:
+        ended = rows_changed(session, update(TrainingRun).where(*lease.owns()).values(**values))
+        run = session.get(TrainingRun, lease.run_id)
+        if ended == 1 and run is not None:
+            revoke_key(session, run)
+        else:
+            logger.warning("run %s: attempt %d lost its lease; its end (%s) is not recorded",
+                           lease.run_id, lease.attempt, status.value)
 
 
 @dataclass(frozen=True)
@@ -69,22 +157,20 @@ class _Job:
     registered: dict[str, str]
 
 
-def _start(run_id: str) -> _Job | None:
+def _start(lease: Lease) -> _Job | None:
+    """Take the run from queued to running for this attempt; None when it is not this attempt's to run."""
     from services.trainer.datasets import registered_files
-    from services.trainer.runs import revoke_key
 
+    now = utcnow()
     with session_scope() as session:
-        run = session.get(TrainingRun, run_id)
-        if run is None or run.status is not RunStatus.queued:
-            return None
-        if run.cancel_requested:
-            run.status = RunStatus.cancelled
-            run.finished_at = utcnow()
-            revoke_key(session, run)
-            return None
-        run.status = RunStatus.running
-        run.started_at = utcnow()
-        run.worker_pid = os.getpid()
+        started = rows_changed(session, update(TrainingRun).where(
+            TrainingRun.id == lease.run_id, TrainingRun.attempt == lease.attempt,
+            TrainingRun.status == RunStatus.queued, TrainingRun.cancel_requested.is_(False))
+            .values(status=RunStatus.running, started_at=now, heartbeat_at=now, error=None, worker_pid=os.getpid(),
+                    worker_host=socket.gethostname()))
+        run = session.get(TrainingRun, lease.run_id)
+        if started != 1 or run is None:
+            return None  # cancelled while queued, or another attempt owns it
         config = dict(run.config)
         return _Job(config, run.project_id, run.output_dir,
                     registered_files(session, run.project_id, str(config.get("dataset", ""))))
@@ -120,13 +206,15 @@ def _reward_target(url: str | None) -> tuple[str | None, httpx.AsyncBaseTranspor
     return "http://gateway.local", httpx.ASGITransport(app=build_embedded_app())
 
 
-def run_worker(run_id: str, api_key: str) -> None:
-    """Entry point of the run's process (spawned by services.trainer.runs.launch with the run's minted key)."""
-    settings = get_settings()
-    configure_logging("trainer-run", settings.log_level, settings.log_json)
-    job = _start(run_id)
-    if job is None:
-        return
+@dataclass(frozen=True)
+class _End:
+    status: RunStatus
+    error: str | None = None
+    checkpoint: str | None = None
+
+
+def _train(lease: Lease, job: _Job, api_key: str) -> _End:
+    """Train the started attempt to its end; LeaseLost propagates (nothing more may be written)."""
     try:
         from trainer.grpo import GRPOTrainer
         from trainer.rewards import HttpRewards
@@ -136,11 +224,53 @@ def run_worker(run_id: str, api_key: str) -> None:
         rewards = HttpRewards(reward, api_key=api_key, base_url=base_url, transport=transport)
         trainer = GRPOTrainer(config, rewards=rewards)
         trainer.resume()
-        outcome = trainer.train(on_step=lambda step, metrics: _record_step(run_id, step, metrics),
-                                should_stop=lambda: _cancel_requested(run_id))
+        _forget_steps_after(lease, trainer.step)
+        outcome = trainer.train(on_step=lambda step, metrics: _record_step(lease, step, metrics),
+                                should_stop=lambda: _cancel_requested(lease))
+    except LeaseLost:
+        raise
     except Exception as exc:  # any failure ends the run with its cause, never a silent success
-        logger.exception("training run %s failed", run_id)
-        _finish(run_id, RunStatus.failed, error=f"{type(exc).__name__}: {exc}")
-        return
+        logger.exception("training run %s failed", lease.run_id)
+        return _End(RunStatus.failed, error=f"{type(exc).__name__}: {exc}")
     status = RunStatus.cancelled if outcome.status == "cancelled" else RunStatus.succeeded
-    _finish(run_id, status, checkpoint=str(outcome.checkpoint) if outcome.checkpoint else None)
+    return _End(status, checkpoint=str(outcome.checkpoint) if outcome.checkpoint else None)
+
+
+def run_worker(run_id: str, attempt: int, api_key: str) -> int:
+    """Run one attempt of ``run_id``; the process's exit code (0, or EXIT_LEASE_LOST)."""
+    settings = get_settings()
+    configure_logging("trainer-run", settings.log_level, settings.log_json)
+    lease = Lease(run_id, attempt)
+    job = _start(lease)
+    if job is None:
+        logger.info("run %s: attempt %d has nothing to run (cancelled or taken over)", run_id, attempt)
+        return 0
+    heartbeat = Heartbeat(lease, heartbeat_interval_s(settings), stale_after_s(settings))
+    heartbeat.start()
+    try:
+        end = _train(lease, job, api_key)
+    except LeaseLost as exc:
+        logger.error("%s; exiting without writing more", exc)
+        return EXIT_LEASE_LOST
+    finally:
+        heartbeat.stop()  # before the end is written, so no beat finds the row finished and exits
+    _finish(lease, end.status, error=end.error, checkpoint=end.checkpoint)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """``python -m services.trainer.worker RUN_ID ATTEMPT`` with the run's key as the one line on stdin."""
+    if len(argv) != 2 or not argv[1].isdigit():
+        print("usage: python -m services.trainer.worker RUN_ID ATTEMPT  (the run's API key on stdin)",
+              file=sys.stderr)
+        return 2
+    api_key = sys.stdin.readline().strip()
+    sys.stdin.close()
+    if not api_key:
+        print("the run's API key must be the first line on stdin", file=sys.stderr)
+        return 2
+    return run_worker(argv[0], int(argv[1]), api_key)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
