@@ -7,12 +7,23 @@ extras. Without them the command says so in one line instead of a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 
 OUR_PACKAGES = frozenset({"rewardhub", "services", "trainer", "webui", "migrations"})
 
 
+def prepare_worker_metrics() -> None:
+    """``rewardhub worker`` with REWARDHUB_WORKER_METRICS_PORT: Prometheus's multiprocess mode, which must
+    be chosen before prometheus_client is first imported (it picks its value storage at import)."""
+    if sys.argv[1:2] == ["worker"] and os.environ.get("REWARDHUB_WORKER_METRICS_PORT") \
+            and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rewardhub-worker-metrics-")
+
+
 def main() -> None:
+    prepare_worker_metrics()
     try:
         from rewardhub.cli import app
     except ModuleNotFoundError as exc:

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     sandbox_disk_mb: int = Field(default=64, ge=1, le=16384, description="Size cap of each of a run's /work, /tmp, /dev/shm.")
     sandbox_max_processes: int = Field(default=64, ge=4, le=4096, description="Processes and threads of one run.")
     sandbox_max_output_bytes: int = Field(default=1_000_000, ge=1024, description="Kept of each of stdout and stderr.")
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535, description=(
+        "Port on which `rewardhub worker` serves Prometheus metrics of all its pool processes; unset: none."))
     sandbox_max_runs_per_project: int = Field(default=100, ge=1, le=4096, description=(
         "Runs of one project executing at once (the rest wait on that project's own queue)."))
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
+import os
 import socket
 import threading
 import time
@@ -309,6 +310,33 @@ def _worker_logging(**_kwargs: Any) -> None:
     configure_logging("worker", settings.log_level, settings.log_json)
 
 
+def _serve_worker_metrics(**_kwargs: Any) -> None:
+    """On ``worker_ready``: serve ``/metrics`` of every pool process of this worker, if configured.
+
+    Task outcomes are counted in the pool's child processes; ``rewardhub worker`` points
+    ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder before prometheus_client is first imported (see
+    rewardhub/entry.py), so each child writes its counters there and this server sums them.
+    """
+    port = get_settings().worker_metrics_port
+    if port is None or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, registry=registry)
+    log.info("worker metrics on :%d/metrics", port)
+
+
+def _forget_dead_child(pid: int | None = None, **_kwargs: Any) -> None:
+    if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+signals.worker_ready.connect(_serve_worker_metrics, weak=False)
+signals.worker_process_shutdown.connect(_forget_dead_child, weak=False)
 signals.before_task_publish.connect(_add_request_id_header, weak=False)
 signals.task_prerun.connect(_restore_request_id, weak=False)
 signals.task_success.connect(_count_success, weak=False)

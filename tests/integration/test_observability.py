@@ -239,3 +239,28 @@ def test_celery_queue_depth_is_read_from_redis_at_scrape_time(isolated_env: Path
                for family in text_string_to_metric_families(text) for s in family.samples}
     assert samples[("rewardhub_celery_queue_depth", (("queue", "celery"),))] == 3
     assert samples[("rewardhub_celery_broker_up", ())] == 1
+
+
+@pytest.mark.redis
+def test_a_separate_worker_serves_the_task_outcomes_of_its_pool_processes(
+        sqlite_tenant: Tenant, redis12: str, started: Callable[[str, list[str], dict[str, str]], Process]) -> None:
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis12, "REWARDHUB_WORKER_METRICS_PORT": str(port)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    worker = started("worker", ["worker", "--pool", "prefork", "--concurrency", "2"], env)
+    ids = [subprocess.run([sys.executable, "-c", SUBMIT_SCRIPT, f"outcome-{n}", "submit"], env=env,
+                          capture_output=True, text=True, timeout=120, check=True).stdout.strip().splitlines()[-1]
+           for n in range(3)]
+    results = make_celery(redis12)
+    assert all(results.AsyncResult(task_id).get(timeout=120)["payload"] == "traced" for task_id in ids)
+
+    def successes() -> float | None:
+        if worker.proc.poll() is not None:
+            raise AssertionError(f"the worker exited with {worker.proc.returncode}:\n{worker.text()[-3000:]}")
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return next((sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                     if sample.name == "rewardhub_celery_tasks_total"
+                     and sample.labels == {"task": "rewardhub.ping", "outcome": "success"}), None)
+
+    # Summed over both pool processes, whichever ran which task.
+    assert wait_for(successes, 60, "the worker's task outcome counter") == 3.0
