@@ -86,7 +86,7 @@ class Server:
                 time.sleep(0.2)
         self.key = (Path(self.tmp.name) / "admin-key.txt").read_text().strip()
         self.headers = {"Authorization": f"Bearer {self.key}"}
-        self.project_id = httpx.get(self.url + "/v1/projects", headers=self.headers).json()[0]["id"]
+        self.project_id = httpx.get(self.url + "/v1/projects", headers=self.headers).json()["data"][0]["id"]
 
     def rewards(self, items: list[dict], deadline_s: float | None = None, timeout: float = 600,
                 spec: dict | None = None) -> dict:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import select
@@ -138,6 +139,19 @@ def require_roles(*roles: Role) -> Callable[..., Principal]:
         return principal
 
     return _check
+
+
+# The role sets every service checks, declared once: routes take them as typed parameters
+# (``principal: TrainerOrAdmin``) instead of building their own ``require_roles`` each.
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+AdminOnly = Annotated[Principal, Depends(require_roles(Role.admin))]
+TrainerOrAdmin = Annotated[Principal, Depends(require_roles(Role.admin, Role.trainer))]
+# Who may score (rewards, grading, judging): trainers, admins and reward-scoped tokens. Rate limits
+# for reward tokens are the gateway's to apply (it is the public edge).
+Scorer = Annotated[Principal, Depends(require_roles(Role.admin, Role.trainer, Role.reward))]
+# Annotation's two role sets: who may read a queue's state, and who may label.
+AnnotationReader = Annotated[Principal, Depends(require_roles(Role.admin, Role.trainer, Role.annotator))]
+AnnotatorOrAdmin = Annotated[Principal, Depends(require_roles(Role.admin, Role.annotator))]
 
 
 def ensure_project_access(principal: Principal, project_id: str) -> None:

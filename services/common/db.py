@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio.to_thread
+from fastapi import Depends
 from sqlalchemy import DateTime, Dialect, Engine, MetaData, create_engine, event, make_url
 from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -241,6 +242,10 @@ def get_session(request: Request) -> Iterator[Session]:
         if entry is not None:
             entry.open = False
         session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+"""The request's session as a route parameter (``session: SessionDep``), committed before the response."""
 
 
 class _ResponseReplaced(Exception):

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from fastapi import Response
 from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -301,3 +302,9 @@ def key_from(header: str | None, body_field: str | None) -> tuple[str | None, bo
     if header is not None:
         return header, False
     return body_field, body_field is not None
+
+
+def replayed_response(stored: Stored) -> Response:
+    """The stored answer of an earlier request with the same Idempotency-Key, marked as a replay."""
+    return Response(stored.body, status_code=stored.status_code, media_type="application/json",
+                    headers={REPLAYED_HEADER: "true"})

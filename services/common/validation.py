@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Path
+from fastapi import Header, Path, Query
 from pydantic import AfterValidator, BeforeValidator
 
 
@@ -49,3 +49,14 @@ NameText = Annotated[str, BeforeValidator(_storable), AfterValidator(_non_blank)
 ID_PATTERN = r"^[0-9a-f]{32}$"
 ProjectIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="A project id (32 hex characters).")]
 KeyIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="An API key id (32 hex characters).")]
+RunIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="A training run id (32 hex characters).")]
+JobIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="A job id (32 hex characters).")]
+RubricIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="A stored rubric id (32 hex characters).")]
+ItemIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="An item id (32 hex characters).")]
+ProjectIdQuery = Annotated[str | None, Query(pattern=ID_PATTERN, description="A project id (32 hex characters); "
+                                             "optional when the key has only one project.")]
+# The one spelling of the idempotency header on every create endpoint (services.common.idempotency).
+IdempotencyKeyHeader = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=200,
+    description="Send one so that a retry (after a timeout, a 503 or a lost answer) returns the stored answer "
+                "(`Idempotent-Replayed: true`) instead of doing the work twice.")]

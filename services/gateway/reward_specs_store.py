@@ -6,12 +6,16 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from rewardhub.reward_specs import parse_spec_ref
+from services.common import idempotency
 from services.common.errors import Conflict, InvalidInput, NotFound
+from services.common.pagination import Page, keyset_page
 from services.gateway.models import RewardSpecRecord
-from services.gateway.schemas import RewardSpecOut
+from services.gateway.schemas import RewardSpecCreate, RewardSpecOut
+
+IDEMPOTENCY_ENDPOINT = "gateway/reward-specs"
 
 
 def spec_out(record: RewardSpecRecord) -> RewardSpecOut:
@@ -34,13 +38,35 @@ def add_version(session: Session, project_id: str, name: str, spec: dict[str, An
     return record
 
 
-def list_latest(session: Session, project_id: str) -> list[RewardSpecRecord]:
-    records = session.scalars(select(RewardSpecRecord).where(RewardSpecRecord.project_id == project_id)
-                              .order_by(RewardSpecRecord.name, RewardSpecRecord.version))
-    latest: dict[str, RewardSpecRecord] = {}
-    for record in records:
-        latest[record.name] = record
-    return list(latest.values())
+def create_version(session: Session, project_id: str, body: RewardSpecCreate,
+                   idempotency_key: str | None) -> RewardSpecOut | idempotency.Stored:
+    """Store the next version of ``body.name``, or the stored answer of an earlier request with the key.
+
+    The key's answer commits in the same transaction as the version, so a retry never adds a second one.
+    """
+    request_hash = idempotency.fingerprint(body.model_dump(mode="json"))
+    if idempotency_key is not None:
+        stored = idempotency.replay(session, project_id, IDEMPOTENCY_ENDPOINT, idempotency_key, request_hash)
+        if stored is not None:
+            return stored
+    out = spec_out(add_version(session, project_id, body.name, body.spec.model_dump(mode="json"), body.description))
+    if idempotency_key is not None:
+        idempotency.remember(session, project_id, IDEMPOTENCY_ENDPOINT, idempotency_key, request_hash, 201,
+                             out.model_dump_json())
+    return out
+
+
+def list_latest(session: Session, project_id: str, cursor: str | None, limit: int) -> Page[RewardSpecOut]:
+    """The latest version of each of the project's specs, by name, a page at a time."""
+    other = aliased(RewardSpecRecord)
+    newest = (select(func.max(other.version))
+              .where(other.project_id == RewardSpecRecord.project_id, other.name == RewardSpecRecord.name)
+              .correlate(RewardSpecRecord).scalar_subquery())
+    # One row per name (the newest version), so (name, id) orders the page with a unique key last.
+    query = select(RewardSpecRecord).where(RewardSpecRecord.project_id == project_id,
+                                           RewardSpecRecord.version == newest)
+    rows, next_cursor = keyset_page(session, query, (RewardSpecRecord.name, RewardSpecRecord.id), cursor, limit)
+    return Page(data=[spec_out(r) for r in rows], next_cursor=next_cursor)
 
 
 def list_versions(session: Session, project_id: str, name: str) -> list[RewardSpecRecord]:

@@ -9,8 +9,9 @@ from sqlalchemy.orm import Session
 from services.common.auth import Principal, create_api_key, forget_key, get_accessible_project
 from services.common.db import utcnow
 from services.common.errors import Conflict, NotFound
-from services.common.models import ApiKey, Project, Role
-from services.gateway.schemas import KeyCreated, KeyOut
+from services.common.models import ApiKey, Project, Role, api_key_projects
+from services.common.pagination import Page, keyset_page
+from services.gateway.schemas import KeyCreated, KeyOut, ProjectOut
 
 
 def create_project(session: Session, principal: Principal, name: str, description: str) -> Project:
@@ -33,11 +34,13 @@ def create_project(session: Session, principal: Principal, name: str, descriptio
     return project
 
 
-def list_projects(session: Session, principal: Principal) -> list[Project]:
-    query = select(Project).order_by(Project.created_at, Project.name)
+def list_projects(session: Session, principal: Principal, cursor: str | None, limit: int) -> Page[ProjectOut]:
+    """The projects the key can see, oldest first, a page at a time."""
+    query = select(Project)
     if not principal.all_projects:
         query = query.where(Project.id.in_(principal.project_ids))
-    return list(session.scalars(query))
+    rows, next_cursor = keyset_page(session, query, (Project.created_at, Project.id), cursor, limit)
+    return Page(data=[ProjectOut.model_validate(p) for p in rows], next_cursor=next_cursor)
 
 
 def key_out(key: ApiKey) -> KeyOut:
@@ -52,10 +55,14 @@ def issue_project_key(session: Session, principal: Principal, project_id: str, r
     return KeyCreated(**key_out(key).model_dump(), key=clear)
 
 
-def list_project_keys(session: Session, principal: Principal, project_id: str) -> list[KeyOut]:
+def list_project_keys(session: Session, principal: Principal, project_id: str, cursor: str | None,
+                      limit: int) -> Page[KeyOut]:
+    """The keys scoped to the project (revoked ones too), oldest first, a page at a time."""
     project = get_accessible_project(session, principal, project_id)
-    keys = session.scalars(select(ApiKey).order_by(ApiKey.created_at))
-    return [key_out(k) for k in keys if any(p.id == project.id for p in k.projects)]
+    in_project = select(api_key_projects.c.api_key_id).where(api_key_projects.c.project_id == project.id)
+    query = select(ApiKey).where(ApiKey.id.in_(in_project))
+    rows, next_cursor = keyset_page(session, query, (ApiKey.created_at, ApiKey.id), cursor, limit)
+    return Page(data=[key_out(k) for k in rows], next_cursor=next_cursor)
 
 
 def revoke_key(session: Session, principal: Principal, key_id: str) -> KeyOut:

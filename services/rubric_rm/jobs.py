@@ -39,6 +39,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from services.common import idempotency
 from services.common.auth import Principal
@@ -47,6 +48,7 @@ from services.common.errors import ApiError, InvalidInput, NotFound
 from services.common.llm.client import OpenAIChatClient
 from services.common.llm.types import ChatBackend
 from services.common.models import Role
+from services.common.pagination import Page, keyset_page
 from services.common.settings import get_settings
 from services.rubric_rm import operations
 from services.rubric_rm.backends import fresh_backend
@@ -149,8 +151,8 @@ def withdraw_job(job_id: str, project_id: str, idempotency_key: str | None) -> b
         return True
 
 
-def job_out(job: RubricJob) -> JobOut:
-    finished = job.state is JobState.succeeded
+def job_out(job: RubricJob, *, with_results: bool = True) -> JobOut:
+    finished = job.state is JobState.succeeded and with_results
     # pending_submit is an internal step of "queued": accepted and committed, being handed to the broker.
     state = JobState.queued if job.state is JobState.pending_submit else job.state
     return JobOut(id=job.id, project_id=job.project_id, kind=job.kind, state=state.value, total=job.total,
@@ -165,6 +167,16 @@ def get_job(principal: Principal, job_id: str) -> JobOut:
         if job is None or not principal.can_access(job.project_id):
             raise NotFound(f"job {job_id!r} not found", field="job_id")
         return job_out(job)
+
+
+def list_jobs(session: Session, project_ids: set[str] | None, cursor: str | None, limit: int) -> Page[JobOut]:
+    """One page of the jobs in ``project_ids`` (None: every project), oldest first, without their results
+    (a job's results can be large: ``GET /v1/jobs/{id}`` has them)."""
+    query = select(RubricJob)
+    if project_ids is not None:
+        query = query.where(RubricJob.project_id.in_(project_ids))
+    rows, next_cursor = keyset_page(session, query, (RubricJob.created_at, RubricJob.id), cursor, limit)
+    return Page(data=[job_out(job, with_results=False) for job in rows], next_cursor=next_cursor)
 
 
 def summarise_results(kind: str, results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -16,8 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.errors import ApiError, UpstreamUnavailable
 from services.rubric_rm import prompts
 from services.rubric_rm.schemas import RubricExample
+
+# How long a client should wait before retrying an export the LLM backend could not serve.
+LLM_RETRY_AFTER_S = 5
 
 
 @dataclass(frozen=True)
@@ -55,3 +59,21 @@ def export_generator_sft(examples: Sequence[RubricExample], *, seed: int = 0, pa
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return SftExport(records=records, chosen_first=len(chosen_first_idx),
                      chosen_second=len(usable) - len(chosen_first_idx), skipped=len(examples) - len(usable))
+
+
+def raise_for_llm_failures(examples: Sequence[RubricExample]) -> None:
+    """An export built through the LLM fails as a whole when the LLM did: never a 200 with missing records.
+
+    A backend that did not answer (timeout, unreachable, 5xx after its retries) is a 503 with
+    ``Retry-After``: the same request can be sent again. Output that could not be parsed for every
+    pair is a 502: the backend answered, but nothing usable, and retrying as is will not help.
+    """
+    failed = [ex for ex in examples if ex.rubric is None and ex.status in ("timeout", "error")]
+    if failed:
+        raise UpstreamUnavailable(f"the LLM backend failed for {len(failed)} of {len(examples)} pairs "
+                                  f"(first: {failed[0].error}); nothing was exported",
+                                  field="llm", retry_after_s=LLM_RETRY_AFTER_S)
+    if examples and all(ex.rubric is None for ex in examples):
+        raise ApiError(f"the LLM's output could not be used for any of the {len(examples)} pairs "
+                       f"(first: {examples[0].error}); nothing was exported",
+                       field="llm", code="upstream_bad_output", status_code=502)

@@ -13,8 +13,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from services.common.pagination import Page, keyset_page
 from services.rubric_rm.models import StoredRubric
-from services.rubric_rm.schemas import Rubric
+from services.rubric_rm.schemas import Rubric, StoredRubricOut
 
 SAVE_ATTEMPTS = 5
 
@@ -56,3 +57,13 @@ def save_rubric(session: Session, project_id: str, instruction: str, generator_v
 
 def rubric_of(record: StoredRubric) -> Rubric:
     return Rubric.model_validate(record.rubric)
+
+
+def list_rubrics(session: Session, project_ids: set[str] | None, cursor: str | None,
+                 limit: int) -> Page[StoredRubricOut]:
+    """One page of the stored rubrics (every version) in ``project_ids`` (None: every project), oldest first."""
+    query = select(StoredRubric)
+    if project_ids is not None:
+        query = query.where(StoredRubric.project_id.in_(project_ids))
+    rows, next_cursor = keyset_page(session, query, (StoredRubric.created_at, StoredRubric.id), cursor, limit)
+    return Page(data=[StoredRubricOut.model_validate(r, from_attributes=True) for r in rows], next_cursor=next_cursor)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, FastAPI, Header
+from fastapi import APIRouter, FastAPI
 
 from services.common.app_factory import create_service_app
 from services.common.errors import InvalidInput
@@ -17,24 +15,21 @@ from services.common.sandbox_api import (
 )
 from services.common.settings import get_settings
 from services.sandbox import languages, run_code, runner, testing
-from services.sandbox.deps import Caller, SandboxSettings
+from services.sandbox.deps import Caller, CallerProject, SandboxSettings
 
 router = APIRouter(tags=["sandbox"])
-# The tenant a run is counted against (runner.RunSlots): sent by the verifier, which knows the key's
-# project; only callers holding the sandbox's token get here when one is set.
-Project = Annotated[str | None, Header(alias=runner.PROJECT_HEADER, max_length=128)]
 
 
 @router.post("/run_code", response_model=RunCodeResponse)
 async def run_code_route(body: RunCodeRequest, _caller: Caller, settings: SandboxSettings,
-                         project: Project = None) -> RunCodeResponse:
+                         project: CallerProject = None) -> RunCodeResponse:
     """Run one program (SandboxFusion's request and response fields and statuses)."""
     return await run_code.run_code(body, settings, project=project)
 
 
 @router.post("/v1/tests", response_model=SandboxTestsResponse)
 async def tests_route(body: SandboxTestsRequest, _caller: Caller, settings: SandboxSettings,
-                      project: Project = None) -> SandboxTestsResponse:
+                      project: CallerProject = None) -> SandboxTestsResponse:
     """Run a Python solution against its tests; each test's verdict is decided outside the tested code."""
     try:
         return await testing.run_tests(body, settings, project=project)

@@ -16,6 +16,7 @@ from fastapi import Depends, Header
 
 from services.common.errors import Unauthorized
 from services.common.settings import Settings, get_settings
+from services.sandbox.runner import PROJECT_HEADER
 
 
 def _settings() -> Settings:
@@ -35,3 +36,6 @@ def require_caller(settings: Annotated[Settings, Depends(_settings)],
 
 Caller = Annotated[None, Depends(require_caller)]
 SandboxSettings = Annotated[Settings, Depends(_settings)]
+# The tenant a run is counted against (runner.RunSlots): sent by the verifier, which knows the key's
+# project; only callers holding the sandbox's token get here when one is set.
+CallerProject = Annotated[str | None, Header(alias=PROJECT_HEADER, max_length=128)]

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.common.errors import Conflict, InvalidInput
+from services.common.pagination import keyset_page
 from services.trainer.confine import datasets_dir
 from services.trainer.models import TrainingDataset
 from trainer.data import DatasetError, load_rows
@@ -115,12 +116,8 @@ def registered_files(session: Session, project_id: str, name: str) -> dict[str, 
     return {name: dataset.filename} if dataset is not None else {}
 
 
-def list_page(session: Session, project_id: str, cursor: str | None, limit: int) -> tuple[list[TrainingDataset],
-                                                                                        str | None]:
-    """One page by name, and the cursor of the next page (None: this was the last)."""
+def list_page(session: Session, project_id: str, cursor: str | None,
+              limit: int) -> tuple[list[TrainingDataset], str | None]:
+    """One page of the project's datasets by name (unique in a project), and the cursor of the next page."""
     query = select(TrainingDataset).where(TrainingDataset.project_id == project_id)
-    if cursor:
-        query = query.where(TrainingDataset.name > cursor)
-    rows = list(session.scalars(query.order_by(TrainingDataset.name).limit(limit + 1)))
-    page = rows[:limit]
-    return page, (page[-1].name if len(rows) > limit else None)
+    return keyset_page(session, query, (TrainingDataset.name,), cursor, limit)

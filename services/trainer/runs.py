@@ -36,6 +36,7 @@ from services.common.auth import create_api_key, forget_key
 from services.common.db import session_scope, utcnow
 from services.common.errors import Conflict, NotFound
 from services.common.models import ApiKey, Project, Role
+from services.common.pagination import keyset_page
 from services.common.settings import Settings, get_settings
 from services.trainer import confine, datasets
 from services.trainer.models import LIVE_STATUSES, RunStatus, RunStepMetrics, TrainingRun
@@ -288,11 +289,13 @@ def get_run(session: Session, run_id: str, project_ids: set[str] | None) -> Trai
     return run
 
 
-def list_runs(session: Session, project_ids: set[str] | None, limit: int) -> list[TrainingRun]:
-    query = select(TrainingRun).order_by(TrainingRun.created_at.desc()).limit(limit)
+def list_runs(session: Session, project_ids: set[str] | None, cursor: str | None,
+              limit: int) -> tuple[list[TrainingRun], str | None]:
+    """One page of the runs in ``project_ids`` (None: every project), oldest first, and the next cursor."""
+    query = select(TrainingRun)
     if project_ids is not None:
         query = query.where(TrainingRun.project_id.in_(project_ids))
-    return list(session.scalars(query))
+    return keyset_page(session, query, (TrainingRun.created_at, TrainingRun.id), cursor, limit)
 
 
 def request_cancel(session: Session, run: TrainingRun) -> None:
@@ -332,10 +335,11 @@ def prepare_resume(session: Session, run: TrainingRun) -> Launch:
     return Launch(run.id, run.attempt, run.output_dir, mint_key(session, run))
 
 
-def step_metrics(session: Session, run_id: str, after_step: int, limit: int) -> list[RunStepMetrics]:
-    return list(session.scalars(select(RunStepMetrics).where(RunStepMetrics.run_id == run_id,
-                                                             RunStepMetrics.step > after_step)
-                                .order_by(RunStepMetrics.step).limit(limit)))
+def step_metrics(session: Session, run_id: str, after_step: int, cursor: str | None,
+                 limit: int) -> tuple[list[RunStepMetrics], str | None]:
+    """One page of a run's step metrics by step (after ``after_step``), and the next cursor."""
+    query = select(RunStepMetrics).where(RunStepMetrics.run_id == run_id, RunStepMetrics.step > after_step)
+    return keyset_page(session, query, (RunStepMetrics.step,), cursor, limit)
 
 
 def running_metrics() -> list[tuple[str, dict[str, Any]]]:

@@ -16,6 +16,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from services.common.validation import ID_PATTERN, StoredText
+from services.trainer.models import RunStepMetrics, TrainingDataset, TrainingRun
 from trainer.config import RunConfig
 
 # Keys that would let a caller choose a server-side credential; named in their own error message.
@@ -74,17 +75,24 @@ class RunOut(BaseModel):
     heartbeat_at: datetime | None = Field(description="The last heartbeat of the run's worker (its lease); "
                                           "null once the run has ended.")
 
+    @classmethod
+    def from_run(cls, run: TrainingRun) -> RunOut:
+        return cls(id=run.id, project_id=run.project_id, name=run.name, status=run.status.value,
+                   current_step=run.current_step, max_steps=run.max_steps, cancel_requested=run.cancel_requested,
+                   last_metrics=run.last_metrics or {}, checkpoint=run.checkpoint, error=run.error,
+                   output_dir=run.output_dir, config=run.config, created_at=run.created_at,
+                   started_at=run.started_at, finished_at=run.finished_at, attempt=run.attempt,
+                   auto_resumes=run.auto_resumes, heartbeat_at=run.heartbeat_at)
+
 
 class StepMetricsOut(BaseModel):
     step: int
     metrics: dict[str, Any]
     created_at: datetime
 
-
-class RunMetricsOut(BaseModel):
-    run_id: str
-    steps: list[StepMetricsOut]
-    next_after_step: int = Field(description="Pass as after_step to read the following page.")
+    @classmethod
+    def from_row(cls, row: RunStepMetrics) -> StepMetricsOut:
+        return cls(step=row.step, metrics=row.metrics, created_at=row.created_at)
 
 
 class DatasetOut(BaseModel):
@@ -95,7 +103,7 @@ class DatasetOut(BaseModel):
     sha256: str
     created_at: datetime
 
-
-class DatasetPage(BaseModel):
-    data: list[DatasetOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` to read the next page; null on the last page.")
+    @classmethod
+    def from_dataset(cls, dataset: TrainingDataset) -> DatasetOut:
+        return cls(name=dataset.name, format=dataset.format, rows=dataset.rows, size_bytes=dataset.size_bytes,
+                   sha256=dataset.sha256, created_at=dataset.created_at)

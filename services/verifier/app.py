@@ -6,30 +6,24 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from services.common.app_factory import create_service_app
-from services.common.auth import Principal, require_roles
-from services.common.models import Role
 from services.common.reward_api import GradeRequest, GradeResponse, merge, screen, summarise
 from services.common.sandbox_api import RunCodeRequest, RunCodeResponse
-from services.common.service_client import tenant_of, tenant_var
 from services.verifier import grading, run_code
+from services.verifier.deps import CodeRunner, GradingCaller
 
 router = APIRouter(tags=["verifier"])
-graders_only = require_roles(Role.admin, Role.trainer)
-# /v1/grade is what the gateway's /v1/rewards fans out to, with the caller's key: reward tokens too.
-grade_callers = require_roles(Role.admin, Role.trainer, Role.reward)
 
 
 @router.post("/v1/grade", response_model=GradeResponse,
              responses={200: {"content": {"application/x-ndjson": {}}}})
-async def grade(body: GradeRequest, request: Request, _principal: Principal = Depends(grade_callers)) -> Response:
+async def grade(body: GradeRequest, request: Request, _principal: GradingCaller) -> Response:
     """Grade a batch against a resolved spec (the gateway's `/v1/rewards` forwards here)."""
     # Graders that call other services (rubric) do so with the caller's key and project scope.
     auth = request.headers.get("authorization")
-    tenant_var.set(tenant_of(_principal.key_id, _principal.project_ids, _principal.all_projects))
     # An item that cannot be graded (NUL, lone surrogate, oversized, too deep, NaN) is its own
     # invalid_input result; the rest of the batch is graded as usual.
     gradable, invalid = screen(body.items)
@@ -53,11 +47,9 @@ async def grade(body: GradeRequest, request: Request, _principal: Principal = De
 
 
 @router.post("/run_code", response_model=RunCodeResponse, tags=["sandbox"])
-async def sandbox_run_code(body: RunCodeRequest,
-                           _principal: Principal = Depends(graders_only)) -> dict[str, object]:
+async def sandbox_run_code(body: RunCodeRequest, _principal: CodeRunner) -> dict[str, object]:
     """SandboxFusion-compatible code execution, run by the sandbox service (user-code failures are
     `Failed`, platform faults `SandboxError`)."""
-    tenant_var.set(tenant_of(_principal.key_id, _principal.project_ids, _principal.all_projects))
     return await run_code.forward_run_code(body.model_dump(mode="json"))
 
 

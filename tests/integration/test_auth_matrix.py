@@ -74,9 +74,9 @@ def test_role_matrix(endpoint: str, client: TestClient, postgres_tenant: Tenant)
 
 
 def test_listing_is_scoped_to_the_keys_projects(client: TestClient, postgres_tenant: Tenant) -> None:
-    trainer = client.get("/v1/projects", headers=bearer(postgres_tenant.keys["trainer"])).json()
+    trainer = client.get("/v1/projects", headers=bearer(postgres_tenant.keys["trainer"])).json()["data"]
     assert [p["id"] for p in trainer] == [postgres_tenant.project_a]
-    root = {p["id"] for p in client.get("/v1/projects", headers=bearer(postgres_tenant.keys["root"])).json()}
+    root = {p["id"] for p in client.get("/v1/projects", headers=bearer(postgres_tenant.keys["root"])).json()["data"]}
     assert {postgres_tenant.project_a, postgres_tenant.project_b} <= root
 
 

@@ -185,6 +185,63 @@ def test_synthesise_filter_and_sft_export(llm: ScriptedLLMServer, client: TestCl
     assert firsts == 2
 
 
+def test_sft_export_from_pairs_fails_with_the_llm(llm: ScriptedLLMServer, client: TestClient, tenant: Tenant) -> None:
+    pairs = [{"instruction": "GARBAGE q", "chosen": "fine", "rejected": "WRONG answer"}]
+    unusable = post(client, tenant, "/v1/rubrics/sft-export", {"pairs": pairs})
+    assert unusable.status_code == 502, unusable.text
+    error = unusable.json()["error"]
+    assert error["code"] == "upstream_bad_output" and error["field"] == "llm" and "unparseable" in error["message"]
+    assert "retry-after" not in unusable.headers, "retrying the same pairs would not help"
+
+
+def test_sft_export_is_a_503_with_retry_after_when_the_backend_fails(tenant: Tenant, client: TestClient,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.common.llm.scripted import ScriptedReply
+
+    # The first pair's calls succeed, the second's fail: a partial export would silently lose a record.
+    server = ScriptedLLMServer(lambda request: ScriptedReply.error(500) if "broken" in last_user_text(request)
+                               else judge_script(request))
+    _configure(monkeypatch, REWARDHUB_LLM_BASE_URL=server.start(), REWARDHUB_LLM_MODEL="judge",
+               REWARDHUB_LLM_MAX_RETRIES="0", REWARDHUB_LLM_TIMEOUT_S="20")
+    pairs = [{"instruction": "q1", "chosen": "fine", "rejected": "WRONG answer"},
+             {"instruction": "q2", "chosen": "fine broken", "rejected": "WRONG answer"}]
+    try:
+        failed = post(client, tenant, "/v1/rubrics/sft-export", {"pairs": pairs})
+    finally:
+        server.stop()
+    assert failed.status_code == 503, failed.text
+    assert int(failed.headers["retry-after"]) >= 1
+    error = failed.json()["error"]
+    assert error["code"] == "upstream_unavailable" and error["field"] == "llm" and "1 of 2 pairs" in error["message"]
+
+
+def test_jobs_and_rubrics_are_listed_a_page_at_a_time(llm: ScriptedLLMServer, client: TestClient,
+                                                      tenant: Tenant) -> None:
+    trainer = bearer(tenant.keys["trainer"])
+    made = [post(client, tenant, "/v1/rubrics/generate", {**PAIR, "instruction": f"q{i}"}).json()["rubric_id"]
+            for i in range(3)]
+    first = client.get("/v1/rubrics", params={"limit": 2}, headers=trainer).json()
+    rest = client.get("/v1/rubrics", params={"limit": 2, "cursor": first["next_cursor"]}, headers=trainer).json()
+    assert [r["id"] for r in first["data"] + rest["data"]] == made and rest["next_cursor"] is None
+    named = client.get("/v1/rubrics", params={"project_id": tenant.project_a}, headers=trainer).json()
+    assert [r["id"] for r in named["data"]] == made
+    foreign = client.get("/v1/rubrics", params={"project_id": tenant.project_b}, headers=trainer)
+    assert foreign.status_code == 404 and foreign.json()["error"]["field"] == "project_id"
+    assert client.get("/v1/rubrics", headers=bearer(tenant.keys["admin_b"])).json()["data"] == []
+
+    item = {"instruction": "2+2?", "response": "4", "rubric_text": RUBRIC_TEXT}
+    job_ids = [post(client, tenant, "/v1/jobs", {"kind": "judge_pointwise", "items": [item]}).json()["id"]
+               for _ in range(2)]
+    for job_id in job_ids:
+        jobs.wait_local(job_id, timeout_s=60)
+    page = client.get("/v1/jobs", params={"limit": 1}, headers=trainer).json()
+    last = client.get("/v1/jobs", params={"cursor": page["next_cursor"]}, headers=trainer).json()
+    assert [j["id"] for j in page["data"] + last["data"]] == job_ids and last["next_cursor"] is None
+    assert all(j["results"] is None and j["state"] == "succeeded" for j in page["data"] + last["data"])
+    bad = client.get("/v1/jobs", params={"cursor": "x"}, headers=trainer)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "cursor"
+
+
 def test_job_runs_a_batch_with_progress(llm: ScriptedLLMServer, client: TestClient, tenant: Tenant) -> None:
     items = [{"instruction": "GARBAGE" if i == 2 else "2+2?", "response": "4" if i % 2 else "5 WRONG",
               "rubric_text": RUBRIC_TEXT} for i in range(6)]

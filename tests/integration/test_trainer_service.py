@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, bearer
+from tests.conftest import LiveServer, bearer, require_module
 from trainer import checkpoint
 from trainer.grpo import CHECKPOINTS, METRICS_FILE
 
@@ -115,18 +115,28 @@ def test_a_run_trains_in_its_own_process_and_reports_metrics(trainer_client: htt
     for key in ("reward_mean", "reward_std", "non_ok_share", "loss", "clip_fraction", "entropy", "tokens_per_s",
                 "step_time_s"):
         assert key in run["last_metrics"], key
-    steps = trainer_client.get(f"{RUNS}/{run['id']}/metrics").json()["steps"]
-    assert [s["step"] for s in steps] == [1, 2, 3]
+    metrics = trainer_client.get(f"{RUNS}/{run['id']}/metrics").json()
+    assert [s["step"] for s in metrics["data"]] == [1, 2, 3] and metrics["next_cursor"] is None
+    first = trainer_client.get(f"{RUNS}/{run['id']}/metrics", params={"limit": 2}).json()
+    rest = trainer_client.get(f"{RUNS}/{run['id']}/metrics", params={"cursor": first["next_cursor"]}).json()
+    assert [s["step"] for s in first["data"]] == [1, 2] and [s["step"] for s in rest["data"]] == [3]
+    legacy = trainer_client.get(f"{RUNS}/{run['id']}/metrics", params={"after_step": 1})
+    assert legacy.headers["Deprecation"] == "true", "after_step still works for one release, marked deprecated"
+    assert [s["step"] for s in legacy.json()["data"]] == [2, 3]
     logged = (Path(run["output_dir"]) / METRICS_FILE).read_text().splitlines()
     assert [json.loads(line)["step"] for line in logged] == [1, 2, 3]
     assert checkpoint.latest(Path(run["output_dir"]) / CHECKPOINTS) is not None
     listed = trainer_client.get(RUNS).json()
-    assert [r["id"] for r in listed] == [run["id"]]
+    assert [r["id"] for r in listed["data"]] == [run["id"]] and listed["next_cursor"] is None
 
 
 def test_cancel_leaves_a_checkpoint_and_resume_continues(trainer_client: httpx.Client) -> None:
     config = run_config(max_steps=10_000)
-    run_id = trainer_client.post(RUNS, json={"config": config}).json()["id"]
+    created = trainer_client.post(RUNS, json={"config": config}, headers={"Idempotency-Key": "long-run"})
+    run_id = created.json()["id"]
+    retried = trainer_client.post(RUNS, json={"config": config}, headers={"Idempotency-Key": "long-run"})
+    assert retried.status_code == 201 and retried.headers["Idempotent-Replayed"] == "true"
+    assert retried.json()["id"] == run_id, "a retried start with the same key never starts a second run"
     first_key = minted_key_row(run_id)
     wait_for(trainer_client, run_id, lambda r: r["current_step"] >= 2)
     assert trainer_client.post(f"{RUNS}/{run_id}/cancel").status_code == 202
@@ -145,7 +155,7 @@ def test_cancel_leaves_a_checkpoint_and_resume_continues(trainer_client: httpx.C
     wait_for(trainer_client, run_id, lambda r: r["current_step"] > cancelled["current_step"])
     trainer_client.post(f"{RUNS}/{run_id}/cancel")
     final = wait_for(trainer_client, run_id, lambda r: r["status"] == "cancelled")
-    steps = [s["step"] for s in trainer_client.get(f"{RUNS}/{run_id}/metrics").json()["steps"]]
+    steps = [s["step"] for s in trainer_client.get(f"{RUNS}/{run_id}/metrics").json()["data"]]
     assert steps == list(range(1, final["current_step"] + 1)), "a resumed run continues, it does not restart"
     assert minted_key_row(run_id).revoked_at is not None
 
@@ -181,7 +191,7 @@ def test_bad_config_is_a_422_naming_the_field(trainer_client: httpx.Client, chan
     response = trainer_client.post(RUNS, json={"config": run_config(**change)})
     assert response.status_code == 422, response.text
     assert response.json()["error"]["field"].startswith(field), response.json()
-    assert trainer_client.get(RUNS).json() == []
+    assert trainer_client.get(RUNS).json()["data"] == []
 
 
 @pytest.mark.parametrize("secret", ["api_key_env", "api_key", "token_env", "headers"])
@@ -193,7 +203,7 @@ def test_a_field_naming_an_env_var_or_secret_is_a_422(trainer_client: httpx.Clie
     error = response.json()["error"]
     assert error["field"] == f"config.reward.{secret}", error
     assert "minted" in error["message"], error
-    assert trainer_client.get(RUNS).json() == []
+    assert trainer_client.get(RUNS).json()["data"] == []
 
 
 def test_runs_of_another_project_are_not_found(trainer_client: httpx.Client, live_server: LiveServer) -> None:
@@ -221,7 +231,7 @@ def test_prometheus_exports_the_metrics_of_running_runs(live_server: LiveServer)
 
 
 def test_a_deepspeed_run_is_one_rank_in_its_worker(trainer_client: httpx.Client) -> None:
-    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (dev extra)")
+    require_module("deepspeed", "DeepSpeed (dev extra)")
     config = run_config(max_steps=2, deepspeed={"zero_stage": 2})
     created = trainer_client.post(RUNS, json={"name": "zero2", "config": config})
     assert created.status_code == 201, created.text
@@ -336,7 +346,7 @@ def test_a_reward_url_off_the_allowlist_is_a_422(trainer_client: httpx.Client, u
     response = trainer_client.post(RUNS, json={"config": run_config(url)})
     assert response.status_code == 422, response.text
     assert response.json()["error"]["field"] == "config.reward.url", response.json()
-    assert trainer_client.get(RUNS).json() == []
+    assert trainer_client.get(RUNS).json()["data"] == []
 
 
 def test_the_platform_gateway_and_allowlisted_prefixes_are_accepted(
@@ -371,7 +381,7 @@ def test_project_b_cannot_read_project_a_dataset_or_write_into_its_area(
     assert b.get(datasets_url(tenant.project_a)).status_code == 404
     assert upload(b, tenant.project_a, "planted").status_code == 404
     assert b.post(RUNS, json={"project_id": tenant.project_a, "config": run_config()}).status_code == 404
-    assert b.get(RUNS).json() == []
+    assert b.get(RUNS).json()["data"] == []
     assert sorted(p.name for p in (projects / tenant.project_a / "datasets").iterdir()) == ["digits.jsonl"]
 
 
@@ -419,9 +429,11 @@ def test_dataset_upload_is_checked_idempotent_and_listed_in_pages(trainer_client
     assert multipart.json()["name"] == "tiny" and multipart.json()["format"] == "parquet"
 
     first = trainer_client.get(datasets_url(project), params={"limit": 1}).json()
-    assert [d["name"] for d in first["data"]] == ["digits"] and first["next_cursor"] == "digits"
+    assert [d["name"] for d in first["data"]] == ["digits"] and first["next_cursor"] is not None
     second = trainer_client.get(datasets_url(project), params={"limit": 1, "cursor": first["next_cursor"]}).json()
     assert [d["name"] for d in second["data"]] == ["tiny"] and second["next_cursor"] is None
     assert trainer_client.get(datasets_url(project), params={"limit": 501}).status_code == 422
+    forged = trainer_client.get(datasets_url(project), params={"cursor": "digits"})
+    assert forged.status_code == 422 and forged.json()["error"]["field"] == "cursor"
     annotator = httpx.Client(base_url=live_server.url, headers=bearer(live_server.tenant.keys["annotator"]))
     assert annotator.get(datasets_url(project)).status_code == 403
