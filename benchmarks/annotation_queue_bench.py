@@ -27,7 +27,7 @@ from sqlalchemy import Engine, create_engine, exists, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from services.annotation import accounts, purchases, queue
+from services.annotation import accounts, ingestion, projects, purchases, queue
 from services.annotation.models import (
     Annotation,
     AnnotationProject,
@@ -57,13 +57,13 @@ def seed_queue(factory: sessionmaker[Session], tenancy_project_id: str, *, tasks
             project_id=tenancy_project_id, name=name, label_budget=tasks,
             label_schema={"free_form": True, "candidates": True, "ambiguous": True, "rationale": "optional"},
             overlap_k=1, lease_seconds=3600, rollouts_per_prompt=4, policy=Policy.random, care_params={},
-            webhook_secret=purchases.new_webhook_secret())
+            webhook_secret=projects.new_webhook_secret())
         session.add(project)
         session.flush()
         now = utcnow()
         body = StepIn(step=0, groups=[RolloutGroupIn(prompt_id=f"p{i}", prompt_text=f"Compute {i} + {i}.",
                                                      answers=["2", "2", "3", None]) for i in range(tasks)])
-        stored = purchases.store_step(session, project, body, now)
+        stored = ingestion.store_step(session, project, body, now)
         bought = []
         for index, (prompt, group) in enumerate(zip(stored.prompts, stored.groups, strict=True)):
             score = float((index * 7919) % 1000) / 1000.0  # a spread of priorities

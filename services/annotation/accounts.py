@@ -18,10 +18,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.annotation.models import AnnotationProject, Annotator, AnnotatorMembership, AnnotatorRole
-from services.common.auth import Principal
+from services.common.auth import Principal, hash_key
 from services.common.db import utcnow
 from services.common.errors import Conflict, Forbidden, InvalidInput
-from services.common.models import Role
+from services.common.models import ApiKey, Role
+from services.common.pagination import keyset_page
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{2,63}$")
 MIN_PASSWORD_CHARS = 10
@@ -145,3 +146,16 @@ def annotator_for_key(session: Session, principal: Principal) -> Annotator:
             raise
         return existing
     return annotator
+
+
+def members_page(session: Session, annotation_project_id: str, cursor: str | None,
+                 limit: int) -> tuple[list[Annotator], str | None]:
+    """One page of the project's member accounts, by username."""
+    query = (select(Annotator).join(AnnotatorMembership, AnnotatorMembership.annotator_id == Annotator.id)
+             .where(AnnotatorMembership.annotation_project_id == annotation_project_id))
+    return keyset_page(session, query, (Annotator.username, Annotator.id), cursor, limit)
+
+
+def admin_key(session: Session, clear_key: str) -> ApiKey | None:
+    """The API key behind a clear key typed into the login page (revoked ones included)."""
+    return session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(clear_key)))

@@ -115,7 +115,7 @@ class AnnotationProject(Base):
     answer_source: Mapped[AnswerSource] = mapped_column(_enum(AnswerSource), default=AnswerSource.human)
     webhook_url: Mapped[str | None] = mapped_column(String(2000), default=None)
     webhook_secret: Mapped[str] = mapped_column(String(128))
-    # Bumped each time a label changes; the new value orders the label feed (see purchases.deliver_label).
+    # Bumped each time a label changes; the new value orders the label feed (see labels.deliver_label).
     label_seq: Mapped[int] = mapped_column(Integer, default=0)
     last_step: Mapped[int | None] = mapped_column(Integer, default=None)
     # Touched to take SQLite's database write lock at the start of a serialised operation.

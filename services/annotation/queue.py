@@ -21,12 +21,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, or_, select, tuple_
 from sqlalchemy.orm import Session
 
-from services.annotation import purchases
+from services.annotation import idempotency
 from services.annotation.accounts import require_adjudicator
 from services.annotation.equivalence import answers_equivalent
+from services.annotation.labels import deliver_label, retract_label
+from services.annotation.locking import lock_task, serialise_on_sqlite
 from services.annotation.models import (
     Adjudication,
     Annotation,
@@ -43,6 +45,7 @@ from services.annotation.models import (
     Task,
     TaskStatus,
 )
+from services.annotation.projects import budget_of, get_project
 from services.annotation.schemas import (
     AdjudicationOut,
     AdjudicationView,
@@ -58,9 +61,12 @@ from services.annotation.schemas import (
     TaskView,
     UndoOut,
 )
-from services.common.db import utcnow
+from services.common import idempotency as shared
+from services.common.db import session_factory, utcnow
 from services.common.errors import Conflict, Forbidden, InvalidInput, NotFound
+from services.common.locks import for_update
 from services.common.metrics import ANNOTATION_LEASES_EXPIRED
+from services.common.pagination import Page, decode_cursor, encode_cursor
 
 MAX_PICK_ATTEMPTS = 50
 
@@ -78,33 +84,11 @@ def blocks_annotator(annotator_id: str, now: datetime):  # type: ignore[no-untyp
                     Assignment.expires_at > now))
 
 
-def slots_taken(session: Session, task_id: str, now: datetime) -> int:
-    return int(session.scalar(select(func.count(Assignment.id)).where(
-        Assignment.task_id == task_id, slot_holders(now))) or 0)
-
-
 def _require_annotator(session: Session, annotator_id: str) -> Annotator:
     annotator = session.get(Annotator, annotator_id)
     if annotator is None or annotator.disabled_at is not None:
         raise Forbidden("this annotator account does not exist or is disabled")
     return annotator
-
-
-def _project(session: Session, annotation_project_id: str) -> AnnotationProject:
-    project = session.get(AnnotationProject, annotation_project_id)
-    if project is None:
-        raise NotFound(f"annotation project {annotation_project_id!r} not found", field="annotation_project_id")
-    return project
-
-
-def _lock_task(session: Session, task_id: str) -> Task:
-    query = select(Task).where(Task.id == task_id).execution_options(populate_existing=True)
-    if purchases.is_postgres(session):
-        query = query.with_for_update()
-    task = session.scalar(query)
-    if task is None:
-        raise NotFound(f"task {task_id!r} not found", field="task_id")
-    return task
 
 
 def _fresh(session: Session, obj: object) -> None:
@@ -168,8 +152,8 @@ def current_task(session: Session, annotation_project_id: str, annotator_id: str
 # ------------------------------------------------------------------------------------ next task
 
 
-def _pick_query(annotation_project_id: str, annotator_id: str, now: datetime, exclude: set[str],
-                postgres: bool) -> Select[Task]:
+def _pick_query(session: Session, annotation_project_id: str, annotator_id: str, now: datetime,
+                exclude: set[str]) -> Select[Task]:
     taken = (select(func.count(Assignment.id)).where(Assignment.task_id == Task.id, slot_holders(now))
              .correlate(Task).scalar_subquery())
     mine = exists().where(Assignment.task_id == Task.id, blocks_annotator(annotator_id, now))
@@ -179,9 +163,8 @@ def _pick_query(annotation_project_id: str, annotator_id: str, now: datetime, ex
              .order_by(Task.priority.desc(), Task.created_at, Task.id).limit(1))
     if exclude:
         query = query.where(Task.id.not_in(exclude))
-    if postgres:
-        query = query.with_for_update(skip_locked=True, of=Task)
-    return query
+    # SKIP LOCKED: each annotator locks a different open task instead of queueing behind one row.
+    return for_update(session, query, skip_locked=True, of=Task)
 
 
 def next_task(session: Session, annotation_project_id: str, annotator_id: str, *,
@@ -191,16 +174,15 @@ def next_task(session: Session, annotation_project_id: str, annotator_id: str, *
     Returns None when nothing is available to this annotator.
     """
     _require_annotator(session, annotator_id)
-    purchases.serialise_on_sqlite(session, annotation_project_id)
-    project = _project(session, annotation_project_id)
+    serialise_on_sqlite(session, annotation_project_id)
+    project = get_project(session, annotation_project_id)
     now = now or utcnow()
     resumed = current_task(session, annotation_project_id, annotator_id, now=now)
     if resumed is not None:
         return resumed
-    postgres = purchases.is_postgres(session)
     exclude: set[str] = set()
     for _ in range(MAX_PICK_ATTEMPTS):
-        task = session.scalar(_pick_query(annotation_project_id, annotator_id, now, exclude, postgres)
+        task = session.scalar(_pick_query(session, annotation_project_id, annotator_id, now, exclude)
                               .execution_options(populate_existing=True))
         if task is None:
             return None
@@ -231,13 +213,13 @@ def next_task(session: Session, annotation_project_id: str, annotator_id: str, *
 def renew_lease(session: Session, annotation_project_id: str, annotator_id: str, assignment_id: str, *,
                 now: datetime | None = None) -> TaskView:
     """Extend a live lease by the project's lease length (a heartbeat while the annotator works)."""
-    purchases.serialise_on_sqlite(session, annotation_project_id)
+    serialise_on_sqlite(session, annotation_project_id)
     assignment = get_assignment(session, annotation_project_id, annotator_id, assignment_id)
-    _lock_task(session, assignment.task_id)
+    lock_task(session, assignment.task_id)
     _fresh(session, assignment)
     now = now or utcnow()
     _require_live(assignment, now)
-    assignment.expires_at = now + timedelta(seconds=_project(session, annotation_project_id).lease_seconds)
+    assignment.expires_at = now + timedelta(seconds=get_project(session, annotation_project_id).lease_seconds)
     session.flush()
     return task_view(session, assignment, resumed=True)
 
@@ -290,34 +272,47 @@ def _annotation_out(session: Session, annotation: Annotation, *, replayed: bool,
 
 def _existing_submission(session: Session, annotator_id: str, submission_id: str,
                          assignment_id: str) -> Annotation | None:
+    # Annotations stored before submits kept idempotency records: their retries are found here.
     existing = session.scalar(select(Annotation).where(Annotation.annotator_id == annotator_id,
                                                        Annotation.submission_id == submission_id))
     if existing is not None and existing.assignment_id != assignment_id:
-        raise Conflict("this submission_id was already used for another assignment", field="submission_id",
+        raise Conflict("this idempotency key was already used for another assignment", field="submission_id",
                        code="submission_id_reused")
     return existing
 
 
 def submit(session: Session, annotation_project_id: str, annotator_id: str, assignment_id: str,
            submission: Submission, *, now: datetime | None = None) -> AnnotationOut:
-    """Record the annotator's answer on their live lease; the same submission_id again is a no-op."""
-    purchases.serialise_on_sqlite(session, annotation_project_id)
+    """Record the annotator's answer on their live lease; the same idempotency key again is a no-op.
+
+    ``submission.submission_id`` carries the key (the route puts the ``Idempotency-Key`` header there).
+    """
+    key = submission.submission_id
+    if key is None:
+        raise InvalidInput("a submission needs an idempotency key: send the Idempotency-Key header",
+                           field="Idempotency-Key")
+    serialise_on_sqlite(session, annotation_project_id)
     assignment = get_assignment(session, annotation_project_id, annotator_id, assignment_id)
-    task = _lock_task(session, assignment.task_id)
+    task = lock_task(session, assignment.task_id)
+    # The answer is checked before the key is claimed: a refused body claims nothing.
+    project = get_project(session, annotation_project_id)
+    options = candidates(session, task.rollout_group_id) if submission.candidate is not None else []
+    kind, answer, candidate = _resolve(submission.kind, submission.answer, submission.candidate,
+                                       submission.rationale, LabelSchema.model_validate(project.label_schema),
+                                       options)
     # Checked under the task lock, so a concurrent retry of this submission finds the first one.
-    existing = _existing_submission(session, annotator_id, submission.submission_id, assignment_id)
+    endpoint, request_hash = f"submit:{annotator_id}", _submission_hash(assignment_id)
+    stored = idempotency.replay(session, annotation_project_id, endpoint, key, request_hash)
+    if stored is not None:
+        return AnnotationOut.model_validate_json(stored).model_copy(update={"replayed": True})
+    existing = _existing_submission(session, annotator_id, key, assignment_id)
     if existing is not None:
         return _annotation_out(session, existing, replayed=True)
     _fresh(session, assignment)
     now = now or utcnow()
     _require_live(assignment, now)
-    project = _project(session, annotation_project_id)
-    options = candidates(session, task.rollout_group_id) if submission.candidate is not None else []
-    kind, answer, candidate = _resolve(submission.kind, submission.answer, submission.candidate,
-                                       submission.rationale, LabelSchema.model_validate(project.label_schema),
-                                       options)
     annotation = Annotation(task_id=task.id, assignment_id=assignment.id, annotation_project_id=annotation_project_id,
-                            annotator_id=annotator_id, submission_id=submission.submission_id, kind=kind,
+                            annotator_id=annotator_id, submission_id=key, kind=kind,
                             answer=answer, candidate_index=candidate, rationale=submission.rationale,
                             duration_s=(now - assignment.leased_at).total_seconds(), created_at=now)
     session.add(annotation)
@@ -326,7 +321,15 @@ def submit(session: Session, annotation_project_id: str, annotator_id: str, assi
     session.flush()
     _complete_if_ready(session, task, now, just_added=annotation)
     session.flush()
-    return _annotation_out(session, annotation, replayed=False, task=task)
+    out = _annotation_out(session, annotation, replayed=False, task=task)
+    idempotency.remember(session, annotation_project_id, endpoint, key, request_hash, 201, out.model_dump_json())
+    return out
+
+
+def _submission_hash(assignment_id: str) -> str:
+    # A key names the one answer to one assignment: sent again on it (a double click, even with the form
+    # changed meanwhile) it replays that answer; on another assignment it is refused.
+    return shared.fingerprint({"assignment_id": assignment_id})
 
 
 def label_clusters(labels: list[tuple[LabelKind, str | None]]) -> list[list[int]]:
@@ -372,7 +375,7 @@ def _finalise(session: Session, task: Task, kind: LabelKind, answer: str | None,
     task.status, task.final_kind, task.final_answer, task.completed_at = TaskStatus.done, kind, answer, now
     purchase = session.get(Purchase, task.purchase_id)
     assert purchase is not None
-    purchases.deliver_label(session, purchase, kind=kind, answer=answer, labelled_by=labelled_by,
+    deliver_label(session, purchase, kind=kind, answer=answer, labelled_by=labelled_by,
                             adjudicator_id=adjudicator_id, now=now)
 
 
@@ -382,9 +385,9 @@ def _finalise(session: Session, task: Task, kind: LabelKind, answer: str | None,
 def skip(session: Session, annotation_project_id: str, annotator_id: str, assignment_id: str, *,
          now: datetime | None = None) -> SkipOut:
     """Give the task back; the annotator will not be offered it again. Skipping twice is a no-op."""
-    purchases.serialise_on_sqlite(session, annotation_project_id)
+    serialise_on_sqlite(session, annotation_project_id)
     assignment = get_assignment(session, annotation_project_id, annotator_id, assignment_id)
-    task = _lock_task(session, assignment.task_id)
+    task = lock_task(session, assignment.task_id)
     _fresh(session, assignment)
     if assignment.state is AssignmentState.submitted:
         raise Conflict("this assignment was already submitted; use undo to take the answer back",
@@ -405,14 +408,14 @@ def undo_last(session: Session, annotation_project_id: str, annotator_id: str, *
     cannot be undone by an annotator.
     """
     _require_annotator(session, annotator_id)
-    purchases.serialise_on_sqlite(session, annotation_project_id)
+    serialise_on_sqlite(session, annotation_project_id)
     last = session.scalar(select(Annotation).where(Annotation.annotation_project_id == annotation_project_id,
                                                    Annotation.annotator_id == annotator_id,
                                                    Annotation.undone_at.is_(None))
                           .order_by(Annotation.created_at.desc(), Annotation.id.desc()).limit(1))
     if last is None:
         raise Conflict("there is no submission to undo", field="annotation", code="nothing_to_undo")
-    task = _lock_task(session, last.task_id)
+    task = lock_task(session, last.task_id)
     _fresh(session, last)
     if last.undone_at is not None:
         raise Conflict("that submission was already undone", field="annotation", code="nothing_to_undo")
@@ -424,7 +427,7 @@ def undo_last(session: Session, annotation_project_id: str, annotator_id: str, *
     if task.status is TaskStatus.done:
         purchase = session.get(Purchase, task.purchase_id)
         assert purchase is not None
-        purchases.retract_label(session, purchase, now=now)
+        retract_label(session, purchase, now=now)
         retracted = True
     task.status, task.final_kind, task.final_answer, task.completed_at = TaskStatus.open, None, None, None
     task.agreement = None
@@ -434,34 +437,67 @@ def undo_last(session: Session, annotation_project_id: str, annotator_id: str, *
     assert assignment is not None
     assignment.state, assignment.finished_at = AssignmentState.active, None
     assignment.leased_at = now
-    assignment.expires_at = now + timedelta(seconds=_project(session, annotation_project_id).lease_seconds)
+    assignment.expires_at = now + timedelta(seconds=get_project(session, annotation_project_id).lease_seconds)
     session.flush()
     return UndoOut(undone=_annotation_out(session, last, replayed=False),
                    task=task_view(session, assignment, resumed=True), label_retracted=retracted)
 
 
+def undo_once(session: Session, annotation_project_id: str, annotator_id: str, key: str | None, *,
+              now: datetime | None = None) -> UndoOut:
+    """``undo_last``, done once per idempotency key: a retried undo does not also undo the submission
+    before it, it gets the first undo's answer back."""
+    endpoint = f"undo:{annotator_id}"
+    if key is not None:
+        stored = idempotency.replay(session, annotation_project_id, endpoint, key, "-")
+        if stored is not None:
+            return UndoOut.model_validate_json(stored)
+    out = undo_last(session, annotation_project_id, annotator_id, now=now)
+    if key is not None:
+        idempotency.remember(session, annotation_project_id, endpoint, key, "-", 200, out.model_dump_json())
+    return out
+
+
 # ---------------------------------------------------------------------------------- adjudication
 
 
-def adjudication_queue(session: Session, annotation_project_id: str, *, limit: int = 50) -> list[AdjudicationView]:
+def _after_in_review_order(cursor: str) -> ColumnElement[bool]:
+    """Tasks after ``cursor`` in review order: highest priority first, then oldest."""
+    priority, created_at, task_id = decode_cursor(cursor, 3)
+    if (not isinstance(priority, int | float) or isinstance(priority, bool) or not isinstance(created_at, datetime)
+            or not isinstance(task_id, str)):
+        raise InvalidInput("cursor: not a cursor this list issued; pass back `next_cursor` as it came",
+                           field="cursor")
+    later = tuple_(Task.created_at, Task.id) > tuple_(literal(created_at, Task.created_at.type), literal(task_id))
+    return or_(Task.priority < priority, and_(Task.priority == priority, later))
+
+
+def adjudication_queue(session: Session, annotation_project_id: str, *, cursor: str | None = None,
+                       limit: int = 50) -> Page[AdjudicationView]:
     """Tasks whose annotations disagree, highest priority first, with what each annotator said."""
-    tasks = session.scalars(select(Task).where(Task.annotation_project_id == annotation_project_id,
-                                               Task.status == TaskStatus.adjudication)
-                            .order_by(Task.priority.desc(), Task.created_at, Task.id).limit(limit))
-    views = []
-    for task in tasks:
-        prompt = session.get(Prompt, task.prompt_id)
-        assert prompt is not None
-        rows = session.execute(select(Annotation, Annotator.username)
-                               .join(Annotator, Annotator.id == Annotation.annotator_id)
-                               .where(Annotation.task_id == task.id, Annotation.undone_at.is_(None))
-                               .order_by(Annotation.created_at, Annotation.id)).all()
-        views.append(AdjudicationView(
-            task_id=task.id, prompt_id=prompt.external_id, prompt_text=prompt.text,
-            candidates=candidates(session, task.rollout_group_id), agreement=task.agreement,
-            annotations=[AnnotationSummary(annotator_id=a.annotator_id, username=name, kind=a.kind, answer=a.answer,
-                                           rationale=a.rationale) for a, name in rows]))
-    return views
+    query = select(Task).where(Task.annotation_project_id == annotation_project_id,
+                               Task.status == TaskStatus.adjudication)
+    if cursor:
+        query = query.where(_after_in_review_order(cursor))
+    tasks = list(session.scalars(query.order_by(Task.priority.desc(), Task.created_at, Task.id).limit(limit + 1)))
+    page = tasks[:limit]
+    last = page[-1] if len(tasks) > limit else None
+    return Page(data=[_adjudication_view(session, task) for task in page],
+                next_cursor=None if last is None else encode_cursor([last.priority, last.created_at, last.id]))
+
+
+def _adjudication_view(session: Session, task: Task) -> AdjudicationView:
+    prompt = session.get(Prompt, task.prompt_id)
+    assert prompt is not None
+    rows = session.execute(select(Annotation, Annotator.username)
+                           .join(Annotator, Annotator.id == Annotation.annotator_id)
+                           .where(Annotation.task_id == task.id, Annotation.undone_at.is_(None))
+                           .order_by(Annotation.created_at, Annotation.id)).all()
+    return AdjudicationView(
+        task_id=task.id, prompt_id=prompt.external_id, prompt_text=prompt.text,
+        candidates=candidates(session, task.rollout_group_id), agreement=task.agreement,
+        annotations=[AnnotationSummary(annotator_id=a.annotator_id, username=name, kind=a.kind, answer=a.answer,
+                                       rationale=a.rationale) for a, name in rows])
 
 
 def adjudicate(session: Session, annotation_project_id: str, adjudicator_id: str, task_id: str,
@@ -469,14 +505,14 @@ def adjudicate(session: Session, annotation_project_id: str, adjudicator_id: str
     """Settle a disputed task with the reviewer's answer; that answer becomes the label."""
     adjudicator = _require_annotator(session, adjudicator_id)
     require_adjudicator(adjudicator)
-    purchases.serialise_on_sqlite(session, annotation_project_id)
-    task = _lock_task(session, task_id)
+    serialise_on_sqlite(session, annotation_project_id)
+    task = lock_task(session, task_id)
     if task.annotation_project_id != annotation_project_id:
         raise NotFound(f"task {task_id!r} not found", field="task_id")
     if task.status is not TaskStatus.adjudication:
         raise Conflict(f"task is {task.status.value}, not awaiting adjudication", field="task_id",
                        code="not_in_adjudication")
-    project = _project(session, annotation_project_id)
+    project = get_project(session, annotation_project_id)
     kind, answer, candidate = _resolve(decision.kind, decision.answer, decision.candidate, decision.rationale,
                                        LabelSchema.model_validate(project.label_schema),
                                        candidates(session, task.rollout_group_id))
@@ -502,7 +538,7 @@ def _count(session: Session, query) -> int:  # type: ignore[no-untyped-def]
 def project_stats(session: Session, annotation_project_id: str, *, now: datetime | None = None) -> QueueStats:
     """Queue depth, leases, adjudication backlog, agreement, pseudo-label accuracy, throughput."""
     now = now or utcnow()
-    project = _project(session, annotation_project_id)
+    project = get_project(session, annotation_project_id)
     in_project = Task.annotation_project_id == annotation_project_id
     by_status = dict(session.execute(select(Task.status, func.count(Task.id)).where(in_project)
                                      .group_by(Task.status)).all())
@@ -522,7 +558,7 @@ def project_stats(session: Session, annotation_project_id: str, *, now: datetime
     pending = _count(session, select(func.count(Purchase.id)).where(
         Purchase.annotation_project_id == annotation_project_id, Purchase.status == PurchaseStatus.pending))
     return QueueStats(
-        budget=purchases.budget_of(project), tasks_open=int(by_status.get(TaskStatus.open, 0)), leases_active=leases,
+        budget=budget_of(project), tasks_open=int(by_status.get(TaskStatus.open, 0)), leases_active=leases,
         tasks_in_adjudication=int(by_status.get(TaskStatus.adjudication, 0)),
         tasks_done=int(by_status.get(TaskStatus.done, 0)), labels_pending=pending, labels_delivered=len(labelled),
         mean_agreement=float(agreement) if agreement is not None else None, pseudo_label_accuracy=accuracy,
@@ -545,3 +581,16 @@ def _throughput(session: Session, annotation_project_id: str, now: datetime) -> 
     return [AnnotatorThroughput(annotator_id=aid, username=name, submitted=int(count), skipped=int(skipped.get(aid, 0)),
                                 last_hour=int(recent), mean_seconds=float(mean) if mean is not None else None)
             for aid, name, count, mean, recent in rows]
+
+
+def depth_by_state(now: datetime) -> dict[tuple[str, ...], float]:
+    """Tasks by status and leases by state (live or expired, not yet taken up), over every project."""
+    with session_factory()() as session:
+        tasks = session.execute(select(Task.status, func.count(Task.id)).group_by(Task.status)).all()
+        leases = session.execute(
+            select(Assignment.expires_at > now, func.count(Assignment.id))
+            .where(Assignment.state == AssignmentState.active).group_by(Assignment.expires_at > now)).all()
+    depth: dict[tuple[str, ...], float] = {("task", status.value): 0.0 for status in TaskStatus}
+    depth.update({("task", TaskStatus(status).value): float(count) for status, count in tasks})
+    depth.update({("lease", "live" if live else "expired"): float(count) for live, count in leases})
+    return depth

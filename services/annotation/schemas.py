@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from services.annotation.models import AnnotatorRole, AnswerSource, DeliveryState, LabelKind, Policy
+from services.common.pagination import Page
 from services.common.validation import ID_PATTERN, NameText, StoredText
 
 # Stored text: StoredText refuses NUL and lone surrogates, naming the field.
@@ -278,12 +279,10 @@ class PurchasesOut(BaseModel):
     budget: Budget
 
 
-class LedgerOut(BaseModel):
+class LedgerOut(Page[PurchaseOut]):
+    """One page of the ledger (every purchase, in the order bought), with the project's budget."""
+
     budget: Budget
-    purchases: list[PurchaseOut]
-    total: int
-    offset: int
-    limit: int
 
 
 class LabelOut(BaseModel):
@@ -300,9 +299,11 @@ class LabelOut(BaseModel):
     labelled_at: datetime | None
 
 
-class LabelsOut(BaseModel):
-    labels: list[LabelOut]
-    next_cursor: int
+class LabelsOut(Page[LabelOut]):
+    """One page of the label feed. A feed has no last page: `next_cursor` is where the next poll
+    starts (the last entry's `seq`, or the cursor sent when nothing new arrived), never null."""
+
+    next_cursor: str = Field(description="Pass back as `cursor`; the feed position after this page.")
 
 
 class AnnotatorCreate(BaseModel):
@@ -329,8 +330,9 @@ class Submission(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    submission_id: StoredText = Field(min_length=1, max_length=100, description=(
-        "Client-chosen id: sending the same one again returns the first result."))
+    submission_id: StoredText | None = Field(default=None, min_length=1, max_length=100, description=(
+        "Deprecated: send the `Idempotency-Key` header. A client-chosen id: sending the same one again "
+        "returns the first result."))
     kind: LabelKind = LabelKind.answer
     answer: StoredText | None = Field(default=None, max_length=20_000, description="Free-form answer, LaTeX allowed.")
     candidate: int | None = Field(default=None, ge=0, description="Index into the task's candidates.")
@@ -493,8 +495,3 @@ class WebhookDeliveryOut(BaseModel):
     payload: dict[str, Any]
 
 
-class WebhookDeliveriesOut(BaseModel):
-    deliveries: list[WebhookDeliveryOut]
-    total: int
-    offset: int
-    limit: int

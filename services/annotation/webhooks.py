@@ -42,6 +42,7 @@ from services.annotation import notifications
 from services.annotation.models import AnnotationProject, DeliveryState, WebhookDelivery
 from services.common.db import session_scope, utcnow
 from services.common.errors import Conflict, NotFound
+from services.common.pagination import keyset_page
 from services.common.settings import Settings, get_settings
 
 log = logging.getLogger("rewardhub.annotation.webhooks")
@@ -323,17 +324,14 @@ def describe_error(exc: BaseException, secret: str = "") -> str:
 # ------------------------------------------------------------------------------ admin views
 
 
-def list_deliveries(session: Session, annotation_project_id: str, *, state: DeliveryState | None, offset: int,
-                    limit: int) -> tuple[list[WebhookDelivery], int]:
-    """A project's deliveries, newest first, with the total (of that state, when given)."""
-    where = [WebhookDelivery.annotation_project_id == annotation_project_id]
+def list_deliveries(session: Session, annotation_project_id: str, *, state: DeliveryState | None,
+                    cursor: str | None, limit: int) -> tuple[list[WebhookDelivery], str | None]:
+    """One page of a project's deliveries (of that state, when given), newest first."""
+    query = select(WebhookDelivery).where(WebhookDelivery.annotation_project_id == annotation_project_id)
     if state is not None:
-        where.append(WebhookDelivery.state == state)
-    total = int(session.scalar(select(func.count(WebhookDelivery.id)).where(*where)) or 0)
-    rows = session.scalars(select(WebhookDelivery).where(*where)
-                           .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
-                           .offset(offset).limit(limit))
-    return list(rows), total
+        query = query.where(WebhookDelivery.state == state)
+    return keyset_page(session, query, (WebhookDelivery.created_at, WebhookDelivery.id), cursor, limit,
+                       descending=True)
 
 
 def redeliver(session: Session, annotation_project_id: str, delivery_id: str,

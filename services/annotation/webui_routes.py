@@ -39,21 +39,17 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import webui
-from services.annotation import accounts, login_throttle, purchases, queue
-from services.annotation.app import request_time
+from services.annotation import accounts, login_throttle, projects, queue
+from services.annotation.deps import ItemPath, Now, ProjectPath, SessionDep
 from services.annotation.models import AnnotationProject, Annotator, LabelKind
 from services.annotation.schemas import LabelSchema, QueueStats, Submission, TaskView
-from services.common.auth import hash_key
-from services.common.db import get_session
 from services.common.errors import ApiError, Forbidden, InvalidInput, NotFound
 from services.common.models import ApiKey, Role
 from services.common.settings import get_settings
-from services.common.validation import ID_PATTERN
 
 SESSION_COOKIE = "rewardhub_ui"
 SESSION_MAX_AGE_S = 12 * 3600
@@ -76,8 +72,6 @@ SECURITY_HEADERS = {
 router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=str(webui.TEMPLATES_DIR))
 
-ProjectPath = Annotated[str, Path(pattern=ID_PATTERN)]
-ItemPath = Annotated[str, Path(pattern=ID_PATTERN)]
 FormText = Annotated[str, Form()]
 
 
@@ -194,7 +188,7 @@ def load_viewer(request: Request, session: Session) -> Viewer | None:
     return None
 
 
-def viewer(request: Request, session: Session = Depends(get_session)) -> Viewer:
+def viewer(request: Request, session: SessionDep) -> Viewer:
     """Dependency: the logged-in caller, or a redirect to the login page."""
     found = load_viewer(request, session)
     if found is None:
@@ -202,10 +196,16 @@ def viewer(request: Request, session: Session = Depends(get_session)) -> Viewer:
     return found
 
 
-def labeller(found: Viewer = Depends(viewer)) -> Viewer:
+LoggedIn = Annotated[Viewer, Depends(viewer)]
+
+
+def labeller(found: LoggedIn) -> Viewer:
     if found.annotator is None:
         raise Forbidden("labelling needs an annotator account; an admin API key only sees the dashboard")
     return found
+
+
+Labeller = Annotated[Viewer, Depends(labeller)]
 
 
 def member_project(session: Session, found: Viewer, annotation_project_id: str) -> AnnotationProject:
@@ -258,7 +258,7 @@ def safe_next(request: Request, target: str) -> str | None:
 
 
 @router.get("/", name="ui_home")
-def home(request: Request, session: Session = Depends(get_session)) -> Response:
+def home(request: Request, session: SessionDep) -> Response:
     found = load_viewer(request, session)
     if found is None:
         return redirect(request, "ui_login")
@@ -310,9 +310,8 @@ def _locked_page(request: Request, attempt: login_throttle.Attempt, *, next_url:
 
 
 @router.post("/login", name="ui_login_submit")
-def login(request: Request, username: FormText = "", password: FormText = "", csrf_token: FormText = "",
-          next: FormText = "", now: datetime | None = Depends(request_time),
-          session: Session = Depends(get_session)) -> Response:
+def login(request: Request, now: Now, session: SessionDep, username: FormText = "", password: FormText = "",
+          csrf_token: FormText = "", next: FormText = "") -> Response:
     """Password login, limited per username and per address (see ``login_throttle``)."""
     if not _login_csrf_ok(request, csrf_token):
         return _login_page(request, error="Your login form expired. Please enter your details again.",
@@ -335,8 +334,8 @@ def login(request: Request, username: FormText = "", password: FormText = "", cs
 
 
 @router.post("/login/key", name="ui_login_key")
-def login_with_key(request: Request, api_key: FormText = "", csrf_token: FormText = "", next: FormText = "",
-                   now: datetime | None = Depends(request_time), session: Session = Depends(get_session)) -> Response:
+def login_with_key(request: Request, now: Now, session: SessionDep, api_key: FormText = "",
+                   csrf_token: FormText = "", next: FormText = "") -> Response:
     """Admin-key login; wrong keys count against the address like wrong passwords."""
     if not _login_csrf_ok(request, csrf_token):
         return _login_page(request, error="Your login form expired. Please enter your details again.",
@@ -346,7 +345,7 @@ def login_with_key(request: Request, api_key: FormText = "", csrf_token: FormTex
         attempt = login_throttle.begin(None, client_address(request), now=now)
         if attempt.refused:
             return _locked_page(request, attempt, next_url=next)
-        key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(api_key.strip())))
+        key = accounts.admin_key(session, api_key.strip())
         login_throttle.finish(attempt, succeeded=key is not None and key.revoked_at is None)
     if key is None or key.revoked_at is not None:
         return _login_page(request, error="That API key is not valid.", status_code=401, next_url=next)
@@ -360,7 +359,7 @@ def login_with_key(request: Request, api_key: FormText = "", csrf_token: FormTex
 
 
 @router.post("/logout", name="ui_logout")
-def logout(request: Request, csrf_token: FormText = "", found: Viewer = Depends(viewer)) -> Response:
+def logout(request: Request, found: LoggedIn, csrf_token: FormText = "") -> Response:
     check_csrf(found.csrf, csrf_token)
     response = redirect(request, "ui_login", notice="logged_out")
     response.delete_cookie(SESSION_COOKIE, path=ui_root(request), httponly=True, samesite="lax",
@@ -384,8 +383,7 @@ def _progress(stats: QueueStats, annotator_id: str) -> dict[str, Any]:
 
 
 @router.get("/queue", name="ui_queue")
-def queue_page(request: Request, now: datetime | None = Depends(request_time), found: Viewer = Depends(viewer),
-               session: Session = Depends(get_session)) -> Response:
+def queue_page(request: Request, now: Now, found: LoggedIn, session: SessionDep) -> Response:
     if not found.can_label:
         return redirect(request, "ui_dashboard")
     assert found.annotator is not None
@@ -420,8 +418,8 @@ def _task_page(request: Request, session: Session, found: Viewer, project: Annot
 
 
 @router.get("/projects/{annotation_project_id}/task", name="ui_task")
-def task_page(request: Request, annotation_project_id: ProjectPath, now: datetime | None = Depends(request_time),
-              found: Viewer = Depends(labeller), session: Session = Depends(get_session)) -> Response:
+def task_page(request: Request, annotation_project_id: ProjectPath, now: Now, found: Labeller,
+              session: SessionDep) -> Response:
     """Lease the next task (or show the one already leased) with the answer form."""
     try:
         project = member_project(session, found, annotation_project_id)
@@ -457,10 +455,10 @@ def submission_from_form(submission_id: str, choice: str, answer: str, ambiguous
 
 
 @router.post("/projects/{annotation_project_id}/assignments/{assignment_id}/submit", name="ui_submit")
-def submit(request: Request, annotation_project_id: ProjectPath, assignment_id: ItemPath,
-           csrf_token: FormText = "", submission_id: FormText = "", choice: FormText = "", answer: FormText = "",
-           ambiguous: FormText = "", rationale: FormText = "", now: datetime | None = Depends(request_time),
-           found: Viewer = Depends(labeller), session: Session = Depends(get_session)) -> Response:
+def submit(request: Request, annotation_project_id: ProjectPath, assignment_id: ItemPath, now: Now,
+           found: Labeller, session: SessionDep, csrf_token: FormText = "", submission_id: FormText = "",
+           choice: FormText = "", answer: FormText = "", ambiguous: FormText = "",
+           rationale: FormText = "") -> Response:
     form = {"assignment_id": assignment_id, "choice": choice, "answer": answer, "ambiguous": bool(ambiguous),
             "rationale": rationale}
     try:
@@ -479,9 +477,8 @@ def submit(request: Request, annotation_project_id: ProjectPath, assignment_id: 
 
 
 @router.post("/projects/{annotation_project_id}/assignments/{assignment_id}/skip", name="ui_skip")
-def skip(request: Request, annotation_project_id: ProjectPath, assignment_id: ItemPath, csrf_token: FormText = "",
-         now: datetime | None = Depends(request_time), found: Viewer = Depends(labeller),
-         session: Session = Depends(get_session)) -> Response:
+def skip(request: Request, annotation_project_id: ProjectPath, assignment_id: ItemPath, now: Now,
+         found: Labeller, session: SessionDep, csrf_token: FormText = "") -> Response:
     try:
         project = guarded_project(session, found, annotation_project_id, csrf_token)
         assert found.annotator is not None
@@ -493,9 +490,8 @@ def skip(request: Request, annotation_project_id: ProjectPath, assignment_id: It
 
 
 @router.post("/projects/{annotation_project_id}/undo", name="ui_undo")
-def undo(request: Request, annotation_project_id: ProjectPath, csrf_token: FormText = "", undo_key: FormText = "",
-         now: datetime | None = Depends(request_time), found: Viewer = Depends(labeller),
-         session: Session = Depends(get_session)) -> Response:
+def undo(request: Request, annotation_project_id: ProjectPath, now: Now, found: Labeller, session: SessionDep,
+         csrf_token: FormText = "", undo_key: FormText = "") -> Response:
     """Take back the last answer. ``undo_key`` is fresh on each page, so a double press undoes once."""
     try:
         project = guarded_project(session, found, annotation_project_id, csrf_token)
@@ -503,12 +499,7 @@ def undo(request: Request, annotation_project_id: ProjectPath, csrf_token: FormT
         return error_page(request, exc, found)
     try:
         assert found.annotator is not None
-        endpoint = f"undo:{found.annotator.id}"
-        key = undo_key[:200] or None
-        if key is None or purchases.replay(session, project.id, endpoint, key, "-") is None:
-            out = queue.undo_last(session, project.id, found.annotator.id, now=now)
-            if key is not None:
-                purchases.remember(session, project.id, endpoint, key, "-", 200, out.model_dump_json())
+        queue.undo_once(session, project.id, found.annotator.id, undo_key[:200] or None, now=now)
     except ApiError as exc:
         session.rollback()
         if exc.code == "nothing_to_undo":
@@ -518,10 +509,8 @@ def undo(request: Request, annotation_project_id: ProjectPath, csrf_token: FormT
 
 
 @router.post("/projects/{annotation_project_id}/assignments/{assignment_id}/renew", name="ui_renew")
-def renew(annotation_project_id: ProjectPath, assignment_id: ItemPath,
-          csrf: Annotated[str | None, Header(alias=CSRF_HEADER)] = None,
-          now: datetime | None = Depends(request_time), found: Viewer = Depends(labeller),
-          session: Session = Depends(get_session)) -> JSONResponse:
+def renew(annotation_project_id: ProjectPath, assignment_id: ItemPath, now: Now, found: Labeller,
+          session: SessionDep, csrf: Annotated[str | None, Header(alias=CSRF_HEADER)] = None) -> JSONResponse:
     """The task page's heartbeat (fetch with the CSRF header) while the annotator works."""
     check_csrf(found.csrf, csrf)
     project = member_project(session, found, annotation_project_id)
@@ -535,16 +524,13 @@ def renew(annotation_project_id: ProjectPath, assignment_id: ItemPath,
 
 def dashboard_projects(session: Session, found: Viewer) -> list[AnnotationProject]:
     if found.key is not None:
-        every = session.scalars(select(AnnotationProject).order_by(AnnotationProject.created_at,
-                                                                   AnnotationProject.id))
-        return [p for p in every if found.key.all_projects or p.project_id in found.project_ids]
+        return projects.all_in_scope(session, found.key.all_projects, found.project_ids)
     assert found.annotator is not None
     return accounts.member_projects(session, found.annotator.id)
 
 
 @router.get("/dashboard", name="ui_dashboard")
-def dashboard(request: Request, now: datetime | None = Depends(request_time), found: Viewer = Depends(viewer),
-              session: Session = Depends(get_session)) -> Response:
+def dashboard(request: Request, now: Now, found: LoggedIn, session: SessionDep) -> Response:
     """Budget, queue depth, throughput, agreement and pseudo-label accuracy per project, with charts."""
     if not found.sees_dashboard:
         return error_page(request, Forbidden("the dashboard is for reviewer and admin accounts, or an admin API "

@@ -77,14 +77,17 @@ def decode_cursor(cursor: str, width: int) -> list[Any]:
 
 
 def keyset_page(session: Session, query: Select[Any], order_by: Sequence[InstrumentedAttribute[Any]],
-                cursor: str | None, limit: int) -> tuple[list[Any], str | None]:
-    """One page of ``query`` in ascending ``order_by`` (its last column unique), after ``cursor``."""
+                cursor: str | None, limit: int, *, descending: bool = False) -> tuple[list[Any], str | None]:
+    """One page of ``query`` in ``order_by`` order (its last column unique), after ``cursor``: ascending,
+    or with ``descending`` newest/largest first (every column in the same direction)."""
     if cursor:
         after = decode_cursor(cursor, len(order_by))
         # Bound with each column's own type, so a timestamp compares as the column stores it.
-        bound = [literal(value, column.type) for value, column in zip(after, order_by, strict=True)]
-        query = query.where(tuple_(*order_by) > tuple_(*bound))
-    rows = list(session.scalars(query.order_by(*order_by).limit(limit + 1)))
+        bound = tuple_(*[literal(value, column.type) for value, column in zip(after, order_by, strict=True)])
+        key = tuple_(*order_by)
+        query = query.where(key < bound if descending else key > bound)
+    ordering = [column.desc() for column in order_by] if descending else list(order_by)
+    rows = list(session.scalars(query.order_by(*ordering).limit(limit + 1)))
     page = rows[:limit]
     if len(rows) <= limit:
         return page, None

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.annotation import purchases
+from services.annotation import ingestion, locking
 from services.annotation.schemas import RolloutGroupIn, StepIn
 from services.common.db import session_scope
 from tests.conftest import REPO_ROOT, LiveServer, bearer
@@ -36,8 +36,8 @@ def store_step(pid: str) -> None:
     """The step's rollout groups, stored without running a selection policy (the test buys explicitly);
     the live server runs in this process on the same database."""
     with session_scope() as session:
-        project = purchases.lock_project(session, pid)
-        purchases.store_step(session, project, StepIn(step=0, groups=[
+        project = locking.lock_project(session, pid)
+        ingestion.store_step(session, project, StepIn(step=0, groups=[
             RolloutGroupIn(prompt_id=key, prompt_text=text, answers=answers)
             for key, (text, answers) in PROMPTS.items()]), datetime.now(UTC))
 

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from benchmarks.annotation_queue_bench import describe, queue_engine, run_load, seed_queue
-from services.annotation import purchases, queue
+from services.annotation import ingestion, locking, projects, purchases, queue
 from services.annotation.models import Annotation, AnnotationProject, Assignment, Policy, Purchase, Task
 from services.annotation.schemas import PurchaseIn, RolloutGroupIn, StepIn, Submission
 from services.common.db import session_scope
@@ -45,7 +45,7 @@ def _queue_project(tenant: Tenant, *, budget: int, lease: int = 60) -> str:
             project_id=tenant.project_a, name=f"pg-{budget}-{lease}", label_budget=budget,
             label_schema={"free_form": True, "candidates": True, "ambiguous": True, "rationale": "optional"},
             overlap_k=1, lease_seconds=lease, rollouts_per_prompt=2, policy=Policy.random, care_params={},
-            webhook_secret=purchases.new_webhook_secret())
+            webhook_secret=projects.new_webhook_secret())
         session.add(project)
         session.flush()
         return project.id
@@ -54,8 +54,8 @@ def _queue_project(tenant: Tenant, *, budget: int, lease: int = 60) -> str:
 def _post_groups(project_id: str, count: int, step: int = 0) -> list[str]:
     ids = [f"q{step}-{i}" for i in range(count)]
     with session_scope() as session:
-        project = purchases.lock_project(session, project_id)
-        purchases.store_step(session, project, StepIn(step=step, groups=[
+        project = locking.lock_project(session, project_id)
+        ingestion.store_step(session, project, StepIn(step=step, groups=[
             RolloutGroupIn(prompt_id=pid, prompt_text=f"prompt {pid}", answers=["1", "2"]) for pid in ids]), T0)
     return ids
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
-from services.annotation import notifications, purchases, webhooks
+from services.annotation import labels, notifications, webhooks
 from services.annotation.models import DeliveryState, LabelKind, Purchase, WebhookDelivery
 from services.common.db import session_scope, utcnow
 from services.common.settings import get_settings, reset_settings_cache
@@ -68,7 +68,7 @@ def test_a_rolled_back_label_writes_no_row_and_a_committed_one_writes_one(postgr
             purchase = session.scalars(select(Purchase).where(Purchase.annotation_project_id == pid,
                                                               Purchase.label_seq.is_(None))).first()
             assert purchase is not None
-            purchases.deliver_label(session, purchase, kind=LabelKind.answer, answer="3", labelled_by=["x"],
+            labels.deliver_label(session, purchase, kind=LabelKind.answer, answer="3", labelled_by=["x"],
                                     adjudicator_id=None, now=utcnow())
             session.flush()
             if then_fail:

@@ -15,7 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.annotation import login_throttle
-from services.annotation.app import create_app, request_time
+from services.annotation.app import create_app
+from services.annotation.deps import request_time
 from services.common.settings import get_settings, reset_settings_cache
 from tests.conftest import REPO_ROOT, Tenant
 from tests.unit.annotation.test_api import T0, Clock, create

@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from services.annotation import notifications, purchases, tasks, webhooks
+from services.annotation import labels, notifications, tasks, webhooks
 from services.annotation.app import create_app
 from services.annotation.models import DeliveryState, LabelKind, Purchase, WebhookDelivery
 from services.common.db import session_scope, utcnow
@@ -98,7 +98,7 @@ def label_without_sending(pid: str, monkeypatch: pytest.MonkeyPatch) -> str:
             purchase = session.scalars(select(Purchase).where(Purchase.annotation_project_id == pid)
                                        .order_by(Purchase.id)).first()
             assert purchase is not None
-            purchases.deliver_label(session, purchase, kind=LabelKind.answer, answer="9", labelled_by=["x"],
+            labels.deliver_label(session, purchase, kind=LabelKind.answer, answer="9", labelled_by=["x"],
                                     adjudicator_id=None, now=utcnow())
     with session_scope() as session:
         [found] = session.scalars(select(WebhookDelivery).where(WebhookDelivery.annotation_project_id == pid)).all()
@@ -191,8 +191,8 @@ def test_dead_after_max_attempts_is_kept_and_an_admin_can_redeliver_it(sqlite_te
     listed = client.get(f"{BASE}/{pid}/webhook-deliveries", params={"state": "failed"}, headers=admin)
     assert listed.status_code == 200
     body = listed.json()
-    assert body["total"] == 1 and body["deliveries"][0]["id"] == delivery_id
-    assert body["deliveries"][0]["attempts"] == 4 and body["deliveries"][0]["next_attempt_at"] is None
+    assert body["next_cursor"] is None and [d["id"] for d in body["data"]] == [delivery_id]
+    assert body["data"][0]["attempts"] == 4 and body["data"][0]["next_attempt_at"] is None
     assert client.get(f"{BASE}/{pid}/webhook-deliveries", headers=bearer(sqlite_tenant.keys["trainer"])
                       ).status_code == 403
     assert client.get(f"{BASE}/{pid}/webhook-deliveries", params={"state": "lost"}, headers=admin
@@ -253,7 +253,7 @@ def test_a_rolled_back_label_writes_no_row(sqlite_tenant: Tenant, receiver: Rece
     _client, pid, _secret = hooked_project(sqlite_tenant, receiver.url)
     with pytest.raises(RuntimeError), session_scope() as session:
         purchase = session.scalars(select(Purchase).where(Purchase.annotation_project_id == pid)).first()
-        purchases.deliver_label(session, purchase, kind=LabelKind.answer, answer="9", labelled_by=["x"],
+        labels.deliver_label(session, purchase, kind=LabelKind.answer, answer="9", labelled_by=["x"],
                                 adjudicator_id=None, now=utcnow())
         session.flush()
         assert session.scalar(select(func.count(WebhookDelivery.id))) == 1  # written in the transaction...
@@ -268,7 +268,7 @@ def test_two_labels_in_one_transaction_are_one_delivery(sqlite_tenant: Tenant, r
     _client, pid, _secret = hooked_project(sqlite_tenant, receiver.url)
     with session_scope() as session:
         for purchase in session.scalars(select(Purchase).where(Purchase.annotation_project_id == pid)):
-            purchases.deliver_label(session, purchase, kind=LabelKind.answer, answer="7", labelled_by=["x"],
+            labels.deliver_label(session, purchase, kind=LabelKind.answer, answer="7", labelled_by=["x"],
                                     adjudicator_id=None, now=utcnow())
     notifications.wait_for_webhooks()
     [(_headers, body)] = receiver.requests
@@ -352,7 +352,7 @@ def test_embedded_default_sends_what_a_previous_run_left_with_its_first_label(
     with session_scope() as session:
         purchase = session.scalars(select(Purchase).where(Purchase.annotation_project_id == pid,
                                                           Purchase.label_seq.is_(None))).first()
-        purchases.deliver_label(session, purchase, kind=LabelKind.answer, answer="5", labelled_by=["x"],
+        labels.deliver_label(session, purchase, kind=LabelKind.answer, answer="5", labelled_by=["x"],
                                 adjudicator_id=None, now=utcnow())
     notifications.wait_for_webhooks()
     sent = receiver.delivery_ids()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from services.annotation import purchases
+from services.annotation import ingestion, locking
 from services.annotation.app import create_app, request_time
 from services.annotation.schemas import RolloutGroupIn, StepIn
 from services.common.auth import create_api_key
@@ -60,8 +60,8 @@ def create(client: TestClient, tenant: Tenant, **fields: Any) -> dict[str, Any]:
 def seed_step(project_id: str, prompts: dict[str, list[str | None]], step: int = 0) -> None:
     """Store a step's groups without running a policy (the queue tests buy explicitly)."""
     with session_scope() as session:
-        project = purchases.lock_project(session, project_id)
-        purchases.store_step(session, project, StepIn(step=step, groups=[
+        project = locking.lock_project(session, project_id)
+        ingestion.store_step(session, project, StepIn(step=step, groups=[
             RolloutGroupIn(prompt_id=pid, prompt_text=f"Question {pid}?", answers=answers)
             for pid, answers in prompts.items()]), T0)
 
@@ -99,7 +99,9 @@ def test_admin_creates_a_project_and_roles_and_tenants_are_enforced(client: Test
     assert got.status_code == 200 and "webhook_secret" not in got.json()
     hidden = client.get(f"{BASE}/{made['id']}", headers=h(sqlite_tenant, "admin_b"))
     assert hidden.status_code == 404 and error(hidden)["field"] == "annotation_project_id"
-    assert [p["id"] for p in client.get(BASE, headers=h(sqlite_tenant, "admin_b")).json()] == []
+    assert client.get(BASE, headers=h(sqlite_tenant, "admin_b")).json() == {"data": [], "next_cursor": None}
+    mine = client.get(BASE, params={"limit": 1}, headers=h(sqlite_tenant, "admin")).json()
+    assert [p["id"] for p in mine["data"]] == [made["id"]]
     assert client.get(f"{BASE}/{made['id']}").status_code == 401
 
 
@@ -174,7 +176,8 @@ def test_purchase_bad_input_and_over_budget_are_clear_4xx(client: TestClient, sq
     twice = buy(client, sqlite_tenant, project["id"], ["a"])
     assert twice.status_code == 409 and error(twice)["code"] == "already_bought"
     ledger = client.get(f"{BASE}/{project['id']}/ledger", headers=h(sqlite_tenant, "trainer")).json()
-    assert ledger["budget"] == {"total": 2, "spent": 1, "left": 1} and ledger["total"] == 1
+    assert ledger["budget"] == {"total": 2, "spent": 1, "left": 1}
+    assert len(ledger["data"]) == 1 and ledger["next_cursor"] is None
 
 
 def test_purchase_idempotency_key_replays_and_refuses_reuse(client: TestClient, sqlite_tenant: Tenant) -> None:
@@ -205,9 +208,13 @@ def test_annotator_flow_over_http_with_labels_feed_and_ledger(client: TestClient
     assert task["prompt_id"] == "a" and [c["count"] for c in task["candidates"]] == [2, 1]
     assert client.post(f"{BASE}/{pid}/queue/next", headers=h(sqlite_tenant, "trainer")).status_code == 403
     submit_url = f"{BASE}/{pid}/assignments/{task['assignment_id']}/submit"
-    first = client.post(submit_url, json={"submission_id": "s1", "candidate": 0}, headers=who)
-    retry = client.post(submit_url, json={"submission_id": "s1", "candidate": 0}, headers=who)
+    first = client.post(submit_url, json={"candidate": 0}, headers={**who, "Idempotency-Key": "s1"})
+    retry = client.post(submit_url, json={"candidate": 0}, headers={**who, "Idempotency-Key": "s1"})
     assert first.status_code == 201 and retry.status_code == 200 and retry.json()["replayed"]
+    assert retry.headers["idempotent-replayed"] == "true" and retry.json()["id"] == first.json()["id"]
+    assert "deprecation" not in first.headers
+    keyless = client.post(submit_url, json={"candidate": 0}, headers=who)
+    assert keyless.status_code == 422 and error(keyless)["field"] == "Idempotency-Key"
     bad = client.post(submit_url, json={"submission_id": "s2", "answer": "4", "candidate": 0}, headers=who)
     assert bad.status_code == 422 and "exactly one" in error(bad)["message"]
 
@@ -222,16 +229,21 @@ def test_annotator_flow_over_http_with_labels_feed_and_ledger(client: TestClient
     done = client.post(f"{BASE}/{pid}/assignments/{again['assignment_id']}/submit",
                        json={"submission_id": "s4", "answer": "x^2", "rationale": "expand"}, headers=who)
     assert done.status_code == 201 and done.json()["task_status"] == "done"
+    assert done.headers["deprecation"] == "true"  # the body field still works, for one release
     assert client.post(f"{BASE}/{pid}/queue/next", headers=who).status_code == 204
 
     labels = client.get(f"{BASE}/{pid}/labels", params={"cursor": 0}, headers=h(sqlite_tenant, "trainer")).json()
-    assert [(x["prompt_id"], x["label"], x["seq"]) for x in labels["labels"]] == [("a", "4", 1), ("b", "x^2", 2)]
-    assert labels["next_cursor"] == 2
-    assert client.get(f"{BASE}/{pid}/labels", params={"cursor": 2},
-                      headers=h(sqlite_tenant, "trainer")).json() == {"labels": [], "next_cursor": 2}
+    assert [(x["prompt_id"], x["label"], x["seq"]) for x in labels["data"]] == [("a", "4", 1), ("b", "x^2", 2)]
+    assert labels["next_cursor"] == "2"
+    assert client.get(f"{BASE}/{pid}/labels", params={"cursor": labels["next_cursor"]},
+                      headers=h(sqlite_tenant, "trainer")).json() == {"data": [], "next_cursor": "2"}
+    one_by_one = client.get(f"{BASE}/{pid}/labels", params={"limit": 1}, headers=h(sqlite_tenant, "trainer")).json()
+    assert [x["seq"] for x in one_by_one["data"]] == [1] and one_by_one["next_cursor"] == "1"
+    bad = client.get(f"{BASE}/{pid}/labels", params={"cursor": "x"}, headers=h(sqlite_tenant, "trainer"))
+    assert bad.status_code == 422 and error(bad)["field"] == "cursor"
     ledger = client.get(f"{BASE}/{pid}/ledger", headers=h(sqlite_tenant, "trainer")).json()
     assert ledger["budget"]["spent"] == 2
-    assert all(p["status"] == "labelled" and len(p["labelled_by"]) == 1 for p in ledger["purchases"])
+    assert all(p["status"] == "labelled" and len(p["labelled_by"]) == 1 for p in ledger["data"])
     stats = client.get(f"{BASE}/{pid}/stats", headers=h(sqlite_tenant, "admin")).json()
     assert stats["tasks_done"] == 2 and stats["annotators"][0]["submitted"] == 2
 
@@ -269,12 +281,14 @@ def test_skip_undo_and_adjudication_over_http(client: TestClient, sqlite_tenant:
     client.post(f"{BASE}/{pid}/assignments/{theirs['assignment_id']}/submit",
                 json={"submission_id": "v1", "kind": "ambiguous"}, headers=two)
     assert client.get(f"{BASE}/{pid}/adjudications", headers=one).status_code == 403
-    [pending] = client.get(f"{BASE}/{pid}/adjudications", headers=h(sqlite_tenant, "admin")).json()
+    listed = client.get(f"{BASE}/{pid}/adjudications", headers=h(sqlite_tenant, "admin")).json()
+    [pending] = listed["data"]
+    assert listed["next_cursor"] is None
     assert pending["task_id"] == other["task_id"] and len(pending["annotations"]) == 2
     decided = client.post(f"{BASE}/{pid}/tasks/{other['task_id']}/adjudication", json={"answer": "2"},
                           headers=h(sqlite_tenant, "admin"))
     assert decided.status_code == 201
-    labels = client.get(f"{BASE}/{pid}/labels", headers=h(sqlite_tenant, "trainer")).json()["labels"]
+    labels = client.get(f"{BASE}/{pid}/labels", headers=h(sqlite_tenant, "trainer")).json()["data"]
     assert [(x["label"], x["event"]) for x in labels] == [("2", "labelled")]
 
 
@@ -291,7 +305,8 @@ def test_annotator_accounts_created_by_admin(client: TestClient, sqlite_tenant: 
     taken = client.post(url, json={"username": "alice", "password": "correct horse battery"},
                         headers=h(sqlite_tenant, "admin"))
     assert taken.status_code == 409 and error(taken)["field"] == "username"
-    assert [a["username"] for a in client.get(url, headers=h(sqlite_tenant, "admin")).json()] == ["alice"]
+    listed = client.get(url, headers=h(sqlite_tenant, "admin")).json()
+    assert [a["username"] for a in listed["data"]] == ["alice"] and listed["next_cursor"] is None
     with session_scope() as session:
         alice = accounts.authenticate(session, "alice", "correct horse battery")
         assert alice is not None and accounts.is_member(session, alice.id, project["id"])

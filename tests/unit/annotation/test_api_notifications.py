@@ -18,7 +18,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from services.annotation import notifications, purchases
+from services.annotation import labels, notifications
 from services.annotation.app import create_app
 from services.annotation.models import DeliveryState, Purchase, WebhookDelivery
 from services.common.db import session_scope
@@ -128,7 +128,7 @@ def test_a_delivered_label_posts_one_signed_webhook_after_commit(sqlite_tenant: 
         from services.annotation.models import LabelKind
         from services.common.db import utcnow
 
-        purchases.deliver_label(session, purchase, kind=LabelKind.answer, answer="9", labelled_by=["x"],
+        labels.deliver_label(session, purchase, kind=LabelKind.answer, answer="9", labelled_by=["x"],
                                 adjudicator_id=None, now=utcnow())
         raise RuntimeError("roll back")
     notifications.wait_for_webhooks()
@@ -170,7 +170,7 @@ def test_sse_stream_wakes_when_a_label_commits(sqlite_tenant: Tenant) -> None:
 
     def fetch(cursor: int) -> list[dict]:
         with session_scope() as session:
-            return [x.model_dump(mode="json") for x in purchases.labels_since(session, pid, cursor, 10).labels]
+            return [x.model_dump(mode="json") for x in labels.labels_since(session, pid, cursor, 10).data]
 
     def label_it() -> None:
         with session_scope() as session:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
-from services.annotation import purchases
+from services.annotation import answer_key, projects, selection, steps
 from services.annotation.models import AnnotationProject, AnswerSource, Policy, Purchase, SelectorState
 from services.annotation.schemas import RolloutGroupIn, StepIn
 from services.common.db import session_scope
@@ -22,10 +22,10 @@ def make_project(tenant: Tenant, policy: Policy, budget: int, care_params: dict 
             project_id=tenant.project_a, name=f"care-{policy.value}", label_budget=budget,
             label_schema={"free_form": True, "candidates": True, "ambiguous": True, "rationale": "optional"},
             rollouts_per_prompt=4, policy=policy, care_params=care_params or {},
-            answer_source=AnswerSource.answer_key, webhook_secret=purchases.new_webhook_secret())
+            answer_source=AnswerSource.answer_key, webhook_secret=projects.new_webhook_secret())
         session.add(project)
         session.flush()
-        purchases.upload_answer_key(session, project.id, [(f"s{s}-p{i}", str(i)) for s in range(3) for i in range(10)])
+        answer_key.upload(session, project.id, [(f"s{s}-p{i}", str(i)) for s in range(3) for i in range(10)])
         return project.id
 
 
@@ -47,7 +47,7 @@ def test_every_policy_buys_within_budget_and_saves_its_state(sqlite_tenant: Tena
     outs = []
     for step_no in range(3):
         with session_scope() as session:
-            outs.append(purchases.ingest_step(session, project_id, step(step_no), now=T0))
+            outs.append(steps.ingest_step(session, project_id, step(step_no), now=T0))
     # ⌈0.2 · 10⌉ = 2 per step; the budget of 3 runs out at step 1.
     assert [o.purchased for o in outs] == [2, 1, 0]
     assert [o.budget_exhausted for o in outs] == [False, True, True]
@@ -76,12 +76,12 @@ def test_care_trains_on_bought_labels_and_marks_them_observed(sqlite_tenant: Ten
     project_id = make_project(sqlite_tenant, Policy.care, budget=10)
     for step_no in range(2):
         with session_scope() as session:
-            purchases.ingest_step(session, project_id, step(step_no, with_features=False), now=T0)
+            steps.ingest_step(session, project_id, step(step_no, with_features=False), now=T0)
     with session_scope() as session:
         rows = list(session.scalars(select(Purchase).where(Purchase.annotation_project_id == project_id)))
         assert len(rows) == 4 and all(p.observed_at is not None for p in rows)
         project = session.get(AnnotationProject, project_id)
         assert project is not None
-        selector = purchases.load_selector(session, project)
+        selector = selection.load_selector(session, project)
         assert len(selector.core.buffer) == 4 and selector.core.steps_seen == 2
         assert selector.core.stage1 is not None and selector.core.feature_dim == 0

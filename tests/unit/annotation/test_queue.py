@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from services.annotation import accounts, purchases, queue
+from services.annotation import accounts, ingestion, labels, locking, projects, purchases, queue
 from services.annotation.models import (
     Annotation,
     AnnotationProject,
@@ -43,7 +43,7 @@ def make_project(tenant: Tenant, *, overlap_k: int = 1, budget: int = 1000, sche
             project_id=tenant.project_a, name=f"q-{overlap_k}-{budget}", label_budget=budget,
             label_schema=schema or {"free_form": True, "candidates": True, "ambiguous": True, "rationale": "optional"},
             overlap_k=overlap_k, lease_seconds=LEASE, rollouts_per_prompt=n, policy=Policy.random,
-            care_params={}, webhook_secret=purchases.new_webhook_secret())
+            care_params={}, webhook_secret=projects.new_webhook_secret())
         session.add(project)
         session.flush()
         return project.id
@@ -59,12 +59,12 @@ def seed(project_id: str, scores: list[float], *, step: int = 0, answers: list[s
     """Post a step of len(scores) prompts and buy each with its score as the task priority."""
     ids = [f"s{step}-p{i}" for i in range(len(scores))]
     with session_scope() as session:
-        project = purchases.lock_project(session, project_id)
+        project = locking.lock_project(session, project_id)
         body = StepIn(step=step, groups=[
             RolloutGroupIn(prompt_id=pid, prompt_text=f"What is {i}+{i}?",
                            answers=answers or [str(2 * i), str(2 * i), "7", None])
             for i, pid in enumerate(ids)])
-        stored = purchases.store_step(session, project, body, T0)
+        stored = ingestion.store_step(session, project, body, T0)
         for prompt, group, score in zip(stored.prompts, stored.groups, scores, strict=True):
             purchase = purchases.record_purchase(session, project, group, prompt, policy="random", score=score, now=T0)
             session.flush()
@@ -154,7 +154,7 @@ def test_same_submission_id_twice_gives_one_annotation(q1: Queue) -> None:
         other = queue.next_task(session, q1.project_id, alice, now=T0)
     with session_scope() as session, pytest.raises(Conflict) as reused:
         queue.submit(session, q1.project_id, alice, other.assignment_id, answer("sub-1", "0"), now=T0)
-    assert reused.value.field == "submission_id"
+    assert reused.value.code == "idempotency_key_reused"
 
 
 def test_overlap_k_spreads_a_task_over_k_different_annotators(sqlite_tenant: Tenant) -> None:
@@ -197,7 +197,7 @@ def test_disagreement_goes_to_adjudication_and_a_reviewer_settles_it(sqlite_tena
                            answer("b", kind=LabelKind.ambiguous), now=T0)
         assert out.task_status == "adjudication"
     with session_scope() as session:
-        [view] = queue.adjudication_queue(session, project_id)
+        [view] = queue.adjudication_queue(session, project_id).data
         assert view.task_id == a.task_id and view.agreement == 0.5
         assert {s.username for s in view.annotations} == {"alice", "bob"}
         with pytest.raises(Forbidden):
@@ -237,8 +237,8 @@ def test_undo_retracts_the_label_and_leases_the_task_again(q1: Queue) -> None:
         lease = queue.next_task(session, q1.project_id, alice, now=T0)
         queue.submit(session, q1.project_id, alice, lease.assignment_id, answer("a1", "5"), now=T0)
     with session_scope() as session:
-        feed = purchases.labels_since(session, q1.project_id, 0, 100)
-        assert [(x.event, x.label) for x in feed.labels] == [("labelled", "5")]
+        feed = labels.labels_since(session, q1.project_id, 0, 100)
+        assert [(x.event, x.label) for x in feed.data] == [("labelled", "5")]
     later = T0 + timedelta(seconds=30)
     with session_scope() as session:
         undone = queue.undo_last(session, q1.project_id, alice, now=later)
@@ -246,14 +246,14 @@ def test_undo_retracts_the_label_and_leases_the_task_again(q1: Queue) -> None:
         assert undone.task.assignment_id == lease.assignment_id and undone.task.resumed
         assert undone.task.lease_expires_at == later + timedelta(seconds=LEASE)
     with session_scope() as session:
-        feed = purchases.labels_since(session, q1.project_id, 1, 100)
-        assert [(x.event, x.label) for x in feed.labels] == [("retracted", None)]
+        feed = labels.labels_since(session, q1.project_id, 1, 100)
+        assert [(x.event, x.label) for x in feed.data] == [("retracted", None)]
         current = queue.current_task(session, q1.project_id, alice, now=later)
         assert current is not None and current.task_id == lease.task_id
         queue.submit(session, q1.project_id, alice, lease.assignment_id, answer("a2", "0"), now=later)
     with session_scope() as session:
-        feed = purchases.labels_since(session, q1.project_id, 0, 100)
-        assert [(x.seq, x.event, x.label) for x in feed.labels] == [(3, "labelled", "0")]
+        feed = labels.labels_since(session, q1.project_id, 0, 100)
+        assert [(x.seq, x.event, x.label) for x in feed.data] == [(3, "labelled", "0")]
         assert session.scalar(select(func.count(Annotation.id)).where(Annotation.undone_at.is_(None))) == 1
         with pytest.raises(Conflict):  # the only live submission was undone once; a2 can be undone, then none
             queue.undo_last(session, q1.project_id, alice, now=later)

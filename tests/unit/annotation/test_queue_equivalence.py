@@ -7,8 +7,9 @@ import threading
 import pytest
 
 from services.annotation.equivalence import answers_equivalent, cluster_answers, math_safe
+from services.annotation.ingestion import vote
 from services.annotation.models import LabelKind
-from services.annotation.purchases import rollout_correctness, vote
+from services.annotation.probes import rollout_correctness
 from services.annotation.queue import label_clusters
 
 

@@ -57,6 +57,17 @@ def test_pages_cover_every_row_once_in_order(session: Session) -> None:
     assert seen == [f"r{i:02d}" for i in range(10)] and pages == 4
 
 
+def test_descending_pages_cover_every_row_once_newest_first(session: Session) -> None:
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        rows, cursor = keyset_page(session, select(Row), (Row.created_at, Row.id), cursor, 4, descending=True)
+        seen += [r.id for r in rows]
+        if cursor is None:
+            break
+    assert seen == [f"r{i:02d}" for i in reversed(range(10))]
+
+
 def test_a_row_inserted_before_the_cursor_does_not_shift_the_next_page(session: Session) -> None:
     order = (Row.created_at, Row.id)
     first, cursor = keyset_page(session, select(Row), order, None, 5)
