@@ -34,6 +34,7 @@ install-dev: $(VENV)/.installed-dev webui/node_modules/.package-lock.json
 PORT ?= 8000
 HOST ?= 127.0.0.1
 up: install system-deps
+	@echo "the rewardhub command is $(BIN)/rewardhub: '. $(BIN)/activate' puts it on PATH"
 	$(BIN)/rewardhub up --host $(HOST) --port $(PORT)
 
 # The sandbox isolates each run with Debian's bubblewrap and runs Debian's toolchains (the sandbox
@@ -60,6 +61,10 @@ typecheck: install-dev
 
 test: install-dev system-deps lint typecheck
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The README's grader reference table, regenerated from rewardhub/reward_specs.py.
+readme: install-dev
+	$(BIN)/python -m tests.unit.test_readme
 
 bench: install-dev
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -10,10 +10,12 @@ import typer
 from rich.console import Console
 
 from rewardhub.eval_cli import eval_app
-from rewardhub.train_cli import demo, train
+from rewardhub.train_cli import config_error, demo, train
 from services.common.models import Role
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+
     from services.common.settings import Settings
 
 KEEP_ALIVE_S = 75
@@ -31,10 +33,66 @@ app.command()(demo)
 console = Console(stderr=True, soft_wrap=True)
 
 
-def _settings() -> Settings:
+def _settings(command: str) -> Settings:
+    """The settings from the environment; a bad variable is one line naming it (no traceback)."""
+    from pydantic import ValidationError
+
     from services.common.settings import get_settings
 
-    return get_settings()
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        raise config_error(command, f"configuration error: {settings_problems(exc)}") from None
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """A settings ``ValidationError`` as ``VARIABLE: problem`` pairs (never the values: they may be secrets)."""
+    from services.common.settings import Settings
+
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        info = Settings.model_fields.get(field)
+        choices = getattr(getattr(info, "validation_alias", None), "choices", None)
+        variable = str(choices[0]) if choices else f"REWARDHUB_{field.upper()}"
+        problems.append(f"{variable}: {error['msg']}")
+    return "; ".join(problems)
+
+
+SUPPORTED_DATABASES = ("sqlite", "postgresql")
+
+
+def database_problem(url: str) -> str | None:
+    """Why ``url`` cannot serve as the database, checked before anything is created; None if it can.
+
+    A SQLite file is created by the first start, so only its URL is checked; a server is connected to.
+    """
+    from sqlalchemy import create_engine, make_url, text
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+    from sqlalchemy.pool import NullPool
+
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        return f"not a usable database URL ({exc})"
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED_DATABASES:
+        return f"rewardhub runs on SQLite or PostgreSQL (postgresql+psycopg://user:password@host:5432/db), not {backend}"
+    if backend == "sqlite":
+        return None
+    try:
+        engine = create_engine(parsed, poolclass=NullPool)
+    except ImportError as exc:
+        return f"its database driver is not installed ({exc})"
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        return f"cannot connect ({str(exc.orig or exc).splitlines()[0]})"
+    finally:
+        engine.dispose()
+    return None
 
 
 @app.command()
@@ -49,7 +107,10 @@ def up(
     from rewardhub.embedded import bootstrap, build_embedded_app
     from services.common.logging import configure_logging, logging_config, mask_url
 
-    settings = _settings()
+    settings = _settings("up")
+    problem = database_problem(settings.effective_database_url)
+    if problem is not None:
+        raise config_error("up", f"database {mask_url(settings.effective_database_url)}: {problem}")
     configure_logging("embedded", settings.log_level, json_logs=False)
     boot = bootstrap(settings)
     application = build_embedded_app()
@@ -63,7 +124,10 @@ def up(
     run_watcher = Watcher()
     run_watcher.start()
     url = f"http://{host}:{port}"
-    console.print(f"[bold green]rewardhub[/] is up at [link={url}]{url}[/]  (API docs: {url}/docs)")
+    console.print(f"[bold green]rewardhub[/] is up at [link={url}]{url}[/]")
+    for label, path in (("web UI", application.state.ui_path), ("API docs", "/docs  (links every service's docs)"),
+                        ("metrics", "/metrics")):
+        console.print(f"  {label + ':':<10}{url}{path}")
     console.print(f"database: {mask_url(settings.effective_database_url)}")
     if boot.admin_key and boot.newly_created:
         console.print(f"first admin key (shown once, also saved to {boot.admin_key_file}):")
@@ -100,7 +164,7 @@ def serve(
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; known: {', '.join(sorted(SERVICES))}",
                                  param_hint="SERVICE")
-    settings = _settings()
+    settings = _settings("serve")
     configure_logging(service, settings.log_level, settings.log_json)
     logging.getLogger("rewardhub.cli").info(
         "serving %s on %s:%d; database %s; broker %s", service, host, port,
@@ -124,7 +188,7 @@ def worker(
     from services.common.logging import configure_logging
     from services.common.tasks import celery_app
 
-    settings = _settings()
+    settings = _settings("worker")
     if not settings.redis_url:
         raise typer.BadParameter("REDIS_URL is not set: a worker needs a broker (the embedded default "
                                  "runs tasks in-process)", param_hint="REDIS_URL")
@@ -146,7 +210,7 @@ def migrate(
     from services.common import migrate as migrations
     from services.common.logging import mask_url
 
-    settings = _settings()
+    settings = _settings("migrate")
     shown = mask_url(settings.effective_database_url)
     if downgrade_to is not None:
         migrations.downgrade(revision=downgrade_to)

@@ -1,4 +1,8 @@
-"""The services rewardhub runs, by name, and how to build each one's app."""
+"""The services rewardhub runs, by name, and how to build each one's app.
+
+Derived from the one service registry (``services.common.registry``): a service declares its app once,
+in its package's ``SERVICE``.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,15 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
-# name -> "module:factory". Add a service here when it has real endpoints.
-SERVICES: dict[str, str] = {
-    "gateway": "services.gateway.app:create_app",
-    "verifier": "services.verifier.app:create_app",
-    "annotation": "services.annotation.app:create_app",
-    "trainer": "services.trainer.app:create_app",
-    "rubric_rm": "services.rubric_rm.app:create_app",
-    "sandbox": "services.sandbox.app:create_app",
-}
+from services.common.registry import service, services
+
+# name -> "module:factory", in the order the embedded default builds them (the gateway first).
+SERVICES: dict[str, str] = {name: spec.app for name, spec in services().items()}
 
 
 def app_factory(name: str) -> Callable[[], FastAPI]:
-    if name not in SERVICES:
-        raise KeyError(f"unknown service {name!r}; known: {', '.join(sorted(SERVICES))}")
-    module_name, _, attr = SERVICES[name].partition(":")
-    factory: Callable[[], FastAPI] = getattr(importlib.import_module(module_name), attr)
+    spec = service(name)
+    factory: Callable[[], FastAPI] = getattr(importlib.import_module(spec.app_module), spec.app_factory)
     return factory
 
 

@@ -14,6 +14,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True, soft_wrap=True)
+CONFIG_ERROR_EXIT = 2  # what click answers a bad parameter with
+
+
+def config_error(command: str, message: str) -> typer.Exit:
+    """One line on stderr, ``rewardhub <command>: <message>``, and the exit to raise.
+
+    A configuration problem is the user's to fix: it gets no traceback and no usage box, and (because
+    callers check before they start) nothing has been created yet.
+    """
+    typer.echo(f"rewardhub {command}: {' '.join(message.split())}", err=True)
+    return typer.Exit(CONFIG_ERROR_EXIT)
 
 
 def _progress() -> Progress:
@@ -76,10 +87,11 @@ def train(
 
     try:
         config = load_config(config_path)
+        check_run_inputs(config)
     except ConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint="CONFIG") from None
+        raise config_error("train", f"config error: {exc}") from None
     if num_gpus is not None and config.deepspeed is None:
-        raise typer.BadParameter("--num-gpus needs a deepspeed section in the config", param_hint="--num-gpus")
+        raise config_error("train", "--num-gpus needs a deepspeed section in the config")
     if config.deepspeed is not None and "LOCAL_RANK" not in os.environ:
         # Not yet inside a rank: start one per GPU and wait for them.
         from trainer.distributed import check_world_size
@@ -88,7 +100,7 @@ def train(
         try:
             check_world_size(config, ranks)
         except ValueError as exc:
-            raise typer.BadParameter(f"{exc} (--num-gpus {ranks})", param_hint="CONFIG") from None
+            raise config_error("train", f"config error: {exc} (--num-gpus {ranks})") from None
         command = deepspeed_command(config_path.resolve(), ranks, master_port)
         console.print(f"launching: {' '.join(command)}")
         raise typer.Exit(subprocess.call(command))
@@ -99,12 +111,26 @@ def train(
         raise typer.Exit(1) from None
 
 
+def check_run_inputs(config: Any) -> None:
+    """What a run reads, checked before it creates its ``output_dir``: the dataset (every row) and the
+    model directory. Raises :class:`trainer.config.ConfigError` naming the field."""
+    from trainer.config import ConfigError
+    from trainer.data import DatasetError, load_rows
+
+    try:
+        load_rows(config.dataset)
+    except DatasetError as exc:
+        raise ConfigError(f"dataset: {exc}") from None
+    if config.model.path is not None and not Path(config.model.path).is_dir():
+        raise ConfigError(f"model.path: {config.model.path} is not a local model directory")
+
+
 def demo(
     steps: Annotated[int, typer.Option(help="Training steps.")] = 60,
     seed: Annotated[int, typer.Option(help="Seed of the model and the run.")] = 0,
     work_dir: Annotated[Path | None, typer.Option(help="Where to put the run (default: a temp dir).")] = None,
 ) -> None:
-    """A tiny model learns a verifiable task through the real reward API (embedded default, CPU, ~1 min)."""
+    """A tiny model learns a verifiable task through the real reward API (embedded default, CPU: about 1 min on 2 cores)."""
     from rewardhub.demo import demo_config, embedded_server
 
     work = work_dir or Path(tempfile.mkdtemp(prefix="rewardhub-demo-"))

@@ -6,8 +6,11 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi import HTTPException as FastAPIHTTPException
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common import health, metrics
@@ -112,8 +115,11 @@ def create_service_app(service: str, routers: Iterable[APIRouter], *, title: str
                        health_router: APIRouter | None = None) -> FastAPI:
     """A service's app; ``health_router`` replaces the default /healthz + /readyz (database, broker)."""
     settings = get_settings()
-    app = ServiceApp(title=title, description=description, version=version, lifespan=lifespan)
+    # FastAPI's own /docs and /redoc load their scripts from a CDN (blank pages offline): ours serve them.
+    app = ServiceApp(title=title, description=description, version=version, lifespan=lifespan,
+                     docs_url=None, redoc_url=None)
     app.state.service_name = service
+    install_offline_docs(app)
     install_error_handlers(app)
     app.include_router(health_router or health.router)
     app.include_router(metrics.router)
@@ -127,6 +133,52 @@ def create_service_app(service: str, routers: Iterable[APIRouter], *, title: str
     # Scrape-time Celery queue depth (only reported with REDIS_URL set); registered once per process.
     metrics.register_collector("celery_queue_depth", metrics.CeleryQueueCollector(_celery_queue_names))
     return app
+
+
+DOCS_URL = "/docs"
+REDOC_URL = "/redoc"
+DOCS_ASSETS_URL = "/docs/assets"
+# Swagger UI and ReDoc as files of a PyPI package (fastapi-offline), so the docs work with no network.
+DOCS_ASSETS_PACKAGE = ("fastapi_offline", "static")
+
+
+def install_offline_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` with their scripts served by ``app`` itself.
+
+    URLs are taken relative to the request's ``root_path``, so a service mounted under
+    ``/services/<name>`` (the embedded default) serves working docs there too.
+    """
+    app.mount(DOCS_ASSETS_URL, StaticFiles(packages=[DOCS_ASSETS_PACKAGE]), name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+    oauth2_redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = _root_path(request)
+        return get_swagger_ui_html(
+            openapi_url=root + openapi_url, title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=root + oauth2_redirect_url,
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            swagger_ui_parameters=app.swagger_ui_parameters)
+
+    async def swagger_ui_redirect(_request: Request) -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    async def redoc(request: Request) -> HTMLResponse:
+        root = _root_path(request)
+        return get_redoc_html(openapi_url=root + openapi_url, title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png", with_google_fonts=False)
+
+    app.add_route(DOCS_URL, swagger_ui, include_in_schema=False)
+    app.add_route(oauth2_redirect_url, swagger_ui_redirect, include_in_schema=False)
+    app.add_route(REDOC_URL, redoc, include_in_schema=False)
+
+
+def _root_path(request: Request) -> str:
+    root: str = request.scope.get("root_path", "")
+    return root.rstrip("/")
 
 
 def _celery_queue_names() -> list[str]:

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import importlib
 
-MODEL_MODULES = [
-    "services.common.models",
-    "services.gateway.models",
-    "services.annotation.models",
-    "services.trainer.models",
-    "services.rubric_rm.models",
-]
+from services.common.registry import model_modules
 
 
 def import_all_models() -> None:
-    for module in MODEL_MODULES:
+    # Each service declares its models module once (services.common.registry).
+    for module in model_modules():
         importlib.import_module(module)

@@ -43,10 +43,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.common.errors import UpstreamUnavailable
 from services.common.logging import configure_logging, request_id_var, valid_request_id
 from services.common.metrics import CELERY_TASKS
+from services.common.registry import task_modules
 from services.common.settings import Settings, get_settings
 
-TASK_MODULES = ["services.common.tasks", "services.rubric_rm.tasks", "services.annotation.tasks",
-                "services.trainer.supervisor"]
+# Every module with Celery tasks: this one and each service's own (declared once, services.common.registry).
+TASK_MODULES = task_modules()
 log = logging.getLogger("rewardhub.tasks")
 
 
@@ -323,7 +324,7 @@ def _serve_worker_metrics(**_kwargs: Any) -> None:
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     start_http_server(port, registry=registry)
     log.info("worker metrics on :%d/metrics", port)
 
@@ -332,7 +333,7 @@ def _forget_dead_child(pid: int | None = None, **_kwargs: Any) -> None:
     if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 signals.worker_ready.connect(_serve_worker_metrics, weak=False)

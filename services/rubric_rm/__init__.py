@@ -5,3 +5,11 @@ Modules: ``schemas`` (I/O models), ``prompts``, ``scrub`` (outcome-hint removal)
 generation), ``judging`` (pairwise both-order and pointwise), ``sft_export`` (generator SFT set),
 ``evaluation`` (RewardBench / RM-Bench / RMB harness).
 """
+
+from services.common.registry import ServiceSpec
+
+SERVICE = ServiceSpec(name="rubric_rm",
+                      app="services.rubric_rm.app:create_app",
+                      summary="CDRRM rubric reward model: rubric generation and judging",
+                      models="services.rubric_rm.models",
+                      tasks=("services.rubric_rm.tasks",))

@@ -21,6 +21,7 @@ from rewardhub.cli import app as cli_app
 from rewardhub.service_map import SERVICES
 from services.common.settings import Settings
 from tests.conftest import REPO_ROOT, unavailable
+from tests.unit.deploy.readme_commands import argv, bash_commands, section
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 GPU_SERVICES = {"trainer", "vllm"}
@@ -290,3 +291,41 @@ def test_the_sandbox_holds_no_credentials_and_is_locked_down(services: dict[str,
     assert not sandbox.get("ports"), "nothing outside the compose network reaches the sandbox"
     assert services["verifier"]["depends_on"]["sandbox"]["condition"] == "service_healthy"
     assert services["verifier"]["environment"]["REWARDHUB_SANDBOX_URL"] == "http://sandbox:8000"
+
+
+# --- the README's compose commands, as written -------------------------------------------------------
+
+def readme_compose_commands() -> list[str]:
+    return [c for c in bash_commands(section("Docker Compose and Kubernetes"))
+            if c.startswith(("export ", "docker compose"))]
+
+
+def readme_environment(commands: list[str]) -> dict[str, str]:
+    """The variables the README's ``export`` lines set, with their substitutions run."""
+    exported = {}
+    for command in commands:
+        if command.startswith("export "):
+            name, _, value = argv(command)[1].partition("=")
+            exported[name] = value
+    return exported
+
+
+def test_the_readme_exports_exactly_what_compose_requires() -> None:
+    # Every ${VAR:?message} in the file is a variable compose refuses to start without.
+    required = set(re.findall(r"\$\{(\w+):\?", COMPOSE_FILE.read_text()))
+    exported = readme_environment(readme_compose_commands())
+    assert set(exported) == required == {"REWARDHUB_SECRET_KEY"}
+    assert len(exported["REWARDHUB_SECRET_KEY"]) >= 32
+
+
+def test_docker_compose_accepts_the_readmes_commands_as_written() -> None:
+    commands = readme_compose_commands()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REWARDHUB_", "COMPOSE_"))}
+    env.update(readme_environment(commands))
+    ups = [argv(c) for c in commands if c.startswith("docker compose") and " up" in c]
+    assert ups, "the README shows no `docker compose up`"
+    for args in ups:
+        profile_args = args[2:args.index("up")]  # e.g. --profile gpu
+        result = subprocess.run([docker_compose(), "-f", str(COMPOSE_FILE), *profile_args, "config", "-q"],
+                                env=env, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+        assert result.returncode == 0, f"{' '.join(args)}: {result.stderr}"
