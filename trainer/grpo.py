@@ -110,7 +110,9 @@ def load_model(config: RunConfig, path: Path, *, device: str, sharded: bool = Fa
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if config.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()  # type: ignore[no-untyped-call]
+        # transformers 5 renamed it (the old name warns); older releases only have the old one.
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     return model, tokenizer
 
 
