@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class _Spec(BaseModel):
@@ -251,11 +251,20 @@ class MultiSpec(_Spec):
             if isinstance(grader, MultiSpec) and grader.has_remote_parts():
                 raise ValueError(f"graders.{name}: rubric and code graders can only be direct parts of the "
                                  f"outermost multi spec, not of a nested one")
-        for field_name in ("weights", "gates"):
-            unknown = set(getattr(self, field_name)) - set(self.graders)
-            if unknown:
-                raise ValueError(f"{field_name} names unknown graders: {', '.join(sorted(unknown))}")
         return self
+
+    @field_validator("weights", "gates")
+    @classmethod
+    def _name_graders(cls, named: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        # A field validator (not the model validator) so the 422's loc ends in "weights" / "gates".
+        graders = info.data.get("graders")
+        if graders is None:  # graders itself failed validation and is reported on its own
+            return named
+        unknown = set(named) - set(graders)
+        if unknown:
+            raise ValueError(f"{info.field_name} names unknown graders: {', '.join(sorted(unknown))} "
+                             f"(graders are: {', '.join(sorted(graders))})")
+        return named
 
 
 RewardSpec = Annotated[

@@ -1,16 +1,22 @@
 """Shared fixtures: isolated settings, real PostgreSQL and Redis, a migrated gateway with keys.
 
-Tests that need PostgreSQL or Redis skip with the reason when those are not reachable; with
-``REWARDHUB_REQUIRE_SERVICES=1`` (CI) they fail instead.
+Tests that need PostgreSQL or Redis, a dev dependency or a kernel capability skip with the reason
+where it is missing; with ``REWARDHUB_REQUIRE_SERVICES=1`` (CI) every skip is a failure instead, except
+for the tests marked ``gpu``, which skip without a CUDA device. ``require`` and ``require_module`` say
+what is missing; the hooks at the end turn any other skip (a bare ``pytest.skip``, ``importorskip``,
+``skipif``) into a failure under CI, so nothing vanishes from the suite silently.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -20,11 +26,34 @@ REQUIRE_SERVICES = os.environ.get("REWARDHUB_REQUIRE_SERVICES", "") not in ("", 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def unavailable(what: str, why: str) -> None:
-    message = f"{what} is not reachable ({why})"
+# Our own top-level packages: a broken import of one of them is a bug, never a reason to skip.
+PROJECT_PACKAGES = frozenset({"rewardhub", "services", "trainer", "webui", "migrations", "tests", "benchmarks"})
+REQUIRED_BY_CI = "REWARDHUB_REQUIRE_SERVICES=1 makes this a failure"
+
+
+def require(ok: bool, reason: str) -> None:
+    """Skip with ``reason`` where a prerequisite is missing; fail instead under REWARDHUB_REQUIRE_SERVICES=1."""
+    if ok:
+        return
     if REQUIRE_SERVICES:
-        pytest.fail(message + "; REWARDHUB_REQUIRE_SERVICES=1 makes this a failure", pytrace=False)
-    pytest.skip(message + "; set REWARDHUB_REQUIRE_SERVICES=1 to fail instead")
+        pytest.fail(f"{reason}; {REQUIRED_BY_CI}", pytrace=False)
+    pytest.skip(f"{reason}; set REWARDHUB_REQUIRE_SERVICES=1 to fail instead")
+
+
+def require_module(name: str, why: str = "a dev dependency") -> ModuleType:
+    """Import ``name`` or skip saying so (fail under CI); the project's own modules always fail."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if name.partition(".")[0] in PROJECT_PACKAGES:
+            raise  # a project module that does not import is broken: never a skip
+        missing = f"{name} is not importable ({type(exc).__name__}: {exc})"
+    require(False, f"{missing}; it is {why} (`make install-dev` installs it)")
+    raise AssertionError("unreachable: require(False, ...) skips or fails")
+
+
+def unavailable(what: str, why: str) -> None:
+    require(False, f"{what} is not reachable ({why})")
 
 
 def _reset_state() -> None:
@@ -190,3 +219,61 @@ def live_server(isolated_env: Path) -> Iterator[LiveServer]:
     yield LiveServer(url=url, tenant=tenant)
     server.should_exit = True
     thread.join(timeout=10)
+
+
+# --- skips are failures under CI -----------------------------------------------------------------
+
+GPU_MARKER = "gpu: needs a CUDA device; skips without one, even under REWARDHUB_REQUIRE_SERVICES=1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", GPU_MARKER)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu_items and not _cuda_available():
+        no_cuda = pytest.mark.skip(reason="no CUDA device here; the GPU tests run on a GPU machine")
+        for item in gpu_items:
+            item.add_marker(no_cuda)
+
+
+def _skip_reason(longrepr: Any) -> str:
+    # A skip's longrepr is (path, line, "Skipped: reason"); anything else is shown as it is.
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return f"{longrepr[2]} ({longrepr[0]}:{longrepr[1]})"
+    return str(longrepr)
+
+
+def _as_failure(report: pytest.CollectReport | pytest.TestReport) -> None:
+    reason = _skip_reason(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"skipped, and {REQUIRED_BY_CI} (only tests marked gpu may skip): {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if (REQUIRE_SERVICES and report.skipped and not hasattr(report, "wasxfail")
+            and item.get_closest_marker("gpu") is None):
+        _as_failure(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+        collector: pytest.Collector) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    # A module-level importorskip or pytest.skip skips the whole file at collection time.
+    report = yield
+    if REQUIRE_SERVICES and report.skipped:
+        _as_failure(report)
+    return report

@@ -9,18 +9,9 @@ from typing import Any
 import pytest
 
 import webui
-from tests.conftest import REQUIRE_SERVICES
+from tests.conftest import require
 
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-def require(ok: bool, reason: str) -> None:
-    """Skip with ``reason`` where a prerequisite is missing; fail instead under REWARDHUB_REQUIRE_SERVICES=1."""
-    if ok:
-        return
-    if REQUIRE_SERVICES:
-        pytest.fail(reason + "; REWARDHUB_REQUIRE_SERVICES=1 makes this a failure", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture

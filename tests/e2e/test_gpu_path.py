@@ -23,9 +23,8 @@ from tests.integration.test_trainer_loop import letter_share, make_config
 from trainer.grpo import GRPOTrainer
 from trainer.rewards import CallableRewards
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),
-              pytest.mark.skipif(not torch.cuda.is_available(),
-                                 reason="no CUDA device here; the GPU path runs on a GPU machine")]
+# gpu: tests/conftest.py skips these without a CUDA device (the only skips CI allows).
+pytestmark = [pytest.mark.slow, pytest.mark.gpu, pytest.mark.timeout(900)]  # a hang guard, not a check
 HAS_FLASH = importlib.util.find_spec("flash_attn") is not None
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import pytest
+from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = Path(__file__).with_name("framework-requirements.txt")
@@ -42,5 +42,7 @@ def load(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        pytest.skip(f"{module} is not importable ({exc}); install the framework sources with `.venv/bin/pip "
-                    f"install --no-deps --target {folder} -r {REQUIREMENTS.relative_to(ROOT)}`")
+        missing = f"{module} is not importable ({exc})"
+    require(False, f"{missing}; install the framework sources with `.venv/bin/pip "
+                   f"install --no-deps --target {folder} -r {REQUIREMENTS.relative_to(ROOT)}`")
+    raise AssertionError("unreachable: require(False, ...) skips or fails")

@@ -19,11 +19,11 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, require_module
 from trainer.distributed import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (dev extra)")
+deepspeed = require_module("deepspeed", "DeepSpeed (dev extra)")
 
 
 def write_config(folder: Path, url: str, *, stage: int, **overrides: Any) -> Path:

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import require, require_module
 from tests.integration.framework_sources import load
 from tests.unit.sandbox.conftest import require_namespaces
 
@@ -45,8 +46,8 @@ def sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``rewardhub serve sandbox`` on a free loopback port, with nothing of this shell's REWARDHUB_* settings."""
     require_namespaces()
     cli = shutil.which("rewardhub", path=str(Path(sys.executable).parent))
-    if cli is None:
-        pytest.skip("the rewardhub command is not installed in this environment")
+    require(cli is not None, "the rewardhub command is not installed in this environment (pip install -e .)")
+    assert cli is not None
     env = {name: value for name, value in os.environ.items()
            if not (name.startswith("REWARDHUB_") or name in ("DATABASE_URL", "REDIS_URL"))}
     env["REWARDHUB_DATA_DIR"] = str(tmp_path_factory.mktemp("sandbox-data"))
@@ -84,7 +85,7 @@ def sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def sf(sandbox_url: str) -> Any:
-    module = pytest.importorskip("sandbox_fusion", reason="the sandbox-fusion package is not installed (dev extra)")
+    module = require_module("sandbox_fusion", "the sandbox-fusion package (dev extra)")
     module.set_sandbox_endpoint(sandbox_url)
     return module
 
@@ -223,16 +224,29 @@ def test_client_summary_maps_every_outcome(sf: Any) -> None:
     assert summary(language="bash", code="while :; do :; done", run_timeout=1) == "TLE"
 
 
-def test_request_errors_are_failed_answers_the_client_does_not_retry(sf: Any) -> None:
+def test_request_errors_are_failed_answers_the_client_does_not_retry(sf: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: a 422 or SandboxError, which the client retries five times with back-off, then raises."""
-    started = time.monotonic()
+    import sandbox_fusion.client as sf_client
+
+    posts: list[str] = []
+    real_post = sf_client.requests.post
+
+    def counted_post(url: str, **kwargs: Any) -> Any:
+        posts.append(url)
+        return real_post(url, **kwargs)
+
+    def no_retry(state: Any) -> None:
+        raise AssertionError(f"the client retried: {state.outcome.exception()}")
+
+    monkeypatch.setattr(sf_client.requests, "post", counted_post)
+    monkeypatch.setattr(sf_client, "before_retry_sleep", no_retry)
     for fields in ({"language": "go", "code": "package main\nfunc main() {}"},
                    {"language": "python", "code": "print(1)", "files": {"/etc/evil": b64("x")}},
                    {"language": "python", "code": "print(1)", "files": {"../up": b64("x")}}):
         response = sf.run_code(sf.RunCodeRequest(**fields), client_timeout=120)  # default: 5 attempts
         assert response.status == sf.RunStatus.Failed and response.message, response
         assert response.run_result is None and response.compile_result is None
-    assert time.monotonic() - started < 30  # one attempt each: no back-off sleeps
+    assert len(posts) == 3  # one attempt each: nothing the client would retry
 
 
 def test_files_and_fetch_files_semantics(sf: Any) -> None:
@@ -330,13 +344,14 @@ def test_verl_hundred_concurrent_runs_all_hit_their_time_limit(sandbox_url: str,
         response, error = verl_sandbox.call_sandbox_api(url, "while True:\n    pass\n", None, 110, 3, 1024, "python")
         return response, error
 
-    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=100) as pool:
         answers = list(pool.map(one, range(100)))
-    elapsed = time.monotonic() - started
     errors = [error for _, error in answers if error]
     assert not errors, errors[:3]
     runs = [response["run_result"] for response, _ in answers if response]
     assert [r["status"] for r in runs] == ["TimeLimitExceeded"] * 100
-    assert all(3 <= r["execution_time"] < 4.5 for r in runs), sorted(r["execution_time"] for r in runs)[-3:]
-    assert elapsed < 120, elapsed
+    # None cut short: each limit counts from its own start, so no run reports less than its 3 s, however
+    # long it queued. How soon after 3 s each is killed depends on the load (a benchmark's question).
+    times = sorted(r["execution_time"] for r in runs)
+    assert times[0] >= 3, times[:3]
+    print(f"\n100 busy loops: execution_time {times[0]:.2f}..{times[-1]:.2f} s")

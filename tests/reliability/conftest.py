@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import pytest
 
 from services.common.llm.scripted import ScriptedLLMServer, ScriptedReply, last_user_text
-from tests.conftest import unavailable
+from tests.conftest import require, unavailable
 
 CLI = Path(sys.executable).with_name("rewardhub")
 RUBRIC_TEXT = "- states the correct result\nPrinciples:\n- concise"
@@ -105,8 +105,7 @@ class RedisServer:
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+    require(shutil.which("redis-server") is not None, "redis-server is not installed (apt-get install redis-server)")
     server = RedisServer(tmp_path)
     server.start()
     yield server

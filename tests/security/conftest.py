@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import require
 from tests.security.nonroot import (
     NonrootRuntime,
     NonrootSetupError,
@@ -47,8 +48,7 @@ DATABASE_KINDS = ("sqlite", "postgres")
 
 @pytest.fixture(scope="session")
 def nonroot_runtime() -> Iterator[NonrootRuntime]:
-    if not sys.platform.startswith("linux"):
-        pytest.skip("the non-root runtime needs Linux (/proc, setuid)")
+    require(sys.platform.startswith("linux"), "the non-root runtime needs Linux (/proc, setuid)")
     try:
         runtime = build_runtime()
     except NonrootSetupError as exc:
@@ -64,8 +64,8 @@ def start_service(nonroot_runtime: NonrootRuntime) -> Iterator[ServiceFactory]:
 
     def start(name: str, env: dict[str, str] | None = None, port: int | None = None, *, as_root: bool = False,
               **options: Any) -> Service:
-        if as_root and not nonroot_runtime.tests_are_root:
-            pytest.skip("running a service as root needs the tests to run as root")
+        if as_root:
+            require(nonroot_runtime.tests_are_root, "running a service as root needs the tests to run as root")
         service = _start_service(nonroot_runtime, name, env, port, as_root=as_root, **options)
         started.append(service)
         return service
@@ -88,8 +88,8 @@ def start_root_service(start_service: ServiceFactory) -> ServiceFactory:
 @pytest.fixture(params=["nonroot", "root"])
 def service_user(request: pytest.FixtureRequest) -> str:
     """Who the services run as; a test using it (or ``start_service_as``) runs once per value."""
-    if request.param == "root" and os.geteuid() != 0:
-        pytest.skip("running the services as root needs the tests to run as root")
+    if request.param == "root":
+        require(os.geteuid() == 0, "running the services as root needs the tests to run as root")
     return str(request.param)
 
 

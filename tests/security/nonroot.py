@@ -317,11 +317,12 @@ class Closure:
 
 
 def requirement_closure(sites: list[Path], environment: Mapping[str, str], root: str = "rewardhub",
-                        skip: Iterable[str] = ()) -> Closure:
+                        skip: Iterable[str] = (), root_extras: Iterable[str] = ("server", "train")) -> Closure:
     """Walk ``root``'s requirements (markers evaluated in ``environment``) over the dists in ``sites``.
 
-    Extras of the project itself (dev, gpu) are not followed; extras named by a requirement
-    (uvicorn[standard], psycopg[binary], celery[redis]) are.
+    The project's own ``root_extras`` are followed (the services run as deployed: rewardhub[server,
+    train]; the bare package is only the light client), its dev and gpu extras are not; extras named by
+    a requirement (uvicorn[standard], psycopg[binary], celery[redis]) are.
     """
     import importlib.metadata
 
@@ -334,7 +335,7 @@ def requirement_closure(sites: list[Path], environment: Mapping[str, str], root:
     skip_names = {canonicalize_name(name) for name in skip}
     wanted: dict[str, set[str]] = {}
     closure = Closure({}, [], [])
-    todo: list[tuple[str, str, frozenset[str]]] = [("", root, frozenset())]
+    todo: list[tuple[str, str, frozenset[str]]] = [("", root, frozenset(root_extras))]
     while todo:
         _parent, name, extras = todo.pop()
         key = canonicalize_name(name)

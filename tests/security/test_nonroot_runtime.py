@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT, bearer
+from tests.conftest import REPO_ROOT, bearer, require
 from tests.security.nonroot import (
     BASE_ENV_KEYS,
     NonrootRuntime,
@@ -121,11 +121,9 @@ def copy_runtime(nonroot_runtime: NonrootRuntime):
 
 @pytest.mark.slow
 def test_copy_mode_serves_without_touching_the_project_paths(copy_runtime: NonrootRuntime) -> None:
-    if copy_runtime.mode != "copy":
-        pytest.skip("copy mode is for tests running as root")
+    require(copy_runtime.mode == "copy", "copy mode is for tests running as root")
     project_paths = [str(REPO_ROOT) + "/", *(str(site) + "/" for site in project_site_packages())]
-    if copy_runtime.root.is_relative_to(REPO_ROOT):  # pragma: no cover - the temp area is outside the repo
-        pytest.skip("the runtime lives inside the repo")
+    require(not copy_runtime.root.is_relative_to(REPO_ROOT), "the runtime lives inside the repo")
 
     def from_project(path: str) -> bool:
         return any(path.startswith(prefix) for prefix in project_paths)

@@ -7,8 +7,9 @@ two projects naming themselves in ``X-Rewardhub-Project`` (as the verifier does 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -84,36 +85,60 @@ def small_sandbox(isolated_env: Path) -> Iterator[tuple[object, Settings]]:
     yield app, settings
 
 
-SLEEP_S = 3.0
-
-
 def test_another_projects_run_starts_while_one_project_floods(small_sandbox: tuple[object, Settings]) -> None:
-    """3 slots, 2 per project: project A sends 4 runs of a 3 s sleep, project B one quick run; B's
-    answer comes before A's first runs end (with one global queue it would wait behind A's)."""
+    """3 slots, 2 per project: project A sends 4 runs, project B one; B's run gets a slot while A's
+    first two hold theirs (with one global queue A's runs would fill all 3 and B would wait).
+
+    A's runs keep their slots until B has its answer (the slots' ``hold`` is wrapped to wait for it),
+    so the order is fixed by construction, not by how long a sleep takes on this machine.
+    """
     app, settings = small_sandbox
 
-    async def scenario() -> tuple[float, list[float], list[str]]:
+    async def scenario() -> tuple[list[str], dict[str, int], int]:
+        slot_set = runner.slots(settings)  # this loop's slots, the ones the app's runs take
+        real_hold = slot_set.hold
+        holding = {"project-a": 0, "project-b": 0}
+        peak = dict(holding)
+        a_holding_when_b_ran: list[int] = []
+        b_answered = asyncio.Event()
+
+        @contextlib.asynccontextmanager
+        async def observed_hold(project: str | None) -> AsyncIterator[None]:
+            assert project in holding
+            async with real_hold(project):
+                holding[project] += 1
+                peak[project] = max(peak[project], holding[project])
+                try:
+                    if project == "project-a":
+                        await b_answered.wait()
+                    else:
+                        a_holding_when_b_ran.append(holding["project-a"])
+                    yield
+                finally:
+                    holding[project] -= 1
+
+        slot_set.hold = observed_hold  # type: ignore[method-assign]
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://sandbox", timeout=60) as client:
-            started = time.monotonic()
-
-            async def run(project: str, code: str) -> tuple[str, float]:
+            async def run(project: str, code: str) -> str:
                 response = await client.post("/run_code", headers={runner.PROJECT_HEADER: project},
                                              json={"code": code, "language": "python", "run_timeout": 10})
                 assert response.status_code == 200, response.text
-                return response.json()["status"], time.monotonic() - started
+                return str(response.json()["status"])
 
-            flood = [asyncio.create_task(run("project-a", f"import time\ntime.sleep({SLEEP_S})")) for _ in range(4)]
-            deadline = time.monotonic() + 10
-            while runner.slots(settings).running("project-a") < 4 and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)  # until all of A's runs hold or wait for slots
-            status_b, elapsed_b = await run("project-b", "print('b ran')")
-            answers = await asyncio.gather(*flood)
-            return elapsed_b, [elapsed for _, elapsed in answers], [status_b, *(status for status, _ in answers)]
+            flood = [asyncio.create_task(run("project-a", "print('a ran')")) for _ in range(4)]
+            deadline = time.monotonic() + 30
+            while slot_set.running("project-a") < 4 or holding["project-a"] < 2:
+                assert time.monotonic() < deadline, "project A's runs never took their slots"
+                await asyncio.sleep(0.01)  # a condition polled with a deadline
+            # A hang here (the guard's timeout) would mean B waits behind A's flood.
+            status_b = await asyncio.wait_for(run("project-b", "print('b ran')"), timeout=120)
+            assert not any(task.done() for task in flood)
+            b_answered.set()
+            statuses = [status_b, *await asyncio.gather(*flood)]
+            return statuses, peak, a_holding_when_b_ran[0]
 
-    elapsed_b, elapsed_a, statuses = asyncio.run(scenario())
-    print(f"\nproject B answered after {elapsed_b:.2f}s; project A's four runs after "
-          f"{', '.join(f'{e:.2f}' for e in sorted(elapsed_a))}s")
+    statuses, peak, a_holding_when_b_ran = asyncio.run(scenario())
     assert statuses == ["Success"] * 5
-    assert elapsed_b < SLEEP_S, "project B waited behind project A's flood"
-    assert sorted(elapsed_a)[2] >= 2 * SLEEP_S * 0.9, "project A ran more than its 2 slots at once"
+    assert a_holding_when_b_ran == 2, "project B's run did not start beside A's two"
+    assert peak == {"project-a": 2, "project-b": 1}, "project A ran more than its 2 slots at once"

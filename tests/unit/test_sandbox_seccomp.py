@@ -16,6 +16,7 @@ import signal
 import pytest
 
 from services.sandbox import isolation, seccomp
+from tests.conftest import require
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
@@ -26,11 +27,9 @@ def _programs() -> seccomp.Programs:
     try:
         return seccomp.programs()
     except seccomp.SeccompUnavailable as exc:
-        from tests.conftest import REQUIRE_SERVICES
-
-        if REQUIRE_SERVICES:
-            pytest.fail(f"libseccomp is required: {exc}", pytrace=False)
-        pytest.skip(f"libseccomp is not usable here: {exc}")
+        missing = f"libseccomp is not usable here: {exc}"
+    require(False, missing)
+    raise AssertionError("unreachable: require(False, ...) skips or fails")
 
 
 class _Fprog(ctypes.Structure):
@@ -104,8 +103,8 @@ def test_the_child_filter_stacks_memfd_create_on_top() -> None:
     assert seen == {"memfd_create": errno.EPERM, "io_uring_setup": errno.ENOSYS}
 
 
-@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the x32 ABI exists on x86-64 only")
 def test_an_x32_system_call_kills_the_process() -> None:
+    require(os.uname().machine == "x86_64", "the x32 ABI exists on x86-64 only")
     programs = _programs()
     x32_getpid = 0x40000000 | 39
     buffers = ctypes.create_string_buffer(programs.run, len(programs.run))

@@ -10,42 +10,61 @@ from rewardhub.reward_specs import NumericSpec
 from services.verifier.graders.extract import last_boxed
 from services.verifier.graders.result import GradeResult, invalid_input, ok
 
+# A sign binds only when written against the number (or its currency symbol): in "5 - 3" the minus is
+# an operator, and reading "-3" there would score a completion that never states -3.  A number right
+# after "^" is an exponent ("25 m^2"), not an answer.  A thousands group must end the digits
+# ("1,2345" is 1 and 2345, not 1234).  "3 \times 10^{8}" and "10^{-3}" are scientific notation.
 _NUMBER = re.compile(
-    r"""(?<![\w.])
-        (?P<sign>[-−+]?)\s*
-        (?:\\\$|\$)?\s*
+    r"""(?<![\w.^])(?<!\^\{)
+        (?P<sign>[-−+]?)
+        (?:(?:\\\$|\$)\s*)?
         (?:
-          \\d?frac\{(?P<fn>[-\d.,\s]+)\}\{(?P<fd>[-\d.,\s]+)\}
-        | (?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)
-          (?:\s*/\s*(?P<den>\d+(?:\.\d+)?))?
-          (?P<exp>[eE][-+]?\d+)?
+          \\[dt]?frac\{(?P<fn>[-−\d.,\s]+)\}\{(?P<fd>[-−\d.,\s]+)\}
+        | 10\s*\^\s*\{?\s*(?P<ten_pow>[-−+]?\d+)\s*\}?
+        | (?P<num>\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)
+          (?:
+             \s*/\s*(?P<den>\d+(?:\.\d+)?)
+           | (?P<exp>[eE][-+]?\d+)
+           | \s*(?:\\times|\\cdot|×|·)\s*10\s*\^\s*\{?\s*(?P<pow>[-−+]?\d+)\s*\}?
+          )?
         )
-        \s*(?P<pct>\\?%)?""",
+        (?:\s*(?P<pct>\\?%)|\s+(?P<pct_word>percent|per\s+cent)\b)?""",
     re.VERBOSE,
 )
 
 
+def _plain(digits: str) -> str:
+    """Digits as float() reads them: no thousands commas, an ASCII minus."""
+    return digits.replace(",", "").replace("−", "-").strip()
+
+
 def _value(match: re.Match[str], percent_as_fraction: bool) -> float:
     if match.group("fn") is not None:
-        value = float(match.group("fn").replace(",", "")) / float(match.group("fd").replace(",", ""))
+        value = float(_plain(match.group("fn"))) / float(_plain(match.group("fd")))
+    elif match.group("ten_pow") is not None:
+        value = float("1e" + _plain(match.group("ten_pow")))
     else:
-        value = float(match.group("num").replace(",", "") + (match.group("exp") or ""))
+        exponent = match.group("exp") or ("e" + _plain(match.group("pow")) if match.group("pow") else "")
+        value = float(_plain(match.group("num")) + exponent)
         if match.group("den"):
             value /= float(match.group("den"))
     if match.group("sign") in ("-", "−"):
         value = -value
-    if match.group("pct") and percent_as_fraction:
+    if (match.group("pct") or match.group("pct_word")) and percent_as_fraction:
         value /= 100
     return value
 
 
 def numbers_in(text: str, percent_as_fraction: bool = False) -> list[float]:
+    """Every finite number in ``text``, in order of appearance."""
     out = []
     for match in _NUMBER.finditer(text):
         try:
-            out.append(_value(match, percent_as_fraction))
+            value = _value(match, percent_as_fraction)
         except (ValueError, ZeroDivisionError):
             continue
+        if math.isfinite(value):  # "1e999" overflows to inf, which would be "close" to any other inf
+            out.append(value)
     return out
 
 
@@ -69,7 +88,11 @@ def gold_number(ground_truth: Any, percent_as_fraction: bool) -> float | None:
     if isinstance(ground_truth, bool):
         return None
     if isinstance(ground_truth, int | float):
-        return float(ground_truth) if math.isfinite(ground_truth) else None
+        try:
+            value = float(ground_truth)
+        except OverflowError:  # an int beyond float range (JSON allows 10**400)
+            return None
+        return value if math.isfinite(value) else None
     found = numbers_in(str(ground_truth), percent_as_fraction)
     return found[0] if len(found) == 1 else None
 

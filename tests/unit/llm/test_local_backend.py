@@ -18,8 +18,8 @@ MESSAGES = [{"role": "user", "content": "Which answer is better? End with Winner
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tiny_models = pytest.importorskip("trainer.tiny_models",
-                                      reason="trainer.tiny_models (tiny model builder) is not available")
+    from trainer import tiny_models  # our own module: a broken import is a failure, never a skip
+
     return Path(tiny_models.build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"), seed=0))
 
 

@@ -14,14 +14,10 @@ from services.sandbox import runner
 
 def require_namespaces() -> None:
     """Runs need bubblewrap and user namespaces; say exactly what is missing when they are absent."""
-    cap = runner.capability()
-    if not cap.namespaces:
-        from tests.conftest import REQUIRE_SERVICES
+    from tests.conftest import require
 
-        message = f"the sandbox cannot isolate runs here: {cap.detail} (install Debian's bubblewrap)"
-        if REQUIRE_SERVICES:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    cap = runner.capability()
+    require(cap.namespaces, f"the sandbox cannot isolate runs here: {cap.detail} (install Debian's bubblewrap)")
 
 
 @pytest.fixture

@@ -44,6 +44,20 @@ def test_batch_scaling_divides_by_the_batch_std_but_centres_per_group() -> None:
     assert close(adv, [d / STD_BATCH for d in (-1.5, -0.5, 0.5, 1.5)] + [0.0] * 4)
 
 
+def test_batch_scaling_adds_eps_to_the_batch_std() -> None:
+    # A non-zero eps tells "/ (std + eps)" from "/ std" and from "/ std + eps": 1.5 / (√2.5 + 0.5).
+    adv = group_advantages(REWARDS, 4, scale_rewards="batch", eps=0.5)
+    assert close(adv, [d / (STD_BATCH + 0.5) for d in (-1.5, -0.5, 0.5, 1.5)] + [0.0] * 4)
+    assert adv[3].item() == pytest.approx(1.5 / (1.5811388300841898 + 0.5), abs=1e-6)
+
+
+def test_group_scaling_adds_eps_to_the_group_std() -> None:
+    adv = group_advantages(REWARDS, 4, scale_rewards="group", eps=0.5)
+    assert adv[3].item() == pytest.approx(1.5 / (1.2909944487358056 + 0.5), abs=1e-6)
+    # The all-equal group has std 0: its advantages are 0 / (0 + eps) = 0, not NaN.
+    assert close(adv[4:], [0.0] * 4)
+
+
 def test_no_scaling_is_dr_grpo() -> None:
     adv = group_advantages(REWARDS, 4, scale_rewards="none")
     assert close(adv, [-1.5, -0.5, 0.5, 1.5, 0.0, 0.0, 0.0, 0.0])

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 import torch
 
+from tests.conftest import require_module
 from trainer.algorithms import grpo_policy_loss
 
-trl = pytest.importorskip("trl")
-accelerate = pytest.importorskip("accelerate")
+trl = require_module("trl", "TRL, the reference these losses are checked against (dev extra)")
+accelerate = require_module("accelerate", "accelerate, which TRL's trainer needs (dev extra)")
 
 B, T, MAX_COMPLETION = 4, 6, 8
 ATOL = 1e-6

@@ -140,3 +140,31 @@ def test_entropy_and_token_logprobs() -> None:
     # τ = 2 halves the logits: p = softmax([0, log 3 / 2]) = [1, √3] / (1 + √3)
     assert token_logprobs(logits, torch.tensor([[1, 0]]), temperature=2.0)[0, 0].item() == pytest.approx(
         math.log(math.sqrt(3) / (1 + math.sqrt(3))))
+
+
+def test_clip_higher_leaves_ratios_between_the_two_bounds_unclipped() -> None:
+    # ε_low = 0.2, ε_high = 0.28: ratios 1.25 and 1.28 lie in (1 + ε_low, 1 + ε_high], so with A > 0
+    # clip-higher keeps their gradient; only 1.3 (> 1.28) is clipped. A clip at 1 + ε_low would count 3 of 4.
+    mask = torch.ones(1, 4)
+    ratios = torch.tensor([[1.25, 1.28, 1.3, 1.0]])
+    fractions = clip_fractions(ratios, torch.tensor([1.0]), mask, eps_low=0.2, eps_high=0.28)
+    assert fractions == pytest.approx({"clip_fraction_low": 0.0, "clip_fraction_high": 0.25, "clip_fraction": 0.25})
+    # The surrogate agrees: −min(ρA, clip(ρ)A) is −1.25, −1.28, −1.28 (clipped), −1.0.
+    loss = clipped_surrogate(ratios, torch.tensor([1.0]), eps_low=0.2, eps_high=0.28)
+    assert torch.allclose(loss, torch.tensor([[-1.25, -1.28, -1.28, -1.0]]))
+
+
+def test_clip_lower_uses_eps_low_for_negative_advantages() -> None:
+    # With A < 0, ratio 0.75 lies in [1 − ε_high, 1 − ε_low) = [0.72, 0.8): clipped low at ε_low = 0.2 (0.75 < 0.8),
+    # but it would not be if the low bound used ε_high (0.75 > 0.72).
+    fractions = clip_fractions(torch.tensor([[0.75, 0.9]]), torch.tensor([-1.0]), torch.ones(1, 2),
+                               eps_low=0.2, eps_high=0.28)
+    assert fractions == pytest.approx({"clip_fraction_low": 0.5, "clip_fraction_high": 0.0, "clip_fraction": 0.5})
+
+
+def test_policy_loss_reports_clip_fraction_high_in_the_clip_higher_band() -> None:
+    logp = torch.log(torch.tensor([[1.25, 1.3]]))
+    out = grpo_policy_loss(logp, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2), loss_type="bnpo")
+    # Defaults ε_low = 0.2, ε_high = 0.28: only 1.3 is clipped (to 1.28): loss = −(1.25 + 1.28) / 2.
+    assert out.loss.item() == pytest.approx(-(1.25 + 1.28) / 2)
+    assert out.metrics["clip_fraction_high"] == pytest.approx(0.5)

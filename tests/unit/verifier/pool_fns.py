@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 
@@ -35,4 +36,16 @@ def worker_pid(_: int) -> int:
 
 def sleep_then(x: float) -> float:
     time.sleep(x)
+    return x
+
+
+def read_fifo(path: str) -> str:
+    """Block until the test writes to the FIFO at ``path`` (deterministic hold and release)."""
+    with open(path) as fifo:
+        return fifo.read()
+
+
+def block_forever(x: int) -> int:
+    """Block without using CPU until the pool kills the worker."""
+    threading.Event().wait()
     return x

@@ -16,7 +16,6 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, veri
 from pydantic import TypeAdapter
 
 from rewardhub.reward_specs import MathSpec, RewardSpec
-from services.verifier.graders.math import gold_text
 from services.verifier.graders.registry import grade
 
 DATA = Path(__file__).parent / "data" / "math_conformance.jsonl"
@@ -33,6 +32,15 @@ def spec_of(case: dict[str, Any]) -> MathSpec:
     return spec
 
 
+def boxed_gold(gold: str) -> str:
+    """The gold as math-verify's examples pass it: inside \\boxed{} unless it has a box already.
+
+    Written out here rather than imported from the grader, so that a bug there cannot reach the oracle.
+    """
+    gold = gold.strip()
+    return gold if "\\boxed" in gold else "\\boxed{" + gold + "}"
+
+
 def math_verify_direct(case: dict[str, Any]) -> bool:
     """math-verify's own parse + verify, configured like the case's spec (no boxed_then_any here:
     math-verify has no such mode)."""
@@ -42,7 +50,7 @@ def math_verify_direct(case: dict[str, Any]) -> bool:
                                      "expr_only": [ExprExtractionConfig()]}
     prediction_targets = targets[spec.extraction]
     if spec.gold_extraction == "boxed_latex":
-        gold = parse(gold_text(case["gold"]), extraction_config=[LatexExtractionConfig()])
+        gold = parse(boxed_gold(str(case["gold"])), extraction_config=[LatexExtractionConfig()])
     elif spec.gold_extraction == "same":
         gold = parse(case["gold"], extraction_config=prediction_targets)
     else:
