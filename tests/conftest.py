@@ -9,6 +9,7 @@ what is missing; the hooks at the end turn any other skip (a bare ``pytest.skip`
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import uuid
@@ -116,20 +117,29 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A real Redis database (flushed before and after the test)."""
+@contextlib.contextmanager
+def flushed_redis(url: str) -> Iterator[str]:
+    """The real Redis database at ``url``, flushed before and after (skip/fail when unreachable)."""
     import redis
 
-    client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2)
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
     try:
         client.ping()
     except Exception as exc:
-        unavailable(f"Redis at {REDIS_TEST_URL}", f"{type(exc).__name__}: {exc}")
+        unavailable(f"Redis at {url}", f"{type(exc).__name__}: {exc}")
     client.flushdb()
-    yield REDIS_TEST_URL
-    client.flushdb()
-    client.close()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A real Redis database (flushed before and after the test)."""
+    with flushed_redis(REDIS_TEST_URL) as url:
+        yield url
 
 
 @dataclass

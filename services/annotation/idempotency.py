@@ -10,7 +10,10 @@ project.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from fastapi import Response
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from services.annotation.locking import project_not_found
@@ -18,6 +21,7 @@ from services.annotation.models import AnnotationProject
 from services.common import idempotency as shared
 
 HEADER, REPLAYED_HEADER = shared.HEADER, shared.REPLAYED_HEADER
+Answer = TypeVar("Answer", bound=BaseModel)
 
 
 def deprecated_field_warning(field_name: str) -> str:
@@ -52,3 +56,17 @@ def remember(session: Session, annotation_project_id: str, endpoint: str, key: s
              status_code: int, response: str) -> None:
     project_id, name = _scope(session, annotation_project_id, endpoint)
     shared.remember(session, project_id, name, key, request_hash, status_code, response)
+
+
+def body_hash(body: BaseModel) -> str:
+    """The request fingerprint a key is bound to (the deprecated body key itself left out)."""
+    return shared.fingerprint(body.model_dump(mode="json", exclude={"idempotency_key"}))
+
+
+def replayed(session: Session, annotation_project_id: str, endpoint: str, key: str | None, request_hash: str,
+             answer: type[Answer]) -> Answer | None:
+    """The earlier answer to this key as ``answer``, or None (the work runs; no key: nothing to replay)."""
+    if key is None:
+        return None
+    stored = replay(session, annotation_project_id, endpoint, key, request_hash)
+    return None if stored is None else answer.model_validate_json(stored)

@@ -28,7 +28,6 @@ from services.annotation.models import (
 )
 from services.annotation.projects import budget_of
 from services.annotation.schemas import LedgerOut, PurchaseIn, PurchaseOut, PurchasesOut
-from services.common import idempotency as shared
 from services.common.db import utcnow
 from services.common.errors import Conflict, InvalidInput
 from services.common.metrics import ANNOTATION_LABELS_BOUGHT
@@ -71,11 +70,10 @@ def buy_prompts(session: Session, annotation_project_id: str, body: PurchaseIn, 
                 idempotency_key: str | None = None, now: datetime | None = None) -> PurchasesOut:
     """Buy labels for chosen prompts of a posted step, outside the policy (ledger policy ``manual``)."""
     project = lock_project(session, annotation_project_id)
-    request_hash = shared.fingerprint(body.model_dump(mode="json", exclude={"idempotency_key"}))
-    if idempotency_key is not None:
-        stored = idempotency.replay(session, project.id, "purchases", idempotency_key, request_hash)
-        if stored is not None:
-            return PurchasesOut.model_validate_json(stored)
+    request_hash = idempotency.body_hash(body)
+    stored = idempotency.replayed(session, project.id, "purchases", idempotency_key, request_hash, PurchasesOut)
+    if stored is not None:
+        return stored
     now = now or utcnow()
     if len(set(body.prompt_ids)) != len(body.prompt_ids):
         raise InvalidInput("a prompt id appears more than once", field="prompt_ids")

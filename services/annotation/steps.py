@@ -20,7 +20,6 @@ from services.annotation.projects import budget_of
 from services.annotation.purchases import fulfil, record_purchase
 from services.annotation.schemas import ClusterOut, GroupOut, StepIn, StepOut
 from services.annotation.selection import GroupInput, load_selector, save_selector
-from services.common import idempotency as shared
 from services.common.db import utcnow
 
 
@@ -28,11 +27,10 @@ def ingest_step(session: Session, annotation_project_id: str, body: StepIn, *, i
                 now: datetime | None = None) -> StepOut:
     """Vote, score, select and buy for one training step; returns what the trainer needs now."""
     project = lock_project(session, annotation_project_id)
-    request_hash = shared.fingerprint(body.model_dump(mode="json", exclude={"idempotency_key"}))
-    if idempotency_key is not None:
-        stored = idempotency.replay(session, project.id, "steps", idempotency_key, request_hash)
-        if stored is not None:
-            return StepOut.model_validate_json(stored)
+    request_hash = idempotency.body_hash(body)
+    stored = idempotency.replayed(session, project.id, "steps", idempotency_key, request_hash, StepOut)
+    if stored is not None:
+        return stored
     now = now or utcnow()
     step = store_step(session, project, body, now)
     prompts, groups, votes, key = step.prompts, step.groups, step.votes, step.key

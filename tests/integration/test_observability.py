@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.settings import reset_settings_cache
 from services.common.tasks import make_celery
-from tests.conftest import Tenant, bearer, unavailable
+from tests.conftest import Tenant, bearer, flushed_redis
 
 pytestmark = [pytest.mark.slow]
 
@@ -133,17 +133,8 @@ def assert_every_line_is_json(process: Process) -> None:
 @pytest.fixture
 def redis12() -> Iterator[str]:
     """Redis database 12 on the shared server, flushed before and after."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS_DB12_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except Exception as exc:
-        unavailable(f"Redis at {REDIS_DB12_URL}", f"{type(exc).__name__}: {exc}")
-    client.flushdb()
-    yield REDIS_DB12_URL
-    client.flushdb()
-    client.close()
+    with flushed_redis(REDIS_DB12_URL) as url:
+        yield url
 
 
 # ------------------------------------------------------------------------- gateway -> verifier
