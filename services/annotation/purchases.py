@@ -8,10 +8,11 @@ people (a queue task) or, in answer-key projects, by the hidden key at once; bot
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, SessionTransaction
 
 from services.annotation import answer_key, idempotency
 from services.annotation.ingestion import prompts_by_external_id
@@ -47,9 +48,33 @@ def record_purchase(session: Session, project: AnnotationProject, group: Rollout
                         purchased_at=now)
     session.add(purchase)
     project.labels_bought += 1
-    # Counted when spent (a transaction that then fails to commit is counted too: rare, and bounded).
-    ANNOTATION_LABELS_BOUGHT.labels(project.answer_source.value).inc()
+    _count_when_committed(session, project.answer_source.value)
     return purchase
+
+
+_BOUGHT = "annotation_labels_bought_pending"
+
+
+def _count_when_committed(session: Session, source: str) -> None:
+    """Count a bought label in the metrics once its transaction commits (a rolled-back one bought nothing)."""
+    if _BOUGHT not in session.info:
+        session.info[_BOUGHT] = Counter()
+        event.listen(session, "after_commit", _count_bought)
+        event.listen(session, "after_soft_rollback", _forget_bought)
+    session.info[_BOUGHT][source] += 1
+
+
+def _count_bought(session: Session) -> None:
+    pending: Counter[str] = session.info[_BOUGHT]
+    for source, n in pending.items():
+        ANNOTATION_LABELS_BOUGHT.labels(source).inc(n)
+    pending.clear()
+
+
+def _forget_bought(session: Session, previous_transaction: SessionTransaction) -> None:
+    # Any rollback of the whole transaction (a savepoint's rollback keeps what was bought before it).
+    if not previous_transaction.nested:
+        session.info[_BOUGHT].clear()
 
 
 def fulfil(session: Session, project: AnnotationProject, purchase: Purchase, *, priority: float | None,

@@ -404,3 +404,27 @@ def test_sandbox_runs_are_counted_by_how_they_ended(isolated_env: Path) -> None:
         response = client.post("/run_code", json={"language": "python", "run_timeout": 5, "code": "print(1)"})
     assert response.status_code == 200 and response.json()["status"] == "Success", response.text
     assert metrics.sample_value("rewardhub_sandbox_runs_total", completed) == before + 1
+
+
+def test_a_bought_label_is_counted_only_when_its_transaction_commits() -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import Session
+
+    from services.annotation import purchases
+
+    def bought() -> float:
+        return metrics.sample_value("rewardhub_annotation_labels_bought_total", {"source": "rollback-test"}) or 0.0
+
+    before = bought()
+    with Session(create_engine("sqlite://")) as session:
+        session.execute(text("SELECT 1"))  # a purchase runs inside its transaction
+        purchases._count_when_committed(session, "rollback-test")
+        session.rollback()
+        assert bought() == before
+        session.execute(text("SELECT 1"))
+        purchases._count_when_committed(session, "rollback-test")
+        purchases._count_when_committed(session, "rollback-test")
+        session.commit()
+        assert bought() == before + 2
+        session.commit()  # nothing new bought: nothing counted again
+        assert bought() == before + 2
