@@ -93,7 +93,7 @@ def test_step_purchase_ui_labels_and_ledger_loop(live_server: LiveServer, browse
     assert [v["advantage_weight"] for v in g.values()] == [1.0, 1.0, 1.0, 1.0]
     assert (step0["purchased"], step0["budget"], step0["budget_exhausted"]) == (
         2, {"total": 3, "spent": 2, "left": 1}, False)
-    assert http.get(labels_url, headers=trainer, params={"cursor": 0}).json() == {"labels": [], "next_cursor": 0}
+    assert http.get(labels_url, headers=trainer, params={"cursor": 0}).json() == {"data": [], "next_cursor": "0"}
 
     # The annotator logs in (keyboard only) and finds the two bought prompts queued, best score first.
     page = browser.new_page()
@@ -123,9 +123,9 @@ def test_step_purchase_ui_labels_and_ledger_loop(live_server: LiveServer, browse
 
     # The trainer reads the labels since its cursor, in delivery order.
     feed = http.get(labels_url, headers=trainer, params={"cursor": 0}).json()
-    assert [(x["seq"], x["prompt_id"], x["label"], x["event"], x["step"], x["policy"]) for x in feed["labels"]] == [
+    assert [(x["seq"], x["prompt_id"], x["label"], x["event"], x["step"], x["policy"]) for x in feed["data"]] == [
         (1, "p2", "6", "labelled", 0, "low_consensus"), (2, "p1", "x^2", "labelled", 0, "low_consensus")]
-    assert all(x["labelled_by"] for x in feed["labels"]) and feed["next_cursor"] == 2
+    assert all(x["labelled_by"] for x in feed["data"]) and feed["next_cursor"] == "2"
     cursor = feed["next_cursor"]
 
     # Step 1: p1 comes back already labelled (not bought again); the policy wants p4 and p5, the budget
@@ -144,7 +144,7 @@ def test_step_purchase_ui_labels_and_ledger_loop(live_server: LiveServer, browse
     assert [k for k, v in g.items() if v["bought"]] == ["p4"]
     assert (step1["purchased"], step1["budget"], step1["budget_exhausted"]) == (
         1, {"total": 3, "spent": 3, "left": 0}, True)
-    assert step1["label_cursor"] == cursor
+    assert str(step1["label_cursor"]) == cursor  # the feed head as a seq number; the feed cursor is its text
 
     # The new purchase shows up in the UI; the annotator picks the third candidate.
     page.goto(f"{ui}/projects/{pid}/task")
@@ -157,8 +157,8 @@ def test_step_purchase_ui_labels_and_ledger_loop(live_server: LiveServer, browse
     assert errors == [], errors
 
     feed = http.get(labels_url, headers=trainer, params={"cursor": cursor}).json()
-    assert [(x["seq"], x["prompt_id"], x["label"], x["step"]) for x in feed["labels"]] == [(3, "p4", "c", 1)]
-    assert feed["next_cursor"] == 3
+    assert [(x["seq"], x["prompt_id"], x["label"], x["step"]) for x in feed["data"]] == [(3, "p4", "c", 1)]
+    assert feed["next_cursor"] == "3"
     # The same entry over Server-Sent Events, resuming from the old cursor.
     stream = http.get(f"{labels_url}/stream", headers={**trainer, "Last-Event-ID": str(cursor)}, params={"limit": 1})
     assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
@@ -166,10 +166,10 @@ def test_step_purchase_ui_labels_and_ledger_loop(live_server: LiveServer, browse
 
     # The ledger: budget used = number bought, each purchase labelled by alice.
     ledger = http.get(f"{API}/{pid}/ledger", headers=trainer).json()
-    assert ledger["budget"] == {"total": 3, "spent": 3, "left": 0} and ledger["total"] == 3
-    assert sorted((p["prompt_id"], p["step"], p["status"], p["label"]) for p in ledger["purchases"]) == [
+    assert ledger["budget"] == {"total": 3, "spent": 3, "left": 0} and ledger["next_cursor"] is None
+    assert sorted((p["prompt_id"], p["step"], p["status"], p["label"]) for p in ledger["data"]) == [
         ("p1", 0, "labelled", "x^2"), ("p2", 0, "labelled", "6"), ("p4", 1, "labelled", "c")]
-    assert all(p["policy"] == "low_consensus" and len(p["labelled_by"]) == 1 for p in ledger["purchases"])
+    assert all(p["policy"] == "low_consensus" and len(p["labelled_by"]) == 1 for p in ledger["data"])
     project = http.get(f"{API}/{pid}", headers=trainer).json()
     assert (project["last_step"], project["label_cursor"]) == (1, 3)
     http.close()
