@@ -34,7 +34,6 @@ class Settings(BaseSettings):
         description="Celery broker and result backend. Unset: tasks run in-process.",
     )
     secret_key: str = Field(default="dev-insecure-change-me", description="Signs session cookies and CSRF tokens.")
-    environment: str = Field(default="embedded", description="embedded | production | test")
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -42,9 +41,7 @@ class Settings(BaseSettings):
     gateway_url: str = ""
     verifier_url: str = ""
     rubric_rm_url: str = ""
-    rec_rm_url: str = ""
     annotation_url: str = ""
-    teacher_url: str = ""
     trainer_url: str = ""
 
     # Request limits

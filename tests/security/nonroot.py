@@ -827,5 +827,5 @@ SECRET_KEY = "security-suite-secret-key-not-for-production"
 
 def service_env(database: ServiceDatabase, **extra: str) -> dict[str, str]:
     """The usual env of a test service on ``database``: its DB settings, a secret key, plain logs."""
-    return {**database.env, "REWARDHUB_SECRET_KEY": SECRET_KEY, "REWARDHUB_ENVIRONMENT": "production",
+    return {**database.env, "REWARDHUB_SECRET_KEY": SECRET_KEY,
             "REWARDHUB_LOG_JSON": "false", **extra}

@@ -19,7 +19,7 @@ README_PATH = Path(__file__).resolve().parents[2] / "README.md"
 README = README_PATH.read_text()
 
 # Settings the README documents together in one row.
-GROUPED = {"gateway_url", "verifier_url", "rubric_rm_url", "rec_rm_url", "annotation_url", "teacher_url",
+GROUPED = {"gateway_url", "verifier_url", "rubric_rm_url", "annotation_url",
            "trainer_url"}
 UNPREFIXED = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
 

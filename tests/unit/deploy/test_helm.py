@@ -166,7 +166,7 @@ def test_configmap_points_each_service_url_at_its_kubernetes_service(
         host_port = urls[f"REWARDHUB_{name.upper()}_URL"].removeprefix("http://")
         host, port = host_port.split(":")
         assert host in services and int(port) == services[host]["spec"]["ports"][0]["port"]
-    assert configmap["data"]["REWARDHUB_ENVIRONMENT"] == "production"
+    assert configmap["data"]["REWARDHUB_LOG_JSON"] == "true"
 
 
 def test_migrate_job_runs_before_install_and_upgrade_after_its_config(docs: list[dict[str, Any]]) -> None:
