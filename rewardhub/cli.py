@@ -145,6 +145,10 @@ def up(
                 timeout_keep_alive=KEEP_ALIVE_S,
                 log_config=logging_config("embedded", settings.log_level, json_logs=False))
     run_watcher.stop()
+    if not settings.redis_url:
+        from services.common.tasks import stop_embedded_sweeping
+
+        stop_embedded_sweeping()
     console.print("rewardhub stopped.")
 
 

@@ -403,6 +403,11 @@ def _stop_sweeping(**_kwargs: Any) -> None:
     _SWEEP_STOP.set()
 
 
+def stop_embedded_sweeping() -> None:
+    """Stop the sweepers :func:`start_embedded_sweeping` started (``rewardhub up`` on its way out)."""
+    _stop_sweeping()
+
+
 def _forget_inherited_connections(**_kwargs: Any) -> None:
     """A forked pool process must not reuse the parent's pooled database sockets (the sweeper's):
     drop them without closing them (closing would end the parent's sessions)."""

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -147,7 +148,8 @@ def test_up_prints_the_masked_url(secret_env: Path, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(embedded, "bootstrap", lambda _settings: embedded.Bootstrap(
         admin_key=None, admin_key_file=secret_env / "admin-key.txt", project_id="p1", newly_created=False))
-    monkeypatch.setattr(embedded, "build_embedded_app", lambda: object())
+    monkeypatch.setattr(embedded, "build_embedded_app", lambda: SimpleNamespace(state=SimpleNamespace(ui_path="/ui/")))
+    monkeypatch.setattr(cli, "database_problem", lambda _url: None)  # db.internal does not resolve here
     monkeypatch.setattr(uvicorn, "run", lambda *_args, **_kwargs: logging.getLogger("x").info("db %s", DB_URL))
     root = logging.getLogger()
     saved = root.handlers[:]
