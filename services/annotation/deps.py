@@ -10,17 +10,19 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path
 
-from services.common.auth import Principal, require_roles
-from services.common.db import SessionDep as SessionDep
+# The role sets are declared once, in services.common.auth; these are the annotation routes' names.
+from services.common.auth import AdminOnly as Admin
+from services.common.auth import AnnotationReader as Reader
+from services.common.auth import AnnotatorOrAdmin as AnnotatorKey
+from services.common.auth import TrainerOrAdmin as Trainer
+from services.common.db import SessionDep
 from services.common.idempotency import HEADER
-from services.common.models import Role
 from services.common.validation import ID_PATTERN
+from services.common.validation import IdempotencyKeyHeader as IdempotencyKey
+from services.common.validation import ItemIdPath as ItemPath
 
-# The two role sets of the annotation API, plus the admin-only and read-only ones.
-Admin = Annotated[Principal, Depends(require_roles(Role.admin))]
-Trainer = Annotated[Principal, Depends(require_roles(Role.admin, Role.trainer))]
-Reader = Annotated[Principal, Depends(require_roles(Role.admin, Role.trainer, Role.annotator))]
-AnnotatorKey = Annotated[Principal, Depends(require_roles(Role.admin, Role.annotator))]
+__all__ = ["Admin", "AnnotatorKey", "IdempotencyKey", "ItemPath", "Now", "ProjectPath", "Reader", "SessionDep",
+           "SubmissionKey", "Trainer", "request_time"]
 
 
 def request_time() -> datetime | None:
@@ -32,9 +34,6 @@ def request_time() -> datetime | None:
 Now = Annotated[datetime | None, Depends(request_time)]
 
 ProjectPath = Annotated[str, Path(pattern=ID_PATTERN, description="An annotation project id (32 hex characters).")]
-ItemPath = Annotated[str, Path(pattern=ID_PATTERN, description="An id (32 hex characters).")]
-IdempotencyKey = Annotated[str | None, Header(alias=HEADER, min_length=1, max_length=200, description=(
-    "A retry with the same key returns the first answer and changes nothing."))]
 # A submission's key is stored with its annotation, which holds up to 100 characters.
 SubmissionKey = Annotated[str | None, Header(alias=HEADER, min_length=1, max_length=100, description=(
     "A retry with the same key returns the first answer (status 200, `replayed: true`)."))]
