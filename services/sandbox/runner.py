@@ -219,17 +219,11 @@ async def _run(command: Command, job: dict[str, Any], kill_after_s: float, start
     try:
         stdout, stderr = await asyncio.wait_for(_communicate(proc, json.dumps(job).encode()), timeout=kill_after_s)
     except ResultTooLarge:
-        _kill(proc)
-        await _exited(proc)
-        SANDBOX_RUNS.labels("result_too_large").inc()
-        return SupervisorResult(fault=f"the run's result exceeded {MAX_RESULT_BYTES} bytes and was dropped",
-                                wall_s=time.monotonic() - started)
+        return await _stopped(proc, "result_too_large", started,
+                              f"the run's result exceeded {MAX_RESULT_BYTES} bytes and was dropped")
     except TimeoutError:
-        _kill(proc)
-        await _exited(proc)
-        SANDBOX_RUNS.labels("killed").inc()
-        return SupervisorResult(fault=f"the sandbox did not finish within {kill_after_s:g}s and was killed",
-                                wall_s=time.monotonic() - started)
+        return await _stopped(proc, "killed", started,
+                              f"the sandbox did not finish within {kill_after_s:g}s and was killed")
     except asyncio.CancelledError:  # the caller gave up (client gone, deadline): end the run now
         SANDBOX_RUNS.labels("cancelled").inc()
         _kill(proc)
@@ -359,6 +353,14 @@ def _own_group(then: Any) -> Any:
             then()
 
     return preexec
+
+
+async def _stopped(proc: subprocess.Popen[bytes], status: str, started: float, fault: str) -> SupervisorResult:
+    """End a run whose sandbox must not go on: kill it, wait for it, count how it ended."""
+    _kill(proc)
+    await _exited(proc)
+    SANDBOX_RUNS.labels(status).inc()
+    return SupervisorResult(fault=fault, wall_s=time.monotonic() - started)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
