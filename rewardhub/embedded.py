@@ -11,24 +11,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
-from rewardhub.service_map import SERVICES, build_service_app
 from services.common.auth import create_api_key
 from services.common.db import session_scope
 from services.common.migrate import upgrade
 from services.common.models import ApiKey, Project, Role
+from services.common.platform import build_platform_app, mount_path
 from services.common.registry import services
-from services.common.service_client import register_local_app
 from services.common.settings import Settings
 
 DEFAULT_PROJECT = "default"
-ROOT_SERVICE = "gateway"
 # The web UI a person opening the root URL is sent to: the annotation service's home page.
-UI_SERVICE, UI_ROUTE = "annotation", "ui_home"
-
-
-def mount_path(name: str) -> str:
-    """Where service ``name`` is served in the embedded default (the gateway at the root)."""
-    return "" if name == ROOT_SERVICE else f"/services/{name}"
+UI_ROUTE = "ui_home"
 
 
 def build_embedded_app() -> FastAPI:
@@ -37,21 +30,15 @@ def build_embedded_app() -> FastAPI:
     ``/`` redirects to the web UI (``app.state.ui_path``), and the gateway's API docs link every
     service's own docs.
     """
-    apps = {name: build_service_app(name) for name in SERVICES}
-    for name, app in apps.items():
-        register_local_app(name, app)
-    root = apps[ROOT_SERVICE]
-    for name, app in apps.items():
-        if name != ROOT_SERVICE:
-            root.mount(mount_path(name), app)
-    ui_path = mount_path(UI_SERVICE) + apps[UI_SERVICE].url_path_for(UI_ROUTE)
+    root = build_platform_app()
+    ui_path = str(root.url_path_for(UI_ROUTE))  # the route lives in the annotation app, mounted under root
     root.state.ui_path = ui_path
 
     async def to_the_ui(_request: Request) -> RedirectResponse:
         return RedirectResponse(ui_path, status_code=307)
 
     root.add_route("/", to_the_ui, include_in_schema=False)
-    root.description = (root.description + "\n\n" + docs_index()).strip()
+    root.description = (root.state.base_description + "\n\n" + docs_index()).strip()
     return root
 
 

@@ -19,9 +19,13 @@ its ``__init__`` alone (the declaration), not its app, models or tasks.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 # The services, in the order the embedded default builds them: the gateway first (it is the root app).
 SERVICE_PACKAGES: tuple[str, ...] = (
@@ -88,6 +92,17 @@ def service(name: str) -> ServiceSpec:
     if name not in known:
         raise KeyError(f"unknown service {name!r}; known: {', '.join(sorted(known))}")
     return known[name]
+
+
+def app_factory(name: str) -> Callable[[], FastAPI]:
+    """The function that builds service ``name``'s app (imported by name, see the module docstring)."""
+    spec = service(name)
+    factory: Callable[[], FastAPI] = getattr(importlib.import_module(spec.app_module), spec.app_factory)
+    return factory
+
+
+def build_service_app(name: str) -> FastAPI:
+    return app_factory(name)()
 
 
 def model_modules() -> list[str]:

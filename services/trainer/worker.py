@@ -201,9 +201,9 @@ def _reward_target(url: str | None) -> tuple[str | None, httpx.AsyncBaseTranspor
     gateway = get_settings().gateway_url
     if gateway:
         return gateway, None
-    from rewardhub.embedded import build_embedded_app
+    from services.common.platform import build_platform_app
 
-    return "http://gateway.local", httpx.ASGITransport(app=build_embedded_app())
+    return "http://gateway.local", httpx.ASGITransport(app=build_platform_app())
 
 
 @dataclass(frozen=True)

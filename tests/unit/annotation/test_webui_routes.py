@@ -16,7 +16,8 @@ import webui
 from services.annotation import accounts
 from services.annotation.app import create_app, request_time
 from services.annotation.models import AnnotatorRole, LabelKind
-from services.annotation.webui_routes import SESSION_COOKIE, submission_from_form
+from services.annotation.routes_ui_tasks import submission_from_form
+from services.annotation.ui_session import SESSION_COOKIE
 from services.common.db import session_scope
 from services.common.errors import InvalidInput
 from services.common.models import ApiKey

@@ -1,0 +1,180 @@
+"""UI routes for labelling: the queue page, the task page and its submit, skip, undo and lease renewal.
+
+They call the same queue functions as the JSON API (``queue.next_task``, ``submit``, ``skip``,
+``undo_once``, ``renew_lease``, ``project_stats``); only the way the caller is identified differs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from services.annotation import accounts, queue
+from services.annotation.deps import ItemPath, Now, ProjectPath, SessionDep
+from services.annotation.models import AnnotationProject, Annotator, LabelKind
+from services.annotation.schemas import LabelSchema, QueueStats, Submission, TaskView
+from services.annotation.ui_pages import CSRF_HEADER, UI_PREFIX, error_page, notice_of, redirect, render
+from services.annotation.ui_session import (
+    FormText,
+    Labeller,
+    LoggedIn,
+    Viewer,
+    check_csrf,
+    guarded_project,
+    member_project,
+)
+from services.common.errors import ApiError, InvalidInput
+
+router = APIRouter(prefix=UI_PREFIX, include_in_schema=False)
+
+
+def _my_counts(stats: QueueStats, annotator_id: str) -> tuple[int, int]:
+    mine = next((a for a in stats.annotators if a.annotator_id == annotator_id), None)
+    return (mine.submitted, mine.skipped) if mine is not None else (0, 0)
+
+
+def _progress(stats: QueueStats, annotator_id: str) -> dict[str, Any]:
+    submitted, skipped = _my_counts(stats, annotator_id)
+    total = stats.tasks_open + stats.tasks_in_adjudication + stats.tasks_done
+    return {"submitted": submitted, "skipped": skipped, "open": stats.tasks_open, "done": stats.tasks_done,
+            "adjudication": stats.tasks_in_adjudication, "total": total}
+
+
+@router.get("/queue", name="ui_queue")
+def queue_page(request: Request, now: Now, found: LoggedIn, session: SessionDep) -> Response:
+    if not found.can_label:
+        return redirect(request, "ui_dashboard")
+    assert found.annotator is not None
+    rows = []
+    for project in accounts.member_projects(session, found.annotator.id):
+        stats = queue.project_stats(session, project.id, now=now)
+        rows.append({"project": project, "progress": _progress(stats, found.annotator.id)})
+    return render(request, "queue.html", {"rows": rows, "title": "Your queue",
+                                          "notice": notice_of(request)}, found=found)
+
+
+def _task_context(session: Session, project: AnnotationProject, annotator: Annotator, view: TaskView | None,
+                  now: datetime | None) -> dict[str, Any]:
+    stats = queue.project_stats(session, project.id, now=now)
+    return {"project": project, "task": view, "progress": _progress(stats, annotator.id),
+            "schema": view.label_schema if view is not None else LabelSchema.model_validate(project.label_schema),
+            "submission_id": uuid.uuid4().hex, "undo_key": uuid.uuid4().hex, "form": {},
+            "lease_seconds": project.lease_seconds, "title": f"Label · {project.name}"}
+
+
+def _task_page(request: Request, session: Session, found: Viewer, project: AnnotationProject,
+               now: datetime | None, *, error: ApiError | None = None, form: dict[str, Any] | None = None,
+               status_code: int = 200) -> HTMLResponse:
+    assert found.annotator is not None
+    view = queue.next_task(session, project.id, found.annotator.id, now=now)
+    context = _task_context(session, project, found.annotator, view, now)
+    context.update(error=error, notice=notice_of(request), form=form or {})
+    return render(request, "task.html", context, status_code=status_code, found=found)
+
+
+@router.get("/projects/{annotation_project_id}/task", name="ui_task")
+def task_page(request: Request, annotation_project_id: ProjectPath, now: Now, found: Labeller,
+              session: SessionDep) -> Response:
+    """Lease the next task (or show the one already leased) with the answer form."""
+    try:
+        project = member_project(session, found, annotation_project_id)
+    except ApiError as exc:
+        return error_page(request, exc, found)
+    return _task_page(request, session, found, project, now)
+
+
+def submission_from_form(submission_id: str, choice: str, answer: str, ambiguous: str,
+                         rationale: str) -> Submission:
+    """The queue's Submission for what the form says: the flag wins, then a picked candidate, then the
+    typed answer (typing without picking means "my own answer")."""
+    note = rationale.strip() or None
+    fields: dict[str, Any] = {"submission_id": submission_id, "rationale": note}
+    if ambiguous:
+        fields["kind"] = LabelKind.ambiguous
+    elif choice.startswith("candidate-"):
+        index = choice.removeprefix("candidate-")
+        if not index.isdigit():
+            raise InvalidInput(f"unknown choice {choice!r}", field="choice")
+        fields["candidate"] = int(index)
+    elif answer.strip():
+        fields["answer"] = answer
+    else:
+        raise InvalidInput("pick one of the candidate answers, type your own answer, or flag the prompt as "
+                           "ambiguous", field="answer")
+    try:
+        return Submission.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first.get("loc", ())) or "answer"
+        raise InvalidInput(f"{name}: {first.get('msg', 'invalid value')}", field=name) from exc
+
+
+@router.post("/projects/{annotation_project_id}/assignments/{assignment_id}/submit", name="ui_submit")
+def submit(request: Request, annotation_project_id: ProjectPath, assignment_id: ItemPath, now: Now,
+           found: Labeller, session: SessionDep, csrf_token: FormText = "", submission_id: FormText = "",
+           choice: FormText = "", answer: FormText = "", ambiguous: FormText = "",
+           rationale: FormText = "") -> Response:
+    form = {"assignment_id": assignment_id, "choice": choice, "answer": answer, "ambiguous": bool(ambiguous),
+            "rationale": rationale}
+    try:
+        project = guarded_project(session, found, annotation_project_id, csrf_token)
+    except ApiError as exc:
+        return error_page(request, exc, found)
+    try:
+        body = submission_from_form(submission_id or uuid.uuid4().hex, choice, answer, ambiguous, rationale)
+        assert found.annotator is not None
+        queue.submit(session, project.id, found.annotator.id, assignment_id, body, now=now)
+    except ApiError as exc:
+        # Nothing of the refused submission is kept; the page comes back with the typed values.
+        session.rollback()
+        return _task_page(request, session, found, project, now, error=exc, form=form, status_code=exc.status_code)
+    return redirect(request, "ui_task", notice="submitted", annotation_project_id=project.id)
+
+
+@router.post("/projects/{annotation_project_id}/assignments/{assignment_id}/skip", name="ui_skip")
+def skip(request: Request, annotation_project_id: ProjectPath, assignment_id: ItemPath, now: Now,
+         found: Labeller, session: SessionDep, csrf_token: FormText = "") -> Response:
+    try:
+        project = guarded_project(session, found, annotation_project_id, csrf_token)
+        assert found.annotator is not None
+        queue.skip(session, project.id, found.annotator.id, assignment_id, now=now)
+    except ApiError as exc:
+        session.rollback()
+        return error_page(request, exc, found)
+    return redirect(request, "ui_task", notice="skipped", annotation_project_id=project.id)
+
+
+@router.post("/projects/{annotation_project_id}/undo", name="ui_undo")
+def undo(request: Request, annotation_project_id: ProjectPath, now: Now, found: Labeller, session: SessionDep,
+         csrf_token: FormText = "", undo_key: FormText = "") -> Response:
+    """Take back the last answer. ``undo_key`` is fresh on each page, so a double press undoes once."""
+    try:
+        project = guarded_project(session, found, annotation_project_id, csrf_token)
+    except ApiError as exc:
+        return error_page(request, exc, found)
+    try:
+        assert found.annotator is not None
+        queue.undo_once(session, project.id, found.annotator.id, undo_key[:200] or None, now=now)
+    except ApiError as exc:
+        session.rollback()
+        if exc.code == "nothing_to_undo":
+            return _task_page(request, session, found, project, now, error=exc, status_code=exc.status_code)
+        return error_page(request, exc, found)
+    return redirect(request, "ui_task", notice="undone", annotation_project_id=project.id)
+
+
+@router.post("/projects/{annotation_project_id}/assignments/{assignment_id}/renew", name="ui_renew")
+def renew(annotation_project_id: ProjectPath, assignment_id: ItemPath, now: Now, found: Labeller,
+          session: SessionDep, csrf: Annotated[str | None, Header(alias=CSRF_HEADER)] = None) -> JSONResponse:
+    """The task page's heartbeat (fetch with the CSRF header) while the annotator works."""
+    check_csrf(found.csrf, csrf)
+    project = member_project(session, found, annotation_project_id)
+    assert found.annotator is not None
+    view = queue.renew_lease(session, project.id, found.annotator.id, assignment_id, now=now)
+    return JSONResponse({"lease_expires_at": view.lease_expires_at.isoformat()}, headers={"Cache-Control": "no-store"})
