@@ -54,6 +54,7 @@ class Policy(enum.StrEnum):
     random = "random"
     low_consensus = "low_consensus"
     entropy = "entropy"
+    low_token_prob = "low_token_prob"  # lowest mean token probability first
     oracle_cag = "oracle_cag"
 
 

@@ -78,7 +78,8 @@ def stored_view(group: RolloutGroup, clusters: list[list[int]]) -> GroupView:
         prompt = np.frombuffer(group.prompt_features, dtype=np.float32).reshape(width)
         rollouts = np.frombuffer(group.rollout_features, dtype=np.float32).reshape(group.n, width)
     return GroupView(n=group.n, clusters=clusters, prompt_features=prompt, rollout_features=rollouts,
-                     response_lengths=group.response_lengths, known=True)
+                     response_lengths=group.response_lengths, mean_token_probs=group.mean_token_probs,
+                     known=True)
 
 
 def history_loader(session: Session, annotation_project_id: str) -> HistoryLoader:

@@ -69,7 +69,7 @@ def _input_view(item: GroupInput) -> GroupView:
         n=len(group.answers), clusters=item.vote.clusters,
         prompt_features=None if group.prompt_features is None else np.asarray(group.prompt_features, np.float32),
         rollout_features=None if group.rollout_features is None else np.asarray(group.rollout_features, np.float32),
-        response_lengths=group.response_lengths, known=item.known)
+        response_lengths=group.response_lengths, mean_token_probs=group.mean_token_probs, known=item.known)
 
 
 def load_selector(session: Session, project: AnnotationProject) -> Selector:

@@ -60,6 +60,20 @@ def cluster_entropy(view: GroupView) -> float:
     return float(-(probs * np.log(probs)).sum())
 
 
+def low_token_prob_score(view: GroupView) -> float:
+    """1 − (mean over the group's rollouts of their mean token probability): the less confident the
+    policy was while writing its answers, the higher the score. Needs ``mean_token_probs``."""
+    if not view.mean_token_probs:
+        raise ValueError("low_token_prob needs each rollout's mean token probability")
+    return 1.0 - float(np.mean(np.asarray(view.mean_token_probs, dtype=np.float64)))
+
+
+def baseline_pseudo_weight(*, mask_non_gt: bool) -> float:
+    """Weight of a prompt a baseline did not buy: 0 with ``mask_non_gt`` (train only on bought
+    ground truth, the default), else 1 (train on the pseudo-label)."""
+    return 0.0 if mask_non_gt else 1.0
+
+
 def random_scores(batch_size: int, seed: int, step: int) -> np.ndarray:
     """Uniform scores from a generator seeded by (seed, step): reproducible per project and step."""
     return np.random.default_rng([seed, step]).random(batch_size)

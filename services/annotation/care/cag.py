@@ -32,17 +32,18 @@ def _norm_sq(k: int, n: int) -> float:
 def cag_cost(n: int, x: int, c: int) -> float:
     """Closed-form CAG when the majority has x of n rollouts and c *other* rollouts are correct.
 
-    Pseudo rewards have x ones, true rewards c ones on disjoint rollouts (x + c ≤ n). With
-    m_t = c/n, m_p = x/n, s = √(m(1 − m)) and A(t)·A(p) = −c·x / (n·s_t·s_p):
+    This is the cost of a *wrong* vote (the case CARE's stage-2 distribution is over): pseudo rewards
+    have x ones, true rewards c ones on disjoint rollouts (x + c ≤ n). With m_t = c/n, m_p = x/n,
+    s = √(m(1 − m)) and A(t)·A(p) = −c·x / (n·s_t·s_p):
 
         cost(c)² = n·1[0<c<n] + n·1[0<x<n] + 2·c·x / (n·s_t·s_p)   (cross term only when both s > 0)
 
-    cost(0) = 0 by the spec's convention (c = 0 means the vote is right).
+    In particular cost(0) = ‖A(pseudo)‖₂ = √n when 0 < x < n (no rollout is correct, so A(true) = 0
+    while the pseudo-label still separates the majority), and 0 when x ∈ {0, n}. (specs/care.md,
+    corrected: an earlier reading took c = 0 to mean "the vote is right" and cost it 0.)
     """
     if not (0 <= x <= n and 0 <= c <= n - x):
         raise ValueError(f"need 0 ≤ x ≤ n and 0 ≤ c ≤ n − x (n={n}, x={x}, c={c})")
-    if c == 0:
-        return 0.0
     total = _norm_sq(c, n) + _norm_sq(x, n)
     if 0 < c < n and 0 < x < n:
         s_t = math.sqrt((c / n) * (1 - c / n))

@@ -24,6 +24,7 @@ class GroupView:
     prompt_features: np.ndarray | None = None  # (d,)
     rollout_features: np.ndarray | None = None  # (n, d)
     response_lengths: list[int] | None = None
+    mean_token_probs: list[float] | None = None  # per rollout, the mean probability of its tokens
     known: bool = False  # its label was bought at an earlier step
 
     @property

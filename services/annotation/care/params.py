@@ -31,6 +31,10 @@ class CareParams:
     response_out: int = 512
     head_hidden: int = 256
     seed: int = 0
+    # Baselines (random, low_consensus, entropy, low_token_prob, oracle_cag) train only on the prompts
+    # they bought, as in the authors' code, so they compare with CARE like for like; off, their unbought
+    # prompts train on pseudo-labels at weight 1 (plain RLAVR with that acquisition rule).
+    mask_non_gt: bool = True
 
     def architecture(self) -> tuple[int, int, int, int]:
         return (self.prompt_hidden, self.response_hidden, self.response_out, self.head_hidden)
@@ -57,7 +61,8 @@ _BOUNDS: dict[str, tuple[type, float, float, bool, bool]] = {
     "head_hidden": (int, 1, 4096, True, True),
     "seed": (int, 0, 2**63 - 1, True, True),
 }
-assert set(_BOUNDS) == {f.name for f in fields(CareParams)}
+_FLAGS = {"mask_non_gt"}
+assert set(_BOUNDS) | _FLAGS == {f.name for f in fields(CareParams)}
 
 
 def _check_one(name: str, value: Any) -> int | float:
@@ -91,8 +96,15 @@ def validate_care_params(params: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInput("care_params must be an object", field="care_params")
     out: dict[str, Any] = {}
     for name, value in params.items():
+        if name in _FLAGS:
+            if not isinstance(value, bool):
+                raise InvalidInput(f"care_params.{name} must be true or false, got {type(value).__name__}",
+                                   field=f"care_params.{name}")
+            out[name] = value
+            continue
         if name not in _BOUNDS:
-            raise InvalidInput(f"care_params.{name} is not a CARE parameter; known: {', '.join(sorted(_BOUNDS))}",
+            known = ", ".join(sorted(_BOUNDS.keys() | _FLAGS))
+            raise InvalidInput(f"care_params.{name} is not a CARE parameter; known: {known}",
                                field=f"care_params.{name}")
         out[name] = _check_one(name, value)
     low = out.get("class_weight_min", CareParams.class_weight_min)

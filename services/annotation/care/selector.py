@@ -115,14 +115,21 @@ class CareSelector:
                 scores = np.array([acq.low_consensus_score(v) for v in views])
             elif self.policy is Policy.entropy:
                 scores = np.array([acq.cluster_entropy(v) for v in views])
+            elif self.policy is Policy.low_token_prob:
+                missing = next((i for i, v in enumerate(views) if not v.mean_token_probs), None)
+                if missing is not None:
+                    raise InvalidInput("policy low_token_prob needs each rollout's mean token probability",
+                                       field=f"groups[{missing}].mean_token_probs")
+                scores = np.array([acq.low_token_prob_score(v) for v in views])
             else:
                 if truth is None or any(t is None for t in truth):
                     raise InvalidInput("oracle_cag needs the answer key of every prompt in the step", field="policy")
                 scores = np.array([acq.oracle_cag(v, t) for v, t in zip(views, truth, strict=True)])  # type: ignore[arg-type]
             selected = acq.top_p_select(scores, [not k for k in known], p.top_p)
-            # Baselines train unbought prompts on their pseudo-labels (RLAVR with that acquisition rule).
+            unbought = acq.baseline_pseudo_weight(mask_non_gt=p.mask_non_gt)
             decision = Decision(scores=[float(s) for s in scores], reliability=[None] * len(views),
-                                reliable=[False] * len(views), selected=selected, pseudo_weights=[1.0] * len(views))
+                                reliable=[False] * len(views), selected=selected,
+                                pseudo_weights=[unbought] * len(views))
         self.steps_seen += 1
         return decision
 

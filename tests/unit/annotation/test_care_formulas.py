@@ -36,14 +36,16 @@ def test_cag_closed_form_matches_hand_value_and_the_definition() -> None:
         pytest.approx(cag_cost(4, 2, 1))
     # True rewards the exact complement of the pseudo ones: A(t) = −A(p), so the gap is 2√n.
     assert cag_cost(8, 5, 3) == pytest.approx(2 * math.sqrt(8))
-    # c = 0: the vote is right, no gap.
-    assert cag_cost(8, 5, 0) == 0.0
+    # c = 0 (specs/care.md, corrected): the vote is wrong and no rollout is correct, so A(t) = 0 and the
+    # gap is ‖A(p)‖ = √n — never 0 while the vote splits the group (0 < x < n).
+    assert cag_cost(8, 5, 0) == pytest.approx(2.8284271247461903)  # √8
+    assert cag_cost(4, 4, 0) == 0.0 and cag_cost(4, 0, 0) == 0.0  # A(p) = 0: unanimous, or no answer
 
 
 def test_cag_closed_form_agrees_with_the_definition_for_every_count() -> None:
     n = 6
-    for x in range(1, n + 1):
-        for c in range(1, n - x + 1):
+    for x in range(0, n + 1):
+        for c in range(0, n - x + 1):
             pseudo = np.array([1.0] * x + [0.0] * (n - x))
             true = np.array([0.0] * x + [1.0] * c + [0.0] * (n - x - c))
             assert cag_cost(n, x, c) == pytest.approx(corrective_advantage_gap(true, pseudo)), (x, c)
@@ -54,7 +56,8 @@ def test_cag_cost_rejects_impossible_counts_and_table_zeroes_them() -> None:
         cag_cost(4, 3, 2)
     table = cost_table(4, 3)
     assert table.shape == (5,)
-    assert table[0] == 0.0 and table[2:].tolist() == [0.0, 0.0, 0.0]
+    # cost(0) = √4 = 2 (x = 3 splits the group); c ≥ 2 is impossible beside a majority of 3.
+    assert table[0] == pytest.approx(2.0) and table[2:].tolist() == [0.0, 0.0, 0.0]
     assert table[1] == pytest.approx(cag_cost(4, 3, 1))
 
 

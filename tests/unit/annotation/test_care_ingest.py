@@ -37,7 +37,8 @@ def step(step_no: int, with_features: bool = True) -> StepIn:
         features = {"prompt_features": [float(i % 2), 1.0, -1.0],
                     "rollout_features": [[float(j == 2), 0.5, float(i)] for j in range(4)]} if with_features else {}
         groups.append(RolloutGroupIn(prompt_id=f"s{step_no}-p{i}", prompt_text=f"q{i}", answers=answers,
-                                     response_lengths=[100, 200, 300, 400], **features))
+                                     response_lengths=[100, 200, 300, 400],
+                                     mean_token_probs=[0.5 + 0.04 * i] * 4, **features))
     return StepIn(step=step_no, groups=groups)
 
 
@@ -62,8 +63,10 @@ def test_every_policy_buys_within_budget_and_saves_its_state(sqlite_tenant: Tena
             elif policy is Policy.care:
                 expected = min(max(group.score or 0.0, 0.0), 1.0) if group.reliable else 0.0
                 assert group.advantage_weight == pytest.approx(expected)
+                # Every group splits its 4 votes, so S ≥ cost(0) = √4 = 2 and reliable means weight 1.
+                assert group.advantage_weight == (1.0 if group.reliable else 0.0)
             else:
-                assert group.advantage_weight == 1.0
+                assert group.advantage_weight == 0.0  # mask_non_gt: baselines train only on what they bought
     if policy is Policy.oracle_cag:  # the oracle buys only wrong-majority prompts (odd ids)
         bought = [g.prompt_id for o in outs for g in o.groups if g.bought]
         assert all(int(p.rsplit("p", 1)[1]) % 2 == 1 for p in bought)

@@ -53,7 +53,8 @@ def _views(count: int, n: int = 8, dim: int = 6, seed: int = 0) -> list[GroupVie
         majority = 3 + i % 5
         clusters = [list(range(majority))] + ([list(range(majority, n))] if majority < n else [])
         out.append(GroupView(n=n, clusters=clusters, prompt_features=rng.normal(size=dim).astype(np.float32),
-                             rollout_features=rng.normal(size=(n, dim)).astype(np.float32), known=(i == 0)))
+                             rollout_features=rng.normal(size=(n, dim)).astype(np.float32),
+                             mean_token_probs=[0.9 - 0.05 * i] * n, known=(i == 0)))
     return out
 
 
@@ -93,7 +94,36 @@ def test_care_gate_keeps_reliable_prompts_out_and_weights_them_by_gap() -> None:
         assert not (second.reliable[i] and second.selected[i])
         expected = min(max(second.scores[i] or 0.0, 0.0), 1.0) if second.reliable[i] else 0.0
         assert second.pseudo_weights[i] == pytest.approx(expected)
+        # Every group splits (0 < x < 8), so every cost, cost(0) = √8 included, is ≥ √8 > 1: S ≥ √8 and a
+        # reliable prompt trains at weight 1 exactly (with cost(0) = 0 it would get S < 1 when p(0) is high).
+        assert second.pseudo_weights[i] == (1.0 if second.reliable[i] else 0.0)
+        assert second.scores[i] is not None and second.scores[i] >= 2.8284271247461903 - 1e-9
     assert sum(second.selected) == 3  # ⌈0.2 · 12⌉ among the rest
+
+
+def test_low_token_prob_buys_the_least_confident_prompts() -> None:
+    views = _views(10)  # mean token probability 0.9 − 0.05·i: prompts 9 and 8 are the least confident
+    decision = CareSelector(Policy.low_token_prob, CareParams(), 8).decide(views, step=0)
+    assert [i for i, s in enumerate(decision.selected) if s] == [8, 9]
+    assert decision.scores[9] == pytest.approx(1 - 0.45) and decision.scores[1] == pytest.approx(1 - 0.85)
+    views[3] = replace(views[3], mean_token_probs=None)
+    with pytest.raises(InvalidInput) as caught:
+        CareSelector(Policy.low_token_prob, CareParams(), 8).decide(views, step=0)
+    assert caught.value.field == "groups[3].mean_token_probs"
+
+
+@pytest.mark.parametrize("policy", [p for p in Policy if p is not Policy.care])
+@pytest.mark.parametrize(("mask_non_gt", "weight"), [(True, 0.0), (False, 1.0)])
+def test_baselines_train_only_on_bought_prompts_unless_told_otherwise(policy: Policy, mask_non_gt: bool,
+                                                                       weight: float) -> None:
+    views = _views(10)
+    truth = [[j >= v.majority_size for j in range(8)] for v in views]
+    decision = CareSelector(policy, replace(CareParams(), mask_non_gt=mask_non_gt), 8).decide(
+        views, step=0, truth=truth)
+    assert decision.pseudo_weights == [weight] * 10
+    bought = {i for i, s in enumerate(decision.selected) if s}
+    assert decision.final_weights(bought=bought, labelled={0}) == [
+        1.0 if i in bought or i == 0 else weight for i in range(10)]
 
 
 def test_care_refuses_a_feature_width_change() -> None:
