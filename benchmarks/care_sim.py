@@ -13,11 +13,18 @@ Every policy gets the same budget, ⌈20% · B⌉ labels per step (answered at o
 and the selection functions are driven directly (no database). Reported per policy:
 - label acc: accuracy of the labels training would use (bought label where bought, else pseudo-label);
 - caught: share of wrong-majority prompts whose label was bought;
-- w-acc: accuracy of the labels weighted by the policy's advantage weights (CARE trains only on
-  bought and reliable prompts; the baselines weight every prompt 1);
-- the anchor row "majority vote" buys nothing (TTRL).
+- w-acc: accuracy of the labels weighted by the policy's advantage weights (CARE trains on bought
+  prompts and, at clip(S, 0, 1), on reliable ones; the baselines, with ``mask_non_gt`` on as in the
+  authors' code, only on what they bought, so their w-acc is 100% by construction);
+- train: the share of the stream's prompt weight that trains (Σ weights / prompts), printed beside
+  w-acc so that arms that train on different shares are not read as like for like;
+- the anchor row "majority vote" buys nothing (TTRL); every other row also prints its label
+  accuracy and w-acc as a ratio of the anchor's on the same stream and seed.
 
-Run: `python benchmarks/care_sim.py [--steps 150] [--batch 64] [--seed 0]`.
+Each figure is the median over ``--seeds`` seeds (``--seed``, ``--seed``+1, ...) with its spread
+[min-max]. Every (seed, stream) pair has its own RNG stream, so no two streams share draws.
+
+Run: `python benchmarks/care_sim.py [--steps 150] [--batch 64] [--seed 0] [--seeds 5]`.
 """
 
 from __future__ import annotations
@@ -104,9 +111,9 @@ class Tally:
             self.weight += w
             self.weighted_right += w * right
 
-    def row(self) -> tuple[float, float, float]:
+    def row(self) -> tuple[float, float, float, float]:
         return (self.right_labels / self.prompts, self.caught / max(self.wrong_majority, 1),
-                self.weighted_right / max(self.weight, 1e-9))
+                self.weighted_right / max(self.weight, 1e-9), self.weight / max(self.prompts, 1))
 
 
 def run_policy(policy: Policy | None, steps: list[list[Prompt]], params: CareParams) -> Tally:
@@ -118,7 +125,7 @@ def run_policy(policy: Policy | None, steps: list[list[Prompt]], params: CarePar
         if policy is None:
             tally.add(step, [False] * len(step), [1.0] * len(step))
             continue
-        truth = [p.correct for p in step] if policy is Policy.oracle_cag else None
+        truth: list[list[bool] | None] | None = [p.correct for p in step] if policy is Policy.oracle_cag else None
         decision = selector.decide([p.view for p in step], step=t, truth=truth)
         bought = [False] * len(step)
         budget = int(np.ceil(params.top_p * len(step) - 1e-9))
@@ -132,38 +139,77 @@ def run_policy(policy: Policy | None, steps: list[list[Prompt]], params: CarePar
     return tally
 
 
+def stream_rng(seed: int, stream_index: int) -> np.random.Generator:
+    """The RNG of one stream under one seed: distinct (seed, stream) pairs never share a stream of draws."""
+    return np.random.default_rng([seed, stream_index])
+
+
+def make_stream(seed: int, stream_index: int, offset: float, n_steps: int, batch: int,
+                signal: float) -> list[list[Prompt]]:
+    rng = stream_rng(seed, stream_index)
+    directions = rng.normal(size=(2, DIM))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    # μ_t drifts ±0.8 over the run, so the wrong-majority share varies from step to step.
+    mus = offset + 0.8 * np.sin(np.linspace(0, 3 * np.pi, n_steps))
+    return [make_step(rng, float(mu), batch, directions, signal) for mu in mus]
+
+
+def spread(values: list[float], percent: bool = True) -> str:
+    """``median [min-max]`` over the seeds."""
+    med, low, high = float(np.median(values)), min(values), max(values)
+    return f"{med:.1%} [{low:.1%}-{high:.1%}]" if percent else f"{med:.3f}x [{low:.3f}-{high:.3f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first seed")
+    parser.add_argument("--seeds", type=int, default=5, help="how many seeds (from --seed on)")
     parser.add_argument("--signal", type=float, default=0.5, help="rollout-feature correctness signal (σ units)")
     parser.add_argument("--lr", type=float, default=None, help="override CARE's probe lr (spec default 1e-4)")
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error("--seeds: must be at least 1")
     torch.set_num_threads(2)
-    params = CareParams(seed=args.seed)
-    if args.lr is not None:
-        params = replace(params, lr=args.lr)
+    base = CareParams(seed=args.seed) if args.lr is None else replace(CareParams(seed=args.seed), lr=args.lr)
+    # low_token_prob is left out: the synthetic stream has no token probabilities to rank by.
     policies: list[Policy | None] = [None, Policy.random, Policy.low_consensus, Policy.entropy, Policy.care,
                                      Policy.oracle_cag]
-    print(f"n={N_ROLLOUTS}, batch={args.batch}, steps={args.steps}, budget={params.top_p:.0%} per step, "
-          f"signal={args.signal}, care lr={params.lr:g}, warm-up={params.warmup_steps}")
-    print(f"{'stream':<8} {'wrong maj':>9} {'policy':<14} {'label acc':>9} {'caught':>7} {'w-acc':>6} {'secs':>5}")
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    print(f"n={N_ROLLOUTS}, batch={args.batch}, steps={args.steps}, budget={base.top_p:.0%} per step, "
+          f"signal={args.signal}, care lr={base.lr:g}, warm-up={base.warmup_steps}, seeds {seeds}; "
+          "median [min-max] over the seeds; ratios against the majority-vote anchor on the same stream and seed")
+    print(f"{'stream':<7} {'wrong maj':<20} {'policy':<14} {'label acc':<21} {'acc/anchor':<23} "
+          f"{'caught':<21} {'w-acc':<22} {'w-acc/anchor':<23} {'train':<21} {'secs':>5}")
     started = time.perf_counter()
-    for name, offset in STREAMS.items():
-        rng = np.random.default_rng([args.seed, len(name)])
-        directions = rng.normal(size=(2, DIM))
-        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-        # μ_t drifts ±0.8 over the run, so the wrong-majority share varies from step to step.
-        mus = offset + 0.8 * np.sin(np.linspace(0, 3 * np.pi, args.steps))
-        steps = [make_step(rng, float(mu), args.batch, directions, args.signal) for mu in mus]
-        share = np.mean([p.majority_wrong for step in steps for p in step])
-        for policy in policies:
-            t0 = time.perf_counter()
-            acc, caught, wacc = run_policy(policy, steps, params).row()
-            label = "majority vote" if policy is None else policy.value
-            print(f"{name:<8} {share:>9.1%} {label:<14} {acc:>9.1%} {caught:>7.1%} {wacc:>6.1%} "
-                  f"{time.perf_counter() - t0:>5.1f}")
+    for stream_index, (name, offset) in enumerate(STREAMS.items()):
+        rows: dict[str, dict[str, list[float]]] = {}
+        shares: list[float] = []
+        for seed in seeds:
+            steps = make_stream(seed, stream_index, offset, args.steps, args.batch, args.signal)
+            shares.append(float(np.mean([p.majority_wrong for step in steps for p in step])))
+            params = replace(base, seed=seed)
+            anchor: tuple[float, float, float] | None = None
+            for policy in policies:
+                t0 = time.perf_counter()
+                acc, caught, wacc, trained = run_policy(policy, steps, params).row()
+                anchor = anchor or (acc, caught, wacc)  # the first policy (None) is the anchor
+                label = "majority vote" if policy is None else policy.value
+                row = rows.setdefault(label, {"acc": [], "ratio": [], "caught": [], "wacc": [], "wratio": [],
+                                              "train": [], "secs": []})
+                row["train"].append(trained)
+                row["acc"].append(acc)
+                row["ratio"].append(acc / anchor[0])
+                row["caught"].append(caught)
+                row["wacc"].append(wacc)
+                row["wratio"].append(wacc / anchor[2])
+                row["secs"].append(time.perf_counter() - t0)
+        for label, row in rows.items():
+            print(f"{name:<7} {spread(shares):<20} {label:<14} {spread(row['acc']):<21} "
+                  f"{spread(row['ratio'], percent=False):<23} {spread(row['caught']):<21} {spread(row['wacc']):<22} "
+                  f"{spread(row['wratio'], percent=False):<23} {spread(row['train']):<21} "
+                  f"{float(np.median(row['secs'])):>5.1f}")
     print(f"total {time.perf_counter() - started:.1f}s")
 
 

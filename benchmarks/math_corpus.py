@@ -57,7 +57,7 @@ def completion_text(answer: str, rng: random.Random) -> str:
 def math_batch(n: int, seed: int = 0) -> list[tuple[str, str, bool]]:
     """``n`` (completion, gold, expected_equivalent) triples."""
     rng = random.Random(seed)
-    out = []
+    out: list[tuple[str, str, bool]] = []
     while len(out) < n:
         case = rng.choice(_cases(rng))
         out.append((completion_text(case.prediction_answer, rng), case.gold, case.equivalent))

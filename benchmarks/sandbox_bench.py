@@ -9,8 +9,9 @@ turn over several rounds (the order alternates each round). Two programs:
 - a 3-test ``double`` solution graded per test (old: one sandbox per test; new: one sandbox
   whose supervisor starts one interpreter per test).
 
-Prints the median and spread (min–max of the round medians) in ms per run and the ratio
-new / old. Run: ``python benchmarks/sandbox_bench.py [--rounds 5] [--runs 20]``.
+Both sides are run once untimed first (warm), then timed. Prints the median and spread
+(min–max of the rounds' mean ms per run) and the ratio new / old; exits non-zero when the
+namespaced sandbox cannot run here. Run: ``python benchmarks/sandbox_bench.py [--rounds 5] [--runs 20]``.
 
 ``--busy N`` also runs N concurrent ``while True: pass`` at ``run_timeout=10`` (veRL's load) and
 prints where each run's answer time goes: until its supervisor starts, until its program starts
@@ -92,6 +93,8 @@ def timed(fn: Any, runs: int) -> float:
 def compare(label: str, old_fn: Any, new_fn: Any, rounds: int, runs: int) -> None:
     old_ms: list[float] = []
     new_ms: list[float] = []
+    old_fn()  # warm both sides (imports, the interpreter's page cache) before anything is timed
+    new_fn()
     for index in range(rounds):
         sides = [(old_ms, old_fn), (new_ms, new_fn)]
         for samples, fn in sides if index % 2 == 0 else reversed(sides):

@@ -1,13 +1,18 @@
 """Verifier throughput and robustness, each figure against an anchor measured in the same run.
 
-(a) 4,096 math completions through `/v1/rewards` vs the in-process serial loop of math-verify
+Like for like: every side is warm before it is timed (math-verify imported and run once in this
+process, the bare pool's workers started and warmed, the service's pool warmed), each round grades
+a fresh batch (no side profits from another's caches), the order of the sides rotates from round
+to round, and every figure is the median over ``--rounds`` with its spread (min-max).
+
+(a) n math completions through `/v1/rewards` vs the in-process serial loop of math-verify
     parse+verify per item (what veRL's naive manager and TRL do); also vs a bare process pool
     over the same cores (the ceiling).
-(b) the same batch with 2% pathological items: p50/p99 of the normal items and the batch time
-    against its deadline.
-(c) 2,000 concurrent single-item requests: errors and throughput.
+(b) the same batch with 2% pathological items against its anchor, the same batch without them
+    (measured alternately in the same run): batch time and p50/p99 of the normal items, as ratios.
+(c) concurrent single-item requests: errors and throughput against the warm serial rate.
 
-Run: `python benchmarks/verifier_bench.py [--n 4096] [--concurrent 2000]`.
+Run: `python benchmarks/verifier_bench.py [--n 4096] [--concurrent 2000] [--rounds 5]`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -50,11 +56,33 @@ def _chunk_verify(chunk: list[tuple[str, str]]) -> list[bool]:
     return serial_math_verify(chunk)
 
 
-def bare_pool(pairs: list[tuple[str, str]], workers: int) -> list[bool]:
-    size = max(1, len(pairs) // (workers * 8))
-    chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
-    with ProcessPoolExecutor(workers) as pool:
-        return [v for part in pool.map(_chunk_verify, chunks) for v in part]
+class BarePool:
+    """A process pool over the same cores, started and warmed once, then reused by every round."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.pool = ProcessPoolExecutor(workers)
+        warm = math_batch(workers * 4, seed=999)
+        list(self.pool.map(_chunk_verify, [[(c, g)] for c, g, _ in warm]))  # every worker imports math-verify
+
+    def verify(self, pairs: list[tuple[str, str]]) -> list[bool]:
+        size = max(1, len(pairs) // (self.workers * 8))
+        chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
+        return [v for part in self.pool.map(_chunk_verify, chunks) for v in part]
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def median_spread(values: list[float], unit: str = " s", digits: int = 2) -> str:
+    """``median unit [min-max]`` of one side's rounds (``unit`` "x" for a ratio, "" for a share)."""
+    return f"{statistics.median(values):.{digits}f}{unit} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+def rotated(sides: list[str], round_index: int) -> list[str]:
+    """The sides in this round's order: each round starts one later, so no side always goes first."""
+    k = round_index % len(sides)
+    return sides[k:] + sides[:k]
 
 
 def _free_port() -> int:
@@ -88,14 +116,15 @@ class Server:
         self.headers = {"Authorization": f"Bearer {self.key}"}
         self.project_id = httpx.get(self.url + "/v1/projects", headers=self.headers).json()["data"][0]["id"]
 
-    def rewards(self, items: list[dict], deadline_s: float | None = None, timeout: float = 600,
-                spec: dict | None = None) -> dict:
-        body = {"project_id": self.project_id, "spec": spec or {"type": "math"}, "items": items}
+    def rewards(self, items: list[dict[str, Any]], deadline_s: float | None = None, timeout: float = 600,
+                spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"project_id": self.project_id, "spec": spec or {"type": "math"}, "items": items}
         if deadline_s:
             body["deadline_s"] = deadline_s
         response = httpx.post(self.url + "/v1/rewards", json=body, headers=self.headers, timeout=timeout)
         response.raise_for_status()
-        return response.json()
+        answer: dict[str, Any] = response.json()
+        return answer
 
     def close(self) -> None:
         os.killpg(self.process.pid, signal.SIGINT)
@@ -106,69 +135,86 @@ class Server:
         self.tmp.cleanup()
 
 
-def bench_throughput(server: Server, n: int) -> None:
-    batch = math_batch(n, seed=1)
-    pairs = [(c, g) for c, g, _ in batch]
-    items = [{"id": str(i), "completion": c, "ground_truth": g} for i, (c, g, _) in enumerate(batch)]
-    server.rewards(items[:64])  # warm the worker pool
-
-    t0 = time.perf_counter()
-    serial = serial_math_verify(pairs)
-    serial_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    bare = bare_pool(pairs, os.cpu_count() or 1)
-    bare_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    result = server.rewards(items)
-    service_s = time.perf_counter() - t0
-
-    ours = [r["score"] == 1.0 for r in result["results"]]
-    agree = sum(a == b for a, b in zip(ours, serial, strict=True)) / n
-    statuses = result["summary"]["by_status"]
-    print(f"(a) {n} math items on {os.cpu_count()} cores")
-    print(f"    serial math-verify loop : {serial_s:8.2f} s  ({n / serial_s:7.0f} items/s)  [anchor]")
-    print(f"    bare process pool       : {bare_s:8.2f} s  ({n / bare_s:7.0f} items/s)")
-    print(f"    rewardhub /v1/rewards   : {service_s:8.2f} s  ({n / service_s:7.0f} items/s)")
-    print(f"    speed-up vs serial      : {serial_s / service_s:.2f}x   (goal >= 1.8x)")
-    print(f"    share of bare-pool speed: {bare_s / service_s:.2f}x   (1.0 = the ceiling)")
-    print(f"    verdict agreement with serial math-verify: {agree:.4f}; statuses {statuses}; "
-          f"bare pool agrees with serial: {sum(a == b for a, b in zip(bare, serial, strict=True)) / n:.4f}")
+def bench_throughput(server: Server, n: int, rounds: int, bare: BarePool) -> None:
+    times: dict[str, list[float]] = {"serial": [], "bare": [], "service": []}
+    agree: list[float] = []
+    for r in range(rounds):
+        batch = math_batch(n, seed=100 + r)  # a fresh batch each round, the same for every side
+        pairs = [(c, g) for c, g, _ in batch]
+        items = [{"id": str(i), "completion": c, "ground_truth": g} for i, (c, g, _) in enumerate(batch)]
+        verdicts: dict[str, list[bool]] = {}
+        for side in rotated(list(times), r):
+            t0 = time.perf_counter()
+            if side == "serial":
+                verdicts[side] = serial_math_verify(pairs)
+            elif side == "bare":
+                verdicts[side] = bare.verify(pairs)
+            else:
+                verdicts[side] = [res["score"] == 1.0 for res in server.rewards(items)["results"]]
+            times[side].append(time.perf_counter() - t0)
+        agree.append(sum(a == b for a, b in zip(verdicts["service"], verdicts["serial"], strict=True)) / n)
+    speedup = [s / v for s, v in zip(times["serial"], times["service"], strict=True)]
+    ceiling = [b / v for b, v in zip(times["bare"], times["service"], strict=True)]
+    print(f"(a) {n} math items on {os.cpu_count()} cores, {rounds} rounds (median [min-max]), all sides warm")
+    print(f"    serial math-verify loop : {median_spread(times['serial'])}  [anchor]")
+    print(f"    bare process pool       : {median_spread(times['bare'])}")
+    print(f"    rewardhub /v1/rewards   : {median_spread(times['service'])}")
+    print(f"    speed-up vs serial      : {median_spread(speedup, 'x')}   (goal >= 1.8x)")
+    print(f"    share of bare-pool speed: {median_spread(ceiling, 'x')}   (1.0 = the ceiling)")
+    print(f"    verdict agreement with serial math-verify: {median_spread(agree, unit='', digits=4)}")
 
 
-def bench_pathological(server: Server, n: int, deadline_s: float) -> None:
-    batch = math_batch(n, seed=2)
-    n_bad = max(1, n // 50)
-    bad = pathological_completions(n_bad, seed=3)
-    items = [{"id": f"ok{i}", "completion": c, "ground_truth": g} for i, (c, g, _) in enumerate(batch[: n - n_bad])]
-    items += [{"id": f"bad{i}", "completion": c, "ground_truth": "1"} for i, c in enumerate(bad)]
+def _normal_quantiles(result: dict[str, Any]) -> tuple[float, float]:
+    normal = [r["elapsed_ms"] for r in result["results"] if r["id"].startswith("ok")]
+    quantiles = statistics.quantiles(normal, n=100)
+    return quantiles[49], quantiles[98]
+
+
+def bench_pathological(server: Server, n: int, deadline_s: float, rounds: int) -> None:
     import random
 
-    random.Random(4).shuffle(items)
-    print(f"(b) {n} items with {n_bad} pathological ({100 * n_bad / n:.0f}%), deadline {deadline_s:.0f} s")
+    n_bad = max(1, n // 50)
+    print(f"(b) {n} items with {n_bad} pathological ({100 * n_bad / n:.0f}%), deadline {deadline_s:.0f} s; "
+          f"anchor: the same {n - n_bad} normal items alone, measured alternately ({rounds} rounds)")
     # The spec's own time budget (math-verify's parse/verify timeouts) decides what a straggler costs.
     for spec in ({"type": "math"}, {"type": "math", "timeout_s": 1}):
-        t0 = time.perf_counter()
-        result = server.rewards(items, deadline_s=deadline_s, spec=spec)
-        batch_s = time.perf_counter() - t0
-        normal = [r["elapsed_ms"] for r in result["results"] if r["id"].startswith("ok")]
-        statuses: dict[str, dict[str, int]] = {"ok": {}, "bad": {}}
-        for r in result["results"]:
-            kind = statuses["ok" if r["id"].startswith("ok") else "bad"]
-            kind[r["status"]] = kind.get(r["status"], 0) + 1
-        quantiles = statistics.quantiles(normal, n=100)
+        batch_s: dict[str, list[float]] = {"clean": [], "mixed": []}
+        p50: dict[str, list[float]] = {"clean": [], "mixed": []}
+        p99: dict[str, list[float]] = {"clean": [], "mixed": []}
+        bad_statuses: dict[str, int] = {}
+        for r in range(rounds):
+            batch = math_batch(n - n_bad, seed=200 + r)
+            clean = [{"id": f"ok{i}", "completion": c, "ground_truth": g} for i, (c, g, _) in enumerate(batch)]
+            mixed = clean + [{"id": f"bad{i}", "completion": c, "ground_truth": "1"}
+                             for i, c in enumerate(pathological_completions(n_bad, seed=300 + r))]
+            random.Random(4 + r).shuffle(mixed)
+            for side in rotated(["clean", "mixed"], r):
+                t0 = time.perf_counter()
+                result = server.rewards(clean if side == "clean" else mixed, deadline_s=deadline_s, spec=spec)
+                batch_s[side].append(time.perf_counter() - t0)
+                q50, q99 = _normal_quantiles(result)
+                p50[side].append(q50)
+                p99[side].append(q99)
+                if side == "mixed":
+                    for res in result["results"]:
+                        if res["id"].startswith("bad"):
+                            bad_statuses[res["status"]] = bad_statuses.get(res["status"], 0) + 1
+        ratio = [m / c for m, c in zip(batch_s["mixed"], batch_s["clean"], strict=True)]
         print(f"    spec {spec}:")
-        print(f"      normal items: p50 {quantiles[49]:.1f} ms, p99 {quantiles[98]:.1f} ms (grading time per item); "
-              f"statuses {statuses['ok']} (a timeout here was still queued at the deadline)")
-        print(f"      pathological statuses: {statuses['bad']}")
-        print(f"      batch time {batch_s:.2f} s = {batch_s / deadline_s:.2f}x of its deadline")
+        print(f"      batch time: clean {median_spread(batch_s['clean'])} [anchor], "
+              f"with pathological {median_spread(batch_s['mixed'])} = {median_spread(ratio, 'x')} the anchor")
+        print(f"      normal items p50: clean {median_spread(p50['clean'], ' ms', 1)}, "
+              f"with pathological {median_spread(p50['mixed'], ' ms', 1)}")
+        print(f"      normal items p99: clean {median_spread(p99['clean'], ' ms', 1)}, "
+              f"with pathological {median_spread(p99['mixed'], ' ms', 1)}")
+        print(f"      pathological statuses over all rounds: {bad_statuses}; "
+              f"mixed batch vs its deadline: {statistics.median(batch_s['mixed']) / deadline_s:.2f}x")
 
 
-async def _concurrent(server: Server, n: int, concurrency: int) -> tuple[int, float, dict[str, int]]:
+async def _concurrent(server: Server, n: int, concurrency: int, seed: int) -> tuple[int, float, dict[str, int]]:
     """Single-item requests through the rewardhub client, as a trainer sends them (it retries transport errors)."""
     errors: dict[str, int] = {}
-    batch = math_batch(n, seed=5)
+    batch = math_batch(n, seed=seed)
     sem = asyncio.Semaphore(concurrency)
     async with AsyncRewardClient(server.url, server.key, timeout_s=120) as client:
         async def one(i: int) -> None:
@@ -188,16 +234,24 @@ async def _concurrent(server: Server, n: int, concurrency: int) -> tuple[int, fl
     return sum(errors.values()), elapsed, errors
 
 
-def bench_concurrent(server: Server, n: int) -> None:
-    pairs = [(c, g) for c, g, _ in math_batch(n, seed=5)]
-    t0 = time.perf_counter()
-    serial_math_verify(pairs[:200])
-    serial_rate = 200 / (time.perf_counter() - t0)
-    n_errors, elapsed, errors = asyncio.run(_concurrent(server, n, concurrency=256))
-    print(f"(c) {n} concurrent single-item requests (256 in flight)")
-    print(f"    errors: {n_errors} {errors or ''} (goal 0)")
-    print(f"    throughput {n / elapsed:.0f} req/s; {n / elapsed / serial_rate:.2f}x the serial in-process "
-          f"math-verify rate ({serial_rate:.0f} items/s) [anchor]")
+def bench_concurrent(server: Server, n: int, rounds: int) -> None:
+    rates: list[float] = []
+    ratios: list[float] = []
+    all_errors: dict[str, int] = {}
+    for r in range(rounds):
+        pairs = [(c, g) for c, g, _ in math_batch(200, seed=400 + r)]
+        t0 = time.perf_counter()
+        serial_math_verify(pairs)  # the anchor, warm (math-verify was imported and run in (a))
+        serial_rate = len(pairs) / (time.perf_counter() - t0)
+        _, elapsed, errors = asyncio.run(_concurrent(server, n, concurrency=256, seed=500 + r))
+        for name, count in errors.items():
+            all_errors[name] = all_errors.get(name, 0) + count
+        rates.append(n / elapsed)
+        ratios.append(n / elapsed / serial_rate)
+    print(f"(c) {n} concurrent single-item requests (256 in flight), {rounds} rounds")
+    print(f"    errors over all rounds: {sum(all_errors.values())} {all_errors or ''} (goal 0)")
+    print(f"    throughput {median_spread(rates, ' req/s', 0)}; {median_spread(ratios, 'x')} the warm serial "
+          "in-process math-verify rate, measured before each round [anchor]")
 
 
 def main() -> None:
@@ -205,13 +259,21 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--concurrent", type=int, default=2000)
     parser.add_argument("--deadline", type=float, default=60.0)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds: must be at least 1")
     server = Server()
+    bare = BarePool(os.cpu_count() or 1)
     try:
-        bench_throughput(server, args.n)
-        bench_pathological(server, args.n, args.deadline)
-        bench_concurrent(server, args.concurrent)
+        warm = math_batch(64, seed=998)
+        server.rewards([{"id": str(i), "completion": c, "ground_truth": g} for i, (c, g, _) in enumerate(warm)])
+        serial_math_verify([(c, g) for c, g, _ in warm])  # this process imports and runs math-verify once too
+        bench_throughput(server, args.n, args.rounds, bare)
+        bench_pathological(server, args.n, args.deadline, args.rounds)
+        bench_concurrent(server, args.concurrent, args.rounds)
     finally:
+        bare.close()
         server.close()
 
 

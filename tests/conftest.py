@@ -5,6 +5,10 @@ where it is missing; with ``REWARDHUB_REQUIRE_SERVICES=1`` (CI) every skip is a 
 for the tests marked ``gpu``, which skip without a CUDA device. ``require`` and ``require_module`` say
 what is missing; the hooks at the end turn any other skip (a bare ``pytest.skip``, ``importorskip``,
 ``skipif``) into a failure under CI, so nothing vanishes from the suite silently.
+
+``live_server`` (and every test that asks for ``database``) runs twice, ids ``sqlite`` and
+``postgres`` (marked ``postgres``): the embedded default and a fresh PostgreSQL database, as in
+production. A test that only reads through the server narrows it with ``@SQLITE_ONLY``.
 """
 
 from __future__ import annotations
@@ -199,9 +203,31 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+DATABASE_BACKENDS = ("sqlite", "postgres")
+# For a test that only reads through the server (grades, validates): one backend keeps the suite's time.
+SQLITE_ONLY = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+
+
 @pytest.fixture
-def live_server(isolated_env: Path) -> Iterator[LiveServer]:
-    """The embedded default served by a real uvicorn on a loopback port, in a background thread."""
+def database(request: pytest.FixtureRequest, isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The database a test's server runs on: ``sqlite`` (the embedded default) or ``postgres`` (as in production).
+
+    Every test that uses it runs on both (``pytest_generate_tests``). ``postgres`` is a fresh database
+    on the real server (``postgres_url``): it skips with the reason where none is reachable and fails
+    under REWARDHUB_REQUIRE_SERVICES=1. A test that only reads narrows it with ``@SQLITE_ONLY``.
+    """
+    backend = str(getattr(request, "param", "sqlite"))  # asked for dynamically: the embedded default
+    if backend not in DATABASE_BACKENDS:
+        raise ValueError(f"database: {backend!r} is not one of {', '.join(DATABASE_BACKENDS)}")
+    if backend == "postgres":
+        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("postgres_url"))
+        _reset_state()
+    return backend
+
+
+@pytest.fixture
+def live_server(isolated_env: Path, database: str) -> Iterator[LiveServer]:
+    """The embedded default served by a real uvicorn on a loopback port, on each ``database`` backend."""
     import threading
     import time
 
@@ -238,6 +264,26 @@ GPU_MARKER = "gpu: needs a CUDA device; skips without one, even under REWARDHUB_
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", GPU_MARKER)
+
+
+def _parametrizes(metafunc: pytest.Metafunc, argname: str) -> bool:
+    """Whether a ``parametrize`` mark on the test (or its module or class) names ``argname``."""
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+        if argname in ([n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)):
+            return True
+    return False
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Both backends unless the module narrows ``database`` itself. The GPU tests exercise the
+    # training path, not the database: they run on the embedded default only.
+    if "database" not in metafunc.fixturenames or _parametrizes(metafunc, "database"):
+        return
+    gpu = metafunc.definition.get_closest_marker("gpu") is not None
+    backends = [pytest.param(name, marks=[pytest.mark.postgres] if name == "postgres" else [], id=name)
+                for name in (["sqlite"] if gpu else DATABASE_BACKENDS)]
+    metafunc.parametrize("database", backends, indirect=True)
 
 
 def _cuda_available() -> bool:

@@ -89,8 +89,8 @@ def test_step_purchase_ui_labels_and_ledger_loop(live_server: LiveServer, browse
     assert [k for k, v in g.items() if v["bought"]] == ["p1", "p2"]
     assert {k: v["label_status"] for k, v in g.items()} == {"p0": "none", "p1": "pending", "p2": "pending",
                                                             "p3": "none"}
-    # Bought → weight 1; the low_consensus baseline trains the rest on their pseudo-labels (weight 1 too).
-    assert [v["advantage_weight"] for v in g.values()] == [1.0, 1.0, 1.0, 1.0]
+    # Bought → weight 1; the low_consensus baseline trains only on what it bought (mask_non_gt, on by default).
+    assert [v["advantage_weight"] for v in g.values()] == [0.0, 1.0, 1.0, 0.0]
     assert (step0["purchased"], step0["budget"], step0["budget_exhausted"]) == (
         2, {"total": 3, "spent": 2, "left": 1}, False)
     assert http.get(labels_url, headers=trainer, params={"cursor": 0}).json() == {"data": [], "next_cursor": "0"}

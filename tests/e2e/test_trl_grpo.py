@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import SQLITE_ONLY, LiveServer
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +25,7 @@ def _config(tmp_path: Path, **overrides: Any) -> Any:
     return GRPOConfig(**settings)
 
 
+@SQLITE_ONLY
 def test_grpo_trainer_uses_rewardhub_rewards(live_server: LiveServer, tmp_path: Path) -> None:
     from datasets import Dataset
     from trl.trainer.grpo_trainer import GRPOTrainer
@@ -59,6 +60,7 @@ def test_grpo_trainer_uses_rewardhub_rewards(live_server: LiveServer, tmp_path: 
     assert set(counting.last_statuses) == {"ok"}
 
 
+@SQLITE_ONLY
 def test_grpo_trainer_awaits_the_async_adapter_on_a_conversational_dataset(live_server: LiveServer,
                                                                            tmp_path: Path) -> None:
     """TRL detects the coroutine __call__, awaits it on its daemon loop; one client serves every step."""
@@ -93,6 +95,7 @@ def test_grpo_trainer_awaits_the_async_adapter_on_a_conversational_dataset(live_
     assert any("rewards/rewardhub_numeric/mean" in entry for entry in trainer.state.log_history)
 
 
+@SQLITE_ONLY
 def test_grpo_tool_loop_grades_the_final_assistant_message_not_the_tool(live_server: LiveServer,
                                                                         tmp_path: Path) -> None:
     """Regression: a tool returned "42", the model then said "I cannot tell." — that once scored 1.0."""

@@ -10,11 +10,12 @@ import pytest
 from rewardhub.adapters import verl
 from rewardhub.adapters.trl import AsyncTRLRewardFunction, TRLRewardFunction, completion_text
 from rewardhub.client import AsyncRewardClient, RewardClient, RewardHubError, make_items
-from tests.conftest import LiveServer
+from tests.conftest import SQLITE_ONLY, LiveServer
 
 MATH = {"type": "math"}
 
 
+@SQLITE_ONLY
 def test_sync_client_scores_and_marks_ungradeable_as_none(live_server: LiveServer) -> None:
     with RewardClient(live_server.url, live_server.tenant.keys["trainer"]) as client:
         batch = client.score(make_items(["\\boxed{2}", "\\boxed{3}", "\\boxed{7}"], ["2", "2", "not a number"]),
@@ -24,6 +25,7 @@ def test_sync_client_scores_and_marks_ungradeable_as_none(live_server: LiveServe
     assert batch.results[2].status == "invalid_input" and batch.scores[2] is None
 
 
+@SQLITE_ONLY
 def test_async_client(live_server: LiveServer) -> None:
     async def run() -> list[float | None]:
         async with AsyncRewardClient(live_server.url, live_server.tenant.keys["trainer"]) as client:
@@ -32,6 +34,7 @@ def test_async_client(live_server: LiveServer) -> None:
     assert asyncio.run(run()) == [1.0]
 
 
+@SQLITE_ONLY
 def test_client_errors_carry_code_and_field(live_server: LiveServer) -> None:
     with RewardClient(live_server.url, live_server.tenant.keys["trainer"]) as client, \
             pytest.raises(RewardHubError) as raised:
@@ -67,6 +70,7 @@ def test_client_retries_only_transient_failures() -> None:
     assert calls == ["x"]
 
 
+@SQLITE_ONLY
 def test_trl_reward_function(live_server: LiveServer) -> None:
     reward = TRLRewardFunction(MATH, base_url=live_server.url, api_key=live_server.tenant.keys["trainer"])
     assert reward.__name__ == "rewardhub_math"
@@ -96,6 +100,7 @@ def test_completion_text_grades_assistant_text_only() -> None:
     assert completion_text([{"role": "tool", "content": "42"}]) == ""
 
 
+@SQLITE_ONLY
 def test_trl_tool_message_answer_is_not_the_models(live_server: LiveServer) -> None:
     reward = TRLRewardFunction({"type": "numeric"}, base_url=live_server.url,
                                api_key=live_server.tenant.keys["trainer"])
@@ -111,6 +116,7 @@ def test_trl_tool_message_answer_is_not_the_models(live_server: LiveServer) -> N
     assert metrics == [("rewardhub_numeric/ok_rate", 0.0)]
 
 
+@SQLITE_ONLY
 def test_async_trl_reward_function_keeps_one_client_per_event_loop(live_server: LiveServer) -> None:
     reward = AsyncTRLRewardFunction(MATH, base_url=live_server.url, api_key=live_server.tenant.keys["trainer"])
 
@@ -127,6 +133,7 @@ def test_async_trl_reward_function_keeps_one_client_per_event_loop(live_server: 
     assert reward.clients_created == 2
 
 
+@SQLITE_ONLY
 def test_verl_compute_score_sync_batch_async(live_server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
     with httpx.Client() as http:
         http.post(f"{live_server.url}/v1/projects/{live_server.tenant.project_a}/reward-specs",

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import LiveServer, require_module
+from tests.conftest import SQLITE_ONLY, LiveServer, require_module
 from trainer.distributed import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -54,6 +54,7 @@ def metrics(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@SQLITE_ONLY
 def test_zero2_two_ranks_train_log_once_and_checkpoint(live_server: LiveServer, tmp_path: Path) -> None:
     config = write_config(tmp_path / "z2", live_server.url, stage=2, loss_type="dapo", scale_rewards="batch",
                           dynamic_sampling=True, max_resample_rounds=1)
@@ -77,6 +78,7 @@ def test_zero2_two_ranks_train_log_once_and_checkpoint(live_server: LiveServer, 
     assert any(not torch.equal(trained[k], initial[k]) for k in trained if k in initial)
 
 
+@SQLITE_ONLY
 def test_zero3_resume_takes_the_same_next_step(live_server: LiveServer, tmp_path: Path) -> None:
     key = live_server.tenant.keys["trainer"]
     # Every parameter really sharded (the tiny model's would all sit under the persistence

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -17,12 +16,13 @@ from sqlalchemy import func, select
 
 from rewardhub.embedded import build_embedded_app
 from services.common import idempotency
-from services.common.db import session_scope, utcnow
+from services.common.db import get_engine, session_scope, utcnow
 from services.common.errors import Conflict
 from services.common.idempotency import IdempotencyRecord
 from services.gateway import rewards
 from services.gateway.models import RewardResultRecord
 from tests.conftest import Tenant, bearer
+from tests.integration import pg_races
 
 pytestmark = pytest.mark.postgres
 
@@ -111,10 +111,15 @@ def test_concurrent_claims_have_exactly_one_winner(postgres_tenant: Tenant) -> N
 
 
 def test_transaction_mode_runs_once_under_concurrency(postgres_tenant: Tenant) -> None:
-    """annotation's replay/remember: a duplicate waits for the first transaction, then replays it."""
+    """annotation's replay/remember: a duplicate waits for the first transaction, then replays it.
+
+    The first claim holds its transaction open until PostgreSQL reports the other three blocked on
+    its row; each of them then loses the insert (a unique violation, handled) and replays the answer.
+    """
     runs: list[str] = []
     answers: list[str] = []
     barrier = threading.Barrier(4)
+    engine = get_engine()
 
     def attempt(n: int) -> None:
         barrier.wait()
@@ -124,16 +129,19 @@ def test_transaction_mode_runs_once_under_concurrency(postgres_tenant: Tenant) -
                 answers.append(stored.body)
                 return
             runs.append(str(n))
-            time.sleep(0.3)  # the work, inside the transaction
+            # The work, inside the transaction: it ends only once every duplicate waits on this claim.
+            pg_races.await_lock_waiters(engine, 3, lambda: "a duplicate ran too" if len(runs) > 1 else None)
             idempotency.remember(session, postgres_tenant.project_a, "annotation/x/undo", "k", "h", 200, str(n))
             answers.append(str(n))
 
     threads = [threading.Thread(target=attempt, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with pg_races.unique_violations(engine) as violations:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     assert len(runs) == 1 and answers == [runs[0]] * 4
+    assert len(violations) == 3  # every duplicate went through the ``except IntegrityError`` branch
 
 
 # -------------------------------------------------------------------------------- /v1/rewards
@@ -196,28 +204,38 @@ def test_store_failure_is_a_503_and_the_retry_runs_again(client: TestClient, pos
 
 def test_concurrent_identical_requests_run_once(app: Any, postgres_tenant: Tenant,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six identical requests at once: one grades, and it is held until the other five were answered 409."""
     gradings: list[int] = []
+    others_answered = asyncio.Event()
     real_post_grade = rewards._post_grade
 
-    async def slow_post_grade(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    async def held_post_grade(*args: Any, **kwargs: Any) -> dict[str, Any]:
         gradings.append(1)
-        await asyncio.sleep(0.5)
+        if len(gradings) > 1:  # a second grading is the bug under test: let every request finish
+            others_answered.set()
+        await others_answered.wait()
         return await real_post_grade(*args, **kwargs)
 
-    monkeypatch.setattr(rewards, "_post_grade", slow_post_grade)
+    monkeypatch.setattr(rewards, "_post_grade", held_post_grade)
     body = {"spec": MATH, "items": ITEMS, "persist": True}
 
     async def scenario() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            return list(await asyncio.gather(*[
-                client.post("/v1/rewards", json=body, headers=_headers(postgres_tenant, "same"))
-                for _ in range(6)]))
+            tasks = [asyncio.create_task(client.post("/v1/rewards", json=body,
+                                                     headers=_headers(postgres_tenant, "same")))
+                     for _ in range(6)]
+            for answered, finished in enumerate(asyncio.as_completed(tasks), start=1):
+                await finished
+                if answered == 5:
+                    others_answered.set()
+            return [task.result() for task in tasks]
 
     responses = asyncio.run(scenario())
     codes = sorted(r.status_code for r in responses)
     assert len(gradings) == 1, codes
-    assert codes.count(200) >= 1 and set(codes) <= {200, 409}
+    assert codes == [200, 409, 409, 409, 409, 409]
+    assert all(r.json()["error"]["code"] == "idempotency_in_progress" for r in responses if r.status_code == 409)
     assert _result_rows() == len(ITEMS)
     record = _record("same")
     assert record is not None and record.state == "done"

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from rewardhub.embedded import build_embedded_app
 from services.gateway.openrlhf import completion_of
-from tests.conftest import LiveServer, Tenant, bearer, make_tenant
+from tests.conftest import SQLITE_ONLY, LiveServer, Tenant, bearer, make_tenant
 from tests.integration.framework_sources import load
 
 MATH = {"type": "math"}
@@ -101,6 +101,7 @@ def tokenizer() -> Any:
 
 
 @pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat_template"])
+@SQLITE_ONLY
 def test_openrlhf_single_turn_executor_with_truncated_prompt(live_server: LiveServer, tokenizer: Any,
                                                              chat: bool) -> None:
     agent = load("openrlhf.utils.agent")

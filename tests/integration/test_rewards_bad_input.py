@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from rewardhub.embedded import build_embedded_app
 from services.common.settings import reset_settings_cache
-from tests.conftest import LiveServer, Tenant, bearer, make_tenant
+from tests.conftest import SQLITE_ONLY, LiveServer, Tenant, bearer, make_tenant
 
 EXACT = {"type": "exact"}
 DEEP = json.loads("[" * 900 + "]" * 900)
@@ -302,6 +302,7 @@ POISON = {0: "\x00", 1: "\ud800"}  # rollout n % 4 → what is appended to its c
 
 
 @pytest.mark.slow
+@SQLITE_ONLY
 def test_train_run_finishes_with_nul_and_surrogate_completions_counted(live_server: LiveServer, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """`rewardhub train` against a live server whose rollouts include NUL characters and lone surrogates.

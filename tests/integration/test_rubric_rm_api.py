@@ -17,7 +17,7 @@ from services.common.llm.scripted import ScriptedLLMServer, last_user_text
 from services.common.settings import reset_settings_cache
 from services.rubric_rm import backends, jobs
 from services.rubric_rm.app import create_app
-from tests.conftest import Tenant, bearer, make_tenant
+from tests.conftest import SQLITE_ONLY, Tenant, bearer, make_tenant
 from tests.unit.rubric_rm.helpers import (
     DIAGNOSE,
     GENERATOR,
@@ -70,7 +70,8 @@ def _configure(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
 
 
 @pytest.fixture
-def tenant(isolated_env: Path) -> Iterator[Tenant]:
+def tenant(database: str) -> Iterator[Tenant]:
+    """A migrated tenant on each backend (``database``): stored rubrics and jobs are checked on PostgreSQL too."""
     yield make_tenant()
     backends.forget_backends()
 
@@ -274,11 +275,13 @@ def test_job_runs_a_batch_with_progress(llm: ScriptedLLMServer, client: TestClie
                                                        {"instruction": "q", "rubric_text": "x"}]}, "items[1].response"),
     ("/v1/jobs", {"kind": "rank", "items": [{}]}, "kind"),
 ])
+@SQLITE_ONLY
 def test_bad_input_is_a_4xx_naming_the_field(llm: ScriptedLLMServer, client: TestClient, tenant: Tenant, path: str,
                                              body: dict[str, Any], field: str) -> None:
     response = post(client, tenant, path, body)
-    assert 400 <= response.status_code < 500, response.text
-    assert response.json()["error"]["field"] == field, response.json()
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_input", field), error
 
 
 def test_unknown_rubric_id_is_not_found(llm: ScriptedLLMServer, client: TestClient, tenant: Tenant) -> None:
@@ -294,6 +297,7 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@SQLITE_ONLY
 def test_unreachable_backend_is_an_error_status_with_the_cause(tenant: Tenant, client: TestClient,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     _configure(monkeypatch, REWARDHUB_LLM_BASE_URL=f"http://127.0.0.1:{_closed_port()}/v1",
@@ -307,6 +311,7 @@ def test_unreachable_backend_is_an_error_status_with_the_cause(tenant: Tenant, c
     assert generated["status"] == "error" and generated["rubric_id"] is None  # failures are not stored
 
 
+@SQLITE_ONLY
 def test_a_silent_backend_times_out_within_the_configured_limit(tenant: Tenant, client: TestClient,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from services.common.llm.scripted import ScriptedReply
@@ -322,6 +327,7 @@ def test_a_silent_backend_times_out_within_the_configured_limit(tenant: Tenant, 
     assert point["status"] == "timeout" and "timed out" in point["error"]
 
 
+@SQLITE_ONLY
 def test_no_backend_configured_is_an_error_status(tenant: Tenant, client: TestClient) -> None:
     body = post(client, tenant, "/v1/diagnose", {"instruction": "q", "response": "r"}).json()
     assert body["status"] == "error" and "no LLM backend configured" in body["error"]
@@ -335,6 +341,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-judge"), seed=0))
 
 
+@SQLITE_ONLY
 def test_tiny_random_model_yields_parse_failures_never_scores(tiny_model_dir: Path, tenant: Tenant,
                                                               client: TestClient,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:

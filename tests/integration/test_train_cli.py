@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from rewardhub.cli import app
-from tests.conftest import LiveServer
+from tests.conftest import SQLITE_ONLY, LiveServer
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +29,7 @@ def write_config(tmp_path: Path, url: str, **overrides: object) -> Path:
 
 
 @pytest.mark.parametrize("key_env", ["RH_CLI_KEY", None])
+@SQLITE_ONLY
 def test_train_writes_metrics_checkpoint_and_curve(live_server: LiveServer, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch, key_env: str | None) -> None:
     # The machine's owner may name the variable in the file (a local config), or rely on REWARDHUB_API_KEY.

@@ -219,14 +219,24 @@ def test_http_rewards_errors() -> None:
 def test_trains_against_the_live_reward_api(live_server: LiveServer, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REWARDHUB_API_KEY", live_server.tenant.keys["trainer"])
+    sent: list[list[str]] = []  # each step's completions, as sent to the live API
+    real_score = HttpRewards.score
+
+    def recording_score(self: HttpRewards, items: Any) -> Any:
+        sent.append([item.completion for item in items])
+        return real_score(self, items)
+
+    monkeypatch.setattr(HttpRewards, "score", recording_score)
     config = make_config(tmp_path, "live", max_steps=2, reward={
         "spec": {"type": "regex", "pattern": "7"}, "url": live_server.url,
         "project_id": live_server.tenant.project_a, "batch_size": 3})
     outcome = GRPOTrainer(config).train()
     assert outcome.status == "succeeded" and outcome.steps == 2
-    for metrics in outcome.history:
-        assert metrics["non_ok_share"] == 0.0
-        assert 0.0 <= metrics["reward_mean"] <= 1.0
+    assert [len(step) for step in sent] == [8, 8]  # 2 prompts x group of 4, in chunks of 3 over HTTP
+    # The regex "7" scores 1 where a completion contains a 7 (the default normalisation keeps digits).
+    expected = [sum("7" in completion for completion in step) / len(step) for step in sent]
+    assert [metrics["non_ok_share"] for metrics in outcome.history] == [0.0, 0.0]
+    assert [metrics["reward_mean"] for metrics in outcome.history] == pytest.approx(expected, abs=1e-12)
 
 
 def test_dataset_rows_are_checked_up_front(tmp_path: Path) -> None:

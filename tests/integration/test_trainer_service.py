@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, bearer, require_module
+from tests.conftest import SQLITE_ONLY, LiveServer, bearer, require_module
 from trainer import checkpoint
 from trainer.grpo import CHECKPOINTS, METRICS_FILE
 
@@ -186,6 +186,7 @@ def test_reward_outage_fails_the_run_with_the_cause(trainer_client: httpx.Client
     ({"deepspeed": {"overrides": {"tensorboard": {"enabled": True, "output_path": "/tmp/x"}}}},
      "config.deepspeed.overrides.tensorboard"),
 ])
+@SQLITE_ONLY
 def test_bad_config_is_a_422_naming_the_field(trainer_client: httpx.Client, change: dict[str, Any],
                                               field: str) -> None:
     response = trainer_client.post(RUNS, json={"config": run_config(**change)})
@@ -195,6 +196,7 @@ def test_bad_config_is_a_422_naming_the_field(trainer_client: httpx.Client, chan
 
 
 @pytest.mark.parametrize("secret", ["api_key_env", "api_key", "token_env", "headers"])
+@SQLITE_ONLY
 def test_a_field_naming_an_env_var_or_secret_is_a_422(trainer_client: httpx.Client, secret: str) -> None:
     config = run_config()
     config["reward"][secret] = "REWARDHUB_SECRET_KEY"
@@ -342,6 +344,7 @@ def test_a_run_gets_a_key_minted_for_its_project_and_revoked_when_it_ends(
     "http://user:pw@rewards.example.com",    # credentials in the URL
     "file:///etc/passwd",
 ])
+@SQLITE_ONLY
 def test_a_reward_url_off_the_allowlist_is_a_422(trainer_client: httpx.Client, url: str) -> None:
     response = trainer_client.post(RUNS, json={"config": run_config(url)})
     assert response.status_code == 422, response.text
@@ -389,6 +392,7 @@ def test_project_b_cannot_read_project_a_dataset_or_write_into_its_area(
     "/etc/passwd", "../digits.jsonl", "datasets/../../x/datasets/digits.jsonl", "sub/../../digits.jsonl",
     "..", "", "digits.jsonl\x00.txt", "..\\\\digits.jsonl", "missing", "digits.csv",
 ])
+@SQLITE_ONLY
 def test_dataset_paths_that_leave_the_area_are_refused(trainer_client: httpx.Client, dataset: str) -> None:
     response = trainer_client.post(RUNS, json={"config": run_config(dataset=dataset)})
     assert response.status_code == 422, response.text

@@ -5,11 +5,16 @@ the code under test on a thread. Its pre-check cannot see the uncommitted row, s
 waits on the blocker's unique-index entry — the test waits until PostgreSQL reports that lock wait —
 and only then commits the blocker. The insert fails with a unique violation, so the branch that
 handles a lost race must answer (a 409 naming the field, or taking the winner's record), never a 500.
+The ``unique_violations`` fixture counts the violations the code under test hit, so a right answer
+with one counted proves the ``except`` branch ran. Covered: gateway tenancy (project), reward-spec
+versions, lease-mode idempotency claims, annotation accounts (username, an API key's account) and
+projects, training datasets, rubric versions and rubric-job checkpoints. (The transaction-mode
+idempotency claim races four threads in tests/integration/test_idempotency.py.)
 """
 
 from __future__ import annotations
 
-import time
+import hashlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -17,18 +22,31 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import Connection, create_engine, insert, text
+from sqlalchemy import Connection, create_engine, insert, select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
+from services.annotation import accounts
+from services.annotation import projects as annotation_projects
+from services.annotation.models import AnnotationProject, Annotator, Policy
+from services.annotation.schemas import AnnotationProjectCreate
 from services.common import idempotency
 from services.common.auth import Principal
-from services.common.db import session_scope, utcnow
+from services.common.db import get_engine, session_scope, utcnow
 from services.common.errors import Conflict
-from services.common.models import Project, Role, new_id
+from services.common.models import ApiKey, Project, Role, new_id
 from services.common.settings import get_settings
 from services.gateway import reward_specs_store, tenancy
 from services.gateway.models import RewardSpecRecord
+from services.rubric_rm import jobs as rubric_jobs
+from services.rubric_rm import store as rubric_store
+from services.rubric_rm.models import RubricJob, RubricJobItem, StoredRubric
+from services.rubric_rm.schemas import Rubric
+from services.trainer import datasets
+from services.trainer.confine import datasets_dir
+from services.trainer.models import TrainingDataset
 from tests.conftest import Tenant
+from tests.integration import pg_races
 
 pytestmark = pytest.mark.postgres
 T = TypeVar("T")
@@ -42,11 +60,24 @@ def engine(postgres_tenant: Tenant) -> Iterator[Engine]:
     engine.dispose()
 
 
-def _lock_waiters(engine: Engine) -> int:
-    with engine.connect() as connection:
-        return int(connection.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock'")).scalar_one())
+@pytest.fixture
+def unique_violations(postgres_tenant: Tenant) -> Iterator[list[str]]:
+    """The unique violations the code under test hit (its engine only, not the blocker's).
+
+    A contender that answered right *and* hit one proves its ``except IntegrityError`` branch ran.
+    """
+    with pg_races.unique_violations(get_engine()) as seen:
+        yield seen
+
+
+def orm_block(*rows: object) -> Callable[[Connection], None]:
+    """A blocker that inserts ORM ``rows`` (their column defaults filled in) in the open transaction."""
+    def block(connection: Connection) -> None:
+        # Bound to the test's connection, the session flushes into its transaction and never ends it.
+        session = Session(bind=connection)
+        session.add_all(rows)
+        session.flush()
+    return block
 
 
 @contextmanager
@@ -56,11 +87,8 @@ def blocked_race(engine: Engine, block: Callable[[Connection], Any], contender: 
         transaction = blocker.begin()
         block(blocker)
         outcome = pool.submit(contender)
-        deadline = time.monotonic() + 30
-        while _lock_waiters(engine) == 0:
-            assert not outcome.done(), f"the contender finished without waiting on the lock: {outcome.result()!r}"
-            assert time.monotonic() < deadline, "the contender never waited on the blocker's row"
-            time.sleep(0.02)
+        pg_races.await_lock_waiters(engine, 1, lambda: (
+            f"the contender finished without waiting on the lock: {outcome.result()!r}" if outcome.done() else None))
         transaction.commit()
         yield outcome
 
@@ -119,3 +147,150 @@ def test_an_idempotency_key_claimed_at_once_has_one_holder_and_the_other_waits(e
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT owner FROM idempotency_records WHERE key = 'raced-key'")).all()
     assert [r.owner for r in rows] == ["first-attempt"]
+
+
+# ------------------------------------------------------------------- annotation, datasets, rubric store
+
+
+def test_a_username_registered_twice_at_once_is_one_account_and_a_409(engine: Engine,
+                                                                       unique_violations: list[str]) -> None:
+    def contender() -> str:
+        with session_scope() as session:
+            return accounts.create_annotator(session, "raced-user", "a long enough password").id
+
+    block = orm_block(Annotator(username="raced-user", display_name="the winner"))
+    with blocked_race(engine, block, contender) as outcome, pytest.raises(Conflict) as lost:
+        outcome.result(timeout=30)
+    assert (lost.value.field, lost.value.message) == ("username", "username 'raced-user' is taken")
+    assert len(unique_violations) == 1
+    with session_scope() as session:
+        names = session.scalars(select(Annotator.display_name).where(Annotator.username == "raced-user")).all()
+    assert names == ["the winner"]
+
+
+def test_an_api_key_first_seen_twice_at_once_is_one_annotator_account(engine: Engine, postgres_tenant: Tenant,
+                                                                        unique_violations: list[str]) -> None:
+    with session_scope() as session:
+        key_id = session.scalars(select(ApiKey.id).order_by(ApiKey.id)).first()
+    assert key_id is not None
+    principal = Principal(key_id=key_id, role=Role.trainer, all_projects=False,
+                          project_ids=frozenset({postgres_tenant.project_a}))
+    winner = Annotator(username=f"{accounts.KEY_USERNAME_PREFIX}{key_id}", api_key_id=key_id)
+
+    def contender() -> str:
+        with session_scope() as session:
+            return accounts.annotator_for_key(session, principal).id
+
+    # The savepoint rolls back the losing insert and the winner's account is taken (never a 500).
+    with blocked_race(engine, orm_block(winner), contender) as outcome:
+        assert outcome.result(timeout=30) == winner.id
+    assert len(unique_violations) == 1
+
+
+def test_an_annotation_project_created_twice_at_once_is_one_project_and_a_409(
+        engine: Engine, postgres_tenant: Tenant, unique_violations: list[str]) -> None:
+    project = postgres_tenant.project_a
+    winner = AnnotationProject(project_id=project, name="raced-queue", label_budget=1, label_schema={},
+                               policy=Policy.care, webhook_secret="s")
+
+    def contender() -> str:
+        with session_scope() as session:
+            body = AnnotationProjectCreate(project_id=project, name="raced-queue", label_budget=5)
+            return annotation_projects.create(session, ROOT, body).id
+
+    with blocked_race(engine, orm_block(winner), contender) as outcome, pytest.raises(Conflict) as lost:
+        outcome.result(timeout=30)
+    assert (lost.value.field, lost.value.message) == (
+        "name", "an annotation project named 'raced-queue' already exists here")
+    assert len(unique_violations) == 1
+    with session_scope() as session:
+        budgets = session.scalars(select(AnnotationProject.label_budget)
+                                  .where(AnnotationProject.name == "raced-queue")).all()
+    assert budgets == [1]
+
+
+ROWS = b'{"prompt": "Say 7.", "reward_model": {"ground_truth": "7"}}\n'
+
+
+def _dataset_row(project: str, content: bytes) -> TrainingDataset:
+    return TrainingDataset(project_id=project, name="raced-set", format="jsonl", filename="raced-set.jsonl",
+                           size_bytes=len(content), rows=1, sha256=hashlib.sha256(content).hexdigest())
+
+
+def test_the_same_dataset_uploaded_twice_at_once_is_one_dataset(engine: Engine, postgres_tenant: Tenant,
+                                                                 unique_violations: list[str]) -> None:
+    project = postgres_tenant.project_a
+    winner = _dataset_row(project, ROWS)
+
+    def contender() -> tuple[str, bool]:
+        with session_scope() as session:
+            dataset, new = datasets.store(session, project, datasets.Upload("raced-set", ROWS, "jsonl"))
+            return dataset.id, new
+
+    # An identical retry that lost the race answers with the winner's dataset, as "not new".
+    with blocked_race(engine, orm_block(winner), contender) as outcome:
+        assert outcome.result(timeout=30) == (winner.id, False)
+    assert len(unique_violations) == 1
+    # The loser's bytes never replaced a file: the winner (a bare row here) owns the name.
+    assert not (datasets_dir(project) / "raced-set.jsonl").exists()
+
+
+def test_a_different_dataset_uploaded_under_a_name_taken_at_once_is_a_409(engine: Engine, postgres_tenant: Tenant,
+                                                                          unique_violations: list[str]) -> None:
+    project = postgres_tenant.project_a
+
+    def contender() -> tuple[str, bool]:
+        with session_scope() as session:
+            dataset, new = datasets.store(session, project, datasets.Upload("raced-set", ROWS, "jsonl"))
+            return dataset.id, new
+
+    block = orm_block(_dataset_row(project, b'{"prompt": "Say 8.", "reward_model": {"ground_truth": "8"}}\n'))
+    with blocked_race(engine, block, contender) as outcome, pytest.raises(Conflict) as lost:
+        outcome.result(timeout=30)
+    assert lost.value.field == "name" and lost.value.message == (
+        "name: project already has a different dataset named 'raced-set'; upload under another name")
+    assert len(unique_violations) == 1
+
+
+RUBRIC = Rubric.model_validate({"principles": [{"principle_id": "p1", "description": "be correct"}]})
+
+
+def test_a_rubric_version_taken_concurrently_is_stored_as_the_next_version(engine: Engine, postgres_tenant: Tenant,
+                                                                           unique_violations: list[str]) -> None:
+    project, instruction = postgres_tenant.project_a, "2+2?"
+    winner = StoredRubric(project_id=project, instruction_hash=rubric_store.instruction_hash(instruction),
+                          generator_version="g1", version=1, instruction=instruction, rubric={}, method="winner")
+
+    def contender() -> int:
+        with session_scope() as session:
+            return rubric_store.save_rubric(session, project, instruction, "g1", RUBRIC, "loser").version
+
+    # Its first try read no version (the winner's was uncommitted) and took 1; the retry reads 1 and takes 2.
+    with blocked_race(engine, orm_block(winner), contender) as outcome:
+        assert outcome.result(timeout=30) == 2
+    assert len(unique_violations) == 1
+    with session_scope() as session:
+        stored = session.execute(select(StoredRubric.version, StoredRubric.method)
+                                 .order_by(StoredRubric.version)).all()
+    assert [tuple(row) for row in stored] == [(1, "winner"), (2, "loser")]
+
+
+def test_a_rubric_job_item_checkpointed_by_two_attempts_at_once_is_stored_once(
+        engine: Engine, postgres_tenant: Tenant, unique_violations: list[str]) -> None:
+    job_id = new_id()
+    job = RubricJob(id=job_id, project_id=postgres_tenant.project_a, kind="judge", total=2, done=1, payload={},
+                    owner="second")
+    with session_scope() as session:
+        session.add(job)
+    winner = RubricJobItem(job_id=job_id, item_index=0, result={"by": "first"})
+
+    def contender() -> None:
+        rubric_jobs._store_item(job_id, "second", 0, {"by": "second"})
+
+    # The losing attempt's checkpoint and its count roll back together; it does not raise.
+    with blocked_race(engine, orm_block(winner), contender) as outcome:
+        assert outcome.result(timeout=30) is None
+    assert len(unique_violations) == 1
+    with session_scope() as session:
+        assert session.scalars(select(RubricJobItem.result)).all() == [{"by": "first"}]
+        assert session.scalar(select(RubricJob.done).where(RubricJob.id == job_id)) == 1

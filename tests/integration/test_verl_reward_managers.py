@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from rewardhub.adapters import verl as adapter
-from tests.conftest import LiveServer
+from tests.conftest import SQLITE_ONLY, LiveServer
 from tests.integration.framework_sources import load
 
 pytestmark = pytest.mark.slow
@@ -94,6 +94,7 @@ def attach_and_check(data: Any, reward_extra_info: dict[str, Any]) -> None:
     data.check_consistency()
 
 
+@SQLITE_ONLY
 def test_legacy_naive_manager(rewardhub_env: LiveServer, tokenizer: Any) -> None:
     reward = load("verl.trainer.ppo.reward")
     managers = load("verl.workers.reward_manager")
@@ -107,6 +108,7 @@ def test_legacy_naive_manager(rewardhub_env: LiveServer, tokenizer: Any) -> None
     attach_and_check(data, out["reward_extra_info"])
 
 
+@SQLITE_ONLY
 def test_legacy_batch_manager(rewardhub_env: LiveServer, tokenizer: Any) -> None:
     reward = load("verl.trainer.ppo.reward")
     managers = load("verl.workers.reward_manager")
@@ -120,6 +122,7 @@ def test_legacy_batch_manager(rewardhub_env: LiveServer, tokenizer: Any) -> None
 
 
 @pytest.mark.parametrize("name", ["compute_score_async", "compute_score"])
+@SQLITE_ONLY
 def test_reward_loop_naive_manager(rewardhub_env: LiveServer, tokenizer: Any, name: str) -> None:
     """The reward loop's naive manager awaits (async) or runs in an executor (sync) one sample at a time,
     then veRL's RewardLoopManager takes the extra keys from the first sample for every sample."""
@@ -161,6 +164,7 @@ def adapter_clients(manager: Any) -> list[Any]:
     return list(fn.__globals__["_async_clients"].values())
 
 
+@SQLITE_ONLY
 def test_async_variant_reuses_one_client_per_loop(rewardhub_env: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
     # Before pooling, a client (and its connections) per call made the async path ~3.5x slower than
     # sync; counting the clients made pins that down without timing anything.

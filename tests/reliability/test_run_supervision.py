@@ -272,11 +272,15 @@ def test_a_killed_worker_fails_its_run_at_once_or_within_the_heartbeat_bound(
     killed = time.monotonic()
     status = reap_adopted(pid)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, "the worker held its lease until killed"
+    last_beat = row(orphan).heartbeat_at  # the worker is gone: this stamp is its last
+    assert last_beat is not None, "the run was ended before its heartbeat went stale"
     failed = wait_row(orphan, lambda r: r.status.finished, DETECTION_LIMIT_S + 10, "the stale run to be failed")
     stale_s = time.monotonic() - killed
     assert failed.status is RunStatus.failed, failed.status
     assert "stopped heartbeating" in (failed.error or "") and f"/v1/runs/{orphan}/resume" in (failed.error or "")
-    assert STALE_AFTER_S - HEARTBEAT_S - 0.5 <= stale_s <= DETECTION_LIMIT_S, stale_s
+    # The rule, on the database's own stamps: the watcher ended the run only once its heartbeat was
+    # STALE_AFTER_S old. How soon after that it noticed is a figure, not a bound (no timed assertion).
+    assert failed.finished_at is not None and failed.finished_at - last_beat >= timedelta(seconds=STALE_AFTER_S)
     figures("run worker kill -9 -> failed", launcher_alive_detection_s=f"{direct_s:.2f}",
             heartbeat_detection_s=f"{stale_s:.2f}", bound_s=STALE_AFTER_S, heartbeat_s=HEARTBEAT_S)
 
@@ -333,7 +337,6 @@ def test_a_worker_that_lost_its_lease_stops_at_once_and_writes_nothing(
     # with the takeover) a reward call whose 401 ends the attempt, whose end is then not recorded.
     log = (Path(final.output_dir) / runs.WORKER_LOG).read_text()
     assert "lost its lease" in log, log[-2000:]
-    assert exit_s <= HEARTBEAT_S + 5, exit_s
     figures("lease lost", worker_exit_s=f"{exit_s:.2f}", heartbeat_s=HEARTBEAT_S)
 
 
@@ -476,5 +479,67 @@ def test_a_worker_cut_off_from_the_database_gives_up_its_lease(tmp_path: Path) -
     gave_up_s = time.monotonic() - started
     assert done.returncode == EXIT_LEASE_LOST, (done.returncode, done.stderr[-2000:])
     assert "lost its lease" in done.stderr and "heartbeat failed" in done.stderr
-    assert gave_up_s >= 1.5, gave_up_s
+    # When it gives up is pinned by the fake-clock test below; here it is a figure.
     figures("worker cut off from the database", gave_up_after_s=f"{gave_up_s:.2f}", stale_after_s=1.5)
+
+
+class _FakeClock:
+    """``time.monotonic`` for the heartbeat loop, advanced only by its waits."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class _Lost(Exception):
+    pass
+
+
+def _heartbeat_on_a_fake_clock(monkeypatch: pytest.MonkeyPatch, beats: list[bool | None]) -> tuple[float, int]:
+    """Run Heartbeat's loop where each wait advances a fake clock by the interval and each beat is the
+    next of ``beats`` (True: renewed, None: the database is unreachable). Returns (fake time lost, beats tried)."""
+    from sqlalchemy.exc import OperationalError
+
+    from services.trainer import worker
+
+    clock = _FakeClock()
+    monkeypatch.setattr(worker, "time", clock)
+    heartbeat = worker.Heartbeat(worker.Lease("r1", 1), interval_s=0.25, stale_after_s=1.5)
+    tried = iter(beats)
+
+    class Waits:
+        def wait(self, interval: float) -> bool:
+            clock.now += interval
+            return False
+
+        def is_set(self) -> bool:
+            return False
+
+    def beat() -> bool:
+        outcome = next(tried)
+        if outcome is None:
+            raise OperationalError("UPDATE training_runs", {}, Exception("connection refused"))
+        return outcome
+
+    def lose(why: str) -> None:
+        raise _Lost(why)
+
+    monkeypatch.setattr(heartbeat, "_stop", Waits())
+    monkeypatch.setattr(heartbeat, "beat", beat)
+    monkeypatch.setattr(heartbeat, "_lose", lose)
+    with pytest.raises(_Lost, match="no heartbeat could be written for 2 s"):
+        heartbeat._loop()
+    return clock.now, len(beats) - len(list(tried))
+
+
+def test_a_heartbeat_gives_up_only_after_the_stale_bound_on_a_fake_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # interval 0.25, bound 1.5: failures at 0.25, 0.5, ..., 1.5 are within the bound (1.5 is not
+    # *more* than 1.5); the one at 1.75 is the first past it: 7 failed beats, lost at 1.75.
+    lost_at, tried = _heartbeat_on_a_fake_clock(monkeypatch, [None] * 20)
+    assert (lost_at, tried) == (1.75, 7)
+    # A renewal at 0.75 restarts the count: the next failures at 1.0 ... 2.25 are within 1.5 of it;
+    # the one at 2.5 is past it. Beats tried: 2 failed, 1 renewed, 7 failed = 10.
+    lost_at, tried = _heartbeat_on_a_fake_clock(monkeypatch, [None, None, True] + [None] * 20)
+    assert (lost_at, tried) == (2.5, 10)
