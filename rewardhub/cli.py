@@ -95,6 +95,26 @@ def database_problem(url: str) -> str | None:
     return None
 
 
+@app.command("export-hf")
+def export_hf(
+    checkpoint: Annotated[str, typer.Argument(help="A training checkpoint folder (…/checkpoints/step-N).")],
+    out: Annotated[str, typer.Argument(help="Where to write the Hugging Face model folder.")],
+    base_model: Annotated[str | None, typer.Option(help="Model folder giving the architecture and tokenizer "
+                                                        "(default: the one the checkpoint records).")] = None,
+) -> None:
+    """Export a training checkpoint as a Hugging Face model folder (from_pretrained and vLLM load it)."""
+    from pathlib import Path
+
+    from trainer.export import export_from_checkpoint
+
+    try:
+        written = export_from_checkpoint(Path(checkpoint), Path(out),
+                                         base_model=Path(base_model) if base_model else None)
+    except FileNotFoundError as exc:
+        raise config_error("export-hf", str(exc)) from None
+    console.print(f"exported {checkpoint} to {written}")
+
+
 @app.command()
 def up(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",

@@ -115,10 +115,10 @@ def check_run_inputs(config: Any) -> None:
     """What a run reads, checked before it creates its ``output_dir``: the dataset (every row) and the
     model directory. Raises :class:`trainer.config.ConfigError` naming the field."""
     from trainer.config import ConfigError
-    from trainer.data import DatasetError, load_rows
+    from trainer.data import DatasetError, load_config_rows
 
     try:
-        load_rows(config.dataset)
+        load_config_rows(config)
     except DatasetError as exc:
         raise ConfigError(f"dataset: {exc}") from None
     if config.model.path is not None and not Path(config.model.path).is_dir():

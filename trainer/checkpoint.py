@@ -1,4 +1,11 @@
-"""Checkpoints that resume exactly: model, optimizer, scheduler, every RNG, data position, step."""
+"""Checkpoints that resume exactly: model, optimizer, scheduler, every RNG, data position, step.
+
+A checkpoint folder is written whole under a temporary name and renamed into place; the
+``latest`` pointer is then replaced atomically (temp file, fsync, ``os.replace``, fsync of the
+folder), so a crash at any moment leaves ``latest`` naming a complete checkpoint. With
+``save_total_limit`` only the newest N checkpoints stay (never the one ``latest`` names).
+Every seed the loop derives goes through :func:`derive_seed`, which stays in ``[0, 2^63)``.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,34 @@ import numpy as np
 import torch
 
 LATEST = "latest"
+STEP_PREFIX = "step-"
+REPLACED_PREFIX = ".replaced-"
+_MASK64 = (1 << 64) - 1
+
+
+def splitmix64(state: int) -> int:
+    """One SplitMix64 output for ``state`` (Steele, Lea & Flood 2014; Vigna's reference code)::
+
+        z = state + 0x9E3779B97F4A7C15;  z = (z ^ z >> 30) * 0xBF58476D1CE4E5B9
+        z = (z ^ z >> 27) * 0x94D049BB133111EB;  return z ^ z >> 31      (all modulo 2^64)
+    """
+    z = (state + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def derive_seed(*parts: int) -> int:
+    """A seed in ``[0, 2^63)`` mixed from ``parts`` (run seed, step, round, rank...): h_0 = 0,
+    h_i = splitmix64(h_{i-1} XOR (part_i mod 2^64)), seed = h_n >> 1.
+
+    Unlike ``seed * 1_000_003 + step`` it never leaves the range ``torch.manual_seed``, a
+    ``torch.Generator`` and vLLM accept, whatever the run seed, and nearby inputs give unrelated seeds.
+    """
+    h = 0
+    for part in parts:
+        h = splitmix64(h ^ (part & _MASK64))
+    return h >> 1
 
 
 @dataclass
@@ -40,8 +75,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(directory: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         scheduler: torch.optim.lr_scheduler.LRScheduler, state: TrainingState) -> Path:
-    """Write ``step-N/`` atomically (temp dir + rename) and point ``latest`` at it."""
+         scheduler: torch.optim.lr_scheduler.LRScheduler, state: TrainingState,
+         save_total_limit: int | None = None) -> Path:
+    """Write ``step-N/`` atomically (temp dir + rename), point ``latest`` at it, prune to the limit."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{state.step:06d}"
     tmp = directory / f".tmp-step-{state.step:06d}"
@@ -51,18 +87,92 @@ def save(directory: Path, *, model: torch.nn.Module, optimizer: torch.optim.Opti
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
                tmp / "trainer_state.pt")
     (tmp / "state.json").write_text(json.dumps({"step": state.step, "sampler": state.sampler, "extra": state.extra}))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    (directory / LATEST).write_text(final.name)
+    _publish(directory, tmp, final, save_total_limit)
     return final
 
 
+def _publish(directory: Path, tmp: Path, final: Path, save_total_limit: int | None) -> None:
+    """Rename the finished temp folder into place, point ``latest`` at it, then prune."""
+    _fsync_tree(tmp)
+    aside = directory / f"{REPLACED_PREFIX}{final.name}"
+    shutil.rmtree(aside, ignore_errors=True)
+    if final.exists():
+        # Re-saving a step (a resumed run): set the old copy aside rather than delete it, so that
+        # ``latest`` still finds a complete checkpoint (there) if the process dies before the rename.
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    write_latest(directory, final.name)
+    shutil.rmtree(aside, ignore_errors=True)
+    if save_total_limit is not None:
+        prune(directory, save_total_limit)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush a checkpoint's files to disk before the pointer can name it."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_latest(directory: Path, name: str) -> None:
+    """Replace the ``latest`` pointer atomically: readers see the old name or the new one, never a
+    partial file, even if the process dies mid-write (temp file, fsync, ``os.replace``, fsync dir)."""
+    tmp = directory / f".{LATEST}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, name.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / LATEST)
+    _fsync_dir(directory)
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """The complete checkpoints in ``directory`` (``step-N/`` with a ``state.json``), oldest first."""
+    found = [path for path in directory.glob(f"{STEP_PREFIX}*")
+             if path.is_dir() and path.name[len(STEP_PREFIX):].isdigit() and (path / "state.json").exists()]
+    return sorted(found, key=lambda path: int(path.name[len(STEP_PREFIX):]))
+
+
+def prune(directory: Path, save_total_limit: int) -> list[Path]:
+    """Delete all but the newest ``save_total_limit`` checkpoints, never the one ``latest`` names;
+    return the deleted folders. The pointer's checkpoint counts towards the limit."""
+    if save_total_limit < 1:
+        raise ValueError(f"save_total_limit must be at least 1, got {save_total_limit}")
+    current = latest(directory)
+    keep = set(checkpoints(directory)[-save_total_limit:])
+    if current is not None and current not in keep:  # e.g. resumed from an older one: keep it instead
+        keep = {current, *checkpoints(directory)[-(save_total_limit - 1):]} if save_total_limit > 1 else {current}
+    deleted = [path for path in checkpoints(directory) if path not in keep]
+    for path in deleted:
+        shutil.rmtree(path)
+    return deleted
+
+
 def latest(directory: Path) -> Path | None:
+    """The checkpoint ``latest`` names, or its set-aside copy if a crash came mid-replacement."""
     pointer = directory / LATEST
     if not pointer.exists():
         return None
-    path = directory / pointer.read_text().strip()
-    return path if (path / "state.json").exists() else None
+    name = pointer.read_text().strip()
+    for path in (directory / name, directory / f"{REPLACED_PREFIX}{name}"):
+        if name and (path / "state.json").exists():
+            return path
+    return None
 
 
 def load(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -82,7 +192,8 @@ def load(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer
 DEEPSPEED_TAG = "deepspeed"
 
 
-def save_sharded(directory: Path, *, engine: Any, state: TrainingState, collective: Any) -> Path:
+def save_sharded(directory: Path, *, engine: Any, state: TrainingState, collective: Any,
+                 save_total_limit: int | None = None) -> Path:
     """A DeepSpeed checkpoint: each rank's shards and RNG, one consolidated ``model.pt``, then ``latest``.
 
     Every rank calls this; the main rank alone creates, renames and points ``latest``, between barriers.
@@ -102,9 +213,7 @@ def save_sharded(directory: Path, *, engine: Any, state: TrainingState, collecti
         meta = {"step": state.step, "sampler": state.sampler, "extra": state.extra,
                 "world_size": collective.world_size}
         (tmp / "state.json").write_text(json.dumps(meta))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        (directory / LATEST).write_text(final.name)
+        _publish(directory, tmp, final, save_total_limit)
     collective.barrier()
     return final
 

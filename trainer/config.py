@@ -21,7 +21,16 @@ from pydantic import (
 )
 
 from rewardhub.reward_specs import RewardSpec, parse_spec_ref
-from trainer.algorithms import ADVANTAGE_ESTIMATORS, LOSS_AGGREGATIONS, LossType, RewardScaling
+from trainer.algorithms import (
+    ADVANTAGE_ESTIMATORS,
+    KL_CLAMP,
+    KL_ESTIMATORS,
+    LOG_RATIO_CLAMP,
+    LOSS_AGGREGATIONS,
+    ImportanceSamplingLevel,
+    LossType,
+    RewardScaling,
+)
 
 _SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(RewardSpec)
 
@@ -212,9 +221,112 @@ class RunConfig(_Strict):
                                    "scoring each finished chunk while the next generates (slow graders).")
     mini_batches: int = Field(default=1, ge=1, description="Optimizer steps per rollout batch.")
     gradient_accumulation: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63, description="Seeds every random choice; each step's seeds are "
+                      "mixed from it (trainer.checkpoint.derive_seed), so any value in [0, 2^63) is valid.")
     checkpoint_every: int = Field(default=0, ge=0, description="Steps between checkpoints; 0: only at the end.")
     output_dir: str | None = Field(default=None, description="Checkpoints and metrics.jsonl; required to train.")
+
+    # loss and advantage options
+    num_iterations: int = Field(default=1, ge=1, le=64, description="μ: passes over each rollout batch (TRL's "
+                                "num_iterations); each pass takes the same mini_batches optimizer steps, so a rollout "
+                                "batch takes num_iterations x mini_batches steps.")
+    mask_truncated_completions: bool = Field(default=False, description="Leave completions that end without an EOS "
+                                             "(cut at max_completion_length) out of the loss (TRL's option).")
+    importance_sampling_level: ImportanceSamplingLevel = Field(default="token", description="token: one ratio per "
+                                                               "token; sequence: GSPO's length-normalised sequence "
+                                                               "ratio, shared by the sequence's tokens.")
+    advantage_epsilon: float = Field(default=1e-4, ge=0, le=1, description="ε in A = (r - baseline) / (std + ε) "
+                                     "(TRL: 1e-4).")
+    kl_estimator: str = Field(default="k3", description="Per-token KL estimator: k1 (log-ratio), k2 (½ log-ratio²) "
+                              "or k3 (Schulman's low-variance one; veRL's low_var_kl).")
+    kl_in_reward: bool = Field(default=False, description="Subtract beta x the completion's summed KL to the "
+                               "reference from its reward before the advantages (veRL's use_kl_in_reward) instead "
+                               "of adding beta x KL to the loss.")
+    log_ratio_clamp: float | None = Field(default=LOG_RATIO_CLAMP, gt=0, description="Clamp log-ratios to [-c, c] "
+                                          "before exp (veRL: 20); null: no clamp.")
+    kl_clamp: float | None = Field(default=KL_CLAMP, gt=0, description="Clamp per-token KL estimates to [-c, c] "
+                                   "(veRL: 10); null: no clamp.")
+    entropy_coef: float = Field(default=0.0, ge=0, description="Entropy bonus: loss -= c x entropy, reduced as "
+                                "loss_type reduces the policy loss.")
+    cispo_epsilon_low: float | None = Field(default=None, ge=0, le=1, description="CISPO (loss_type: cispo): "
+                                            "weights clipped below at 1 - this; null: no lower bound (MiniMax-M1).")
+    cispo_epsilon_high: float = Field(default=4.0, gt=0, description="CISPO: weights clipped above at 1 + this "
+                                      "(4: TRL's / ScaleRL's cap of 5).")
+    rollout_is_cap: float | None = Field(default=None, gt=0, description="Truncated importance sampling for vLLM "
+                                         "rollouts: each token's policy loss weighted by min(π_old / π_vllm, cap) "
+                                         "(TRL: 3, veRL: 2); null: off.")
+
+    @field_validator("kl_estimator")
+    @classmethod
+    def _registered_kl(cls, name: str) -> str:
+        return KL_ESTIMATORS.check(name)
+
+    @model_validator(mode="after")
+    def _loss_options_consistent(self) -> RunConfig:
+        if self.kl_in_reward and self.beta == 0:
+            raise ValueError("kl_in_reward: needs beta > 0, the KL coefficient it subtracts with")
+        if self.rollout_is_cap is not None and self.engine != "vllm":
+            raise ValueError("rollout_is_cap: corrects for vLLM's sampling, so it needs engine: vllm (the "
+                             "transformers engine samples from the trained policy itself)")
+        if self.loss_type == "cispo" and self.dual_clip_c is not None:
+            raise ValueError("dual_clip_c: applies to the clipped surrogate, not to loss_type cispo")
+        return self
+
+    @property
+    def optimizer_steps_per_rollout_batch(self) -> int:
+        """num_iterations x mini_batches: what the LR schedule and a skipped update must count per step."""
+        return self.num_iterations * self.mini_batches
+
+    # ---- sampling exactly from the policy, log-prob memory, checkpoint pruning, dynamic sampling (issue 13)
+    top_k: int = Field(default=0, ge=0, description="0 (off) only: rollouts are sampled from the full softmax "
+                       "the loss scores; a truncated distribution is refused (see _sampling_is_the_policy).")
+    min_p: float = Field(default=0.0, ge=0, le=1, description="0 (off) only, like top_k.")
+    repetition_penalty: float = Field(default=1.0, gt=0, description="1 (off) only, like top_k.")
+    logprob_micro_batch_size: int | None = Field(
+        default=None, ge=1, description="Rollouts per forward when computing the old and reference policies' "
+        "log-probs (no gradient); peak memory is O(this x T x V), independent of the rollout batch. Unset: "
+        "micro_batch_size (the rollouts of one training micro-batch).")
+    save_total_limit: int | None = Field(default=None, ge=1, description="Keep only the newest N checkpoints "
+                                         "(the one `latest` names is never deleted); unset: keep all.")
+    dynamic_sampling_signal: Literal["accuracy", "reward"] = Field(
+        default="accuracy", description="What dynamic sampling filters on: accuracy = the reward service's "
+        "raw score (as DAPO does); reward = the shaped reward, overlong penalty included.")
+
+    @model_validator(mode="after")
+    def _sampling_is_the_policy(self) -> RunConfig:
+        """Refuse truncated or penalised sampling: the loss's log-probs (and so its ratio, KL and
+        gradient) are those of the full softmax at ``temperature``, so samples from any other
+        distribution would make every step silently off-policy."""
+        off_policy = {"top_p": (self.top_p, 1.0), "top_k": (self.top_k, 0), "min_p": (self.min_p, 0.0),
+                      "repetition_penalty": (self.repetition_penalty, 1.0)}
+        for name, (value, full) in off_policy.items():
+            if value != full:
+                raise ValueError(f"{name}: {value} would sample from a truncated or penalised distribution while "
+                                 f"the loss scores the full softmax (off-policy); only {full} is supported")
+        return self
+
+    # tracking and artefacts
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(
+        default_factory=list, description="Experiment trackers that get each step's metrics and the run config "
+        "(tensorboard, wandb offline, trackio); none by default.")
+    run_name: str | None = Field(default=None, min_length=1, description="The run's name in the trackers; "
+                                 "unset: the output_dir's folder name.")
+    tracking_project: str = Field(default="rewardhub", min_length=1, description="wandb / trackio project.")
+    export_hf: Literal["checkpoints", "final", "none"] = Field(
+        default="checkpoints", description="Write <checkpoint>/hf/ (save_pretrained + tokenizer + generation "
+        "config) at every checkpoint, only at the run's last one, or never.")
+    dataset_format: Literal["auto", "jsonl", "parquet", "hf_disk", "hf_parquet", "hf_json"] = Field(
+        default="auto", description="auto: by the path (.jsonl/.json, .parquet, a save_to_disk folder); "
+        "hf_parquet / hf_json: read with datasets' own loaders (a file, a folder or a glob).")
+    dataset_split: str | None = Field(default=None, min_length=1, description="The split of a DatasetDict "
+                                      "(save_to_disk folder) or of datasets' loaders; unset: train.")
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, names: list[str]) -> list[str]:
+        from trainer.tracking import check_trackers
+
+        return check_trackers(names)  # a listed tracker whose package is missing fails here, before any output
 
     @field_validator("loss_type")
     @classmethod

@@ -23,19 +23,23 @@ from typing import Any
 
 import torch
 
-from trainer import checkpoint
+from trainer import checkpoint, export, tracking
 from trainer.algorithms import (
     LOSS_AGGREGATIONS,
-    entropy_from_logits,
+    TOKEN_WEIGHTED_ESTIMATORS,
     group_advantages,
     grpo_policy_loss,
     informative_groups,
+    kl_divergence,
+    kl_penalised_rewards,
+    mask_truncated,
     masked_mean,
     overlong_penalty,
-    token_logprobs,
+    rollout_is_weights,
+    truncated_completions,
 )
 from trainer.config import RunConfig
-from trainer.data import PromptRow, PromptSampler, load_rows
+from trainer.data import PromptRow, PromptSampler, load_config_rows
 from trainer.distributed import (
     Collective,
     check_world_size,
@@ -43,9 +47,10 @@ from trainer.distributed import (
     device_for_rank,
     init_collective,
 )
+from trainer.logprobs import completion_logprobs as completion_logprobs  # re-exported: its old home
 from trainer.policy import DeepSpeedPolicy, LocalPolicy, Policy, frozen_copy, sharded_reference
 from trainer.rewards import HttpRewards, RewardOutcome, RewardSource, status_counts
-from trainer.rollout import Rollout, RolloutEngine, SamplingSettings, TransformersEngine
+from trainer.rollout import Rollout, RolloutEngine, SamplingSettings, TransformersEngine, eos_token_ids
 
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
@@ -75,6 +80,9 @@ class Batch:
     position_ids: torch.Tensor  # (B, P + T): 0 at each row's first real token, as in generation
     completion_mask: torch.Tensor  # (B, T)
     completion_ids: torch.Tensor  # (B, T)
+    # The sampling engine's log-probs of the completion tokens (vLLM), NaN where there is none; None
+    # when no rollout of the batch carries them (the transformers engine samples with the trainer's own).
+    rollout_logprobs: torch.Tensor | None = None  # (B, T)
 
 
 def model_source(config: RunConfig, work_dir: Path, collective: Collective) -> Path:
@@ -141,30 +149,27 @@ def collate(rollouts: list[Rollout], pad_id: int) -> Batch:
         attention[row, p_max - n_prompt: p_max + n_completion] = 1
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
     completion_mask = attention[:, p_max:].to(torch.float32)
-    return Batch(input_ids, attention, position_ids, completion_mask, input_ids[:, p_max:].clone())
+    return Batch(input_ids, attention, position_ids, completion_mask, input_ids[:, p_max:].clone(),
+                 _rollout_logprobs(rollouts, t_max))
 
 
-def completion_logprobs(model: Any, batch: Batch, temperature: float, *, with_entropy: bool = False,
-                        device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log π(y_t | x, y_<t) on completion tokens ``(B, T)``, and optionally their entropies.
-
-    ``device`` is where the forward runs; by default the parameters' device (with ZeRO-3 parameter
-    offload the parameters rest in CPU memory while the forward runs on the GPU).
-    """
-    device = device or next(model.parameters()).device
-    t_max = batch.completion_ids.shape[1]
-    # The logit at column c predicts the token at c + 1: the last T + 1 columns cover the completion.
-    logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                   position_ids=batch.position_ids.to(device), logits_to_keep=t_max + 1).logits
-    logits = logits[:, :-1].float() / temperature
-    logp = token_logprobs(logits, batch.completion_ids.to(device))
-    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
-    return logp, entropy
+def _rollout_logprobs(rollouts: list[Rollout], t_max: int) -> torch.Tensor | None:
+    """(B, T) of the engine's per-token log-probs, NaN-padded; None unless every rollout has them."""
+    if not rollouts or any(r.rollout_logprobs is None for r in rollouts):
+        return None
+    out = torch.full((len(rollouts), t_max), math.nan, dtype=torch.float32)
+    for row, rollout in enumerate(rollouts):
+        values = rollout.rollout_logprobs or []
+        if len(values) != len(rollout.completion_ids):
+            raise ValueError(f"rollout {row}: {len(values)} engine log-probs for {len(rollout.completion_ids)} tokens")
+        out[row, :len(values)] = torch.tensor(values, dtype=torch.float32)
+    return out
 
 
 def _slice(batch: Batch, rows: torch.Tensor) -> Batch:
+    logprobs = batch.rollout_logprobs[rows] if batch.rollout_logprobs is not None else None
     return Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.position_ids[rows],
-                 batch.completion_mask[rows], batch.completion_ids[rows])
+                 batch.completion_mask[rows], batch.completion_ids[rows], logprobs)
 
 
 class GRPOTrainer:
@@ -179,9 +184,10 @@ class GRPOTrainer:
         self.output_dir = Path(output_dir or config.output_dir or "runs/latest")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
-        self.rows: list[PromptRow] = load_rows(config.dataset)
+        self.rows: list[PromptRow] = load_config_rows(config)
         self.device = device_for_rank(config)
         source = model_source(config, self.output_dir, self.collective)
+        self.base_model = source  # recorded in checkpoints, so `rewardhub export-hf` finds the architecture
         zero3 = _zero3(config)
         sampler_copy = None
         if zero3 and engine is None and config.engine == "transformers":
@@ -224,7 +230,8 @@ class GRPOTrainer:
                               str(self.config.model.path), self.tokenizer,
                               gpu_memory_utilization=self.config.vllm_gpu_memory_utilization,
                               dtype=self.config.model.dtype, rank=self.collective.rank,
-                              distributed=self.collective.distributed)
+                              distributed=self.collective.distributed,
+                              capture_logprobs=self.config.rollout_is_cap is not None)
         if sampler_copy is not None:
             return TransformersEngine(sampler_copy, self.tokenizer, device=self.device, copy_weights=True)
         return TransformersEngine(self.model, self.tokenizer, device=self.device)
@@ -250,9 +257,15 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------- checkpoints
 
-    def save_checkpoint(self) -> Path:
-        state = checkpoint.TrainingState(step=self.step, sampler=self.sampler.state_dict(), extra={})
-        return self.policy.save(self.output_dir / CHECKPOINTS, state)
+    def save_checkpoint(self, *, final: bool = False) -> Path:
+        """A resumable checkpoint; with ``export_hf`` (every checkpoint, or the run's ``final`` one) also
+        ``<checkpoint>/hf/`` in Hugging Face format."""
+        state = checkpoint.TrainingState(step=self.step, sampler=self.sampler.state_dict(),
+                                         extra={"base_model": str(Path(self.base_model).resolve())})
+        path = self.policy.save(self.output_dir / CHECKPOINTS, state)
+        if self.config.export_hf == "checkpoints" or (self.config.export_hf == "final" and final):
+            export.export_checkpoint(path, policy=self.policy, tokenizer=self.tokenizer, collective=self.collective)
+        return path
 
     def resume(self, path: Path | None = None) -> bool:
         """Load ``path`` (default: the latest checkpoint in the output dir); False if there is none."""
@@ -281,7 +294,8 @@ class GRPOTrainer:
         """Generate the groups chunk by chunk, sending each finished chunk to be scored."""
         config = self.config
         sampling = SamplingSettings(group_size=config.group_size, max_new_tokens=config.max_completion_length,
-                                    temperature=config.temperature, top_p=config.top_p)
+                                    temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                                    min_p=config.min_p, repetition_penalty=config.repetition_penalty)
         rows = [self.rows[i] for i in indices]
         # More than one chunk lets slow graders (code, LLM judges) score while the next chunk generates.
         chunk = max(1, math.ceil(len(indices) / config.generation_chunks))
@@ -290,7 +304,7 @@ class GRPOTrainer:
         started = time.perf_counter()
         for offset in range(0, len(indices), chunk):
             part = [self.encode_prompt(i) for i in indices[offset: offset + chunk]]
-            generated = self.engine.generate(part, sampling, seed=seed * 7919 + offset)
+            generated = self.engine.generate(part, sampling, seed=checkpoint.derive_seed(seed, offset))
             for rollout in generated:
                 rollout.prompt_index += offset
             pending.append(self.rewards.submit(rows, generated))
@@ -312,7 +326,10 @@ class GRPOTrainer:
 
     def _collect(self, seed: int) -> tuple[list[Rollout], torch.Tensor, dict[str, float]]:
         """This rank's share of one rollout batch, with its rewards; with dynamic sampling, groups
-        without signal are replaced by fresh prompts. Ranks draw in lockstep from one shared sampler."""
+        without signal are replaced by fresh prompts. Ranks draw in lockstep from one shared sampler.
+
+        The signal is ``dynamic_sampling_signal``: by default the raw scores (DAPO keeps a group
+        whose accuracy varies), so a group that only the overlong penalty spreads is still dropped."""
         config, world = self.config, self.collective
         group = config.group_size
         per_rank = config.prompts_per_step // world.world_size
@@ -320,6 +337,7 @@ class GRPOTrainer:
         kept_rewards: list[torch.Tensor] = []
         generation_s, tokens, drawn = 0.0, 0, 0
         scores: list[float | None] = []
+        kept_scores: list[float | None] = []
         statuses: list[str] = []
         rounds = 0
         while True:
@@ -329,7 +347,7 @@ class GRPOTrainer:
             mine = self.sampler.take(sum(needs))[start: start + needed]
             drawn += len(mine)
             if mine:
-                round_seed = (seed * 101 + rounds) * world.world_size + world.rank
+                round_seed = checkpoint.derive_seed(seed, rounds, world.rank)
                 rollouts, outcomes, seconds, n_tokens = self._rollouts(mine, round_seed)
             else:  # this rank's batch is full; it still keeps step with the others' draws
                 rollouts, outcomes, seconds, n_tokens = [], [], 0.0, 0
@@ -339,10 +357,14 @@ class GRPOTrainer:
             statuses.extend(o.status for o in outcomes)
             rewards = self._reward_tensor(rollouts, outcomes)
             if config.dynamic_sampling and rounds < config.max_resample_rounds:
-                keep = informative_groups(rewards, group).repeat_interleave(group)
+                raw = torch.tensor([math.nan if o.score is None else o.score for o in outcomes], dtype=torch.float32)
+                signal = raw if config.dynamic_sampling_signal == "accuracy" else rewards
+                keep = informative_groups(signal, group).repeat_interleave(group)
             else:
                 keep = torch.ones(len(rollouts), dtype=torch.bool)
-            kept_rollouts.extend(rollouts[i] for i in torch.nonzero(keep).flatten().tolist())
+            kept = torch.nonzero(keep).flatten().tolist()
+            kept_rollouts.extend(rollouts[i] for i in kept)
+            kept_scores.extend(outcomes[i].score for i in kept)
             kept_rewards.append(rewards[keep])
             rounds += 1
             done = (len(kept_rollouts) >= per_rank * group or not config.dynamic_sampling
@@ -353,19 +375,27 @@ class GRPOTrainer:
         for n, rollout in enumerate(kept_rollouts):
             rollout.prompt_index = n // group
         return kept_rollouts, torch.cat(kept_rewards), self._rollout_stats(scores, drawn, tokens, generation_s,
-                                                                                   statuses)
+                                                                                   statuses, kept_scores)
 
     def _rollout_stats(self, scores: list[float | None], drawn: int, tokens: int,
-                       generation_s: float, statuses: list[str] | None = None) -> dict[str, float]:
-        """Reward and throughput numbers over every rank's rollouts (and the count of each reward status)."""
-        parts = self.collective.all_gather((scores, drawn, tokens, generation_s, statuses or []))
+                       generation_s: float, statuses: list[str] | None = None,
+                       kept_scores: list[float | None] | None = None) -> dict[str, float]:
+        """Reward and throughput numbers over every rank's rollouts (and the count of each reward status).
+
+        ``reward_mean``/``reward_std`` are the raw scores of the rollouts trained on (``kept_scores``;
+        default all); ``*_drawn`` include the groups dynamic sampling dropped."""
+        kept = scores if kept_scores is None else kept_scores
+        parts = self.collective.all_gather((scores, drawn, tokens, generation_s, statuses or [], kept))
         every = [score for part in parts for score in part[0]]
         scored = [score for score in every if score is not None]
+        trained = [score for part in parts for score in part[5] if score is not None]
         tokens_all = sum(part[2] for part in parts)
         slowest = max(part[3] for part in parts)  # ranks generate side by side
         return {
-            "reward_mean": sum(scored) / len(scored) if scored else math.nan,
-            "reward_std": float(torch.tensor(scored).std()) if len(scored) > 1 else 0.0,
+            "reward_mean": sum(trained) / len(trained) if trained else math.nan,
+            "reward_std": float(torch.tensor(trained).std()) if len(trained) > 1 else 0.0,
+            "reward_mean_drawn": sum(scored) / len(scored) if scored else math.nan,
+            "reward_std_drawn": float(torch.tensor(scored).std()) if len(scored) > 1 else 0.0,
             "non_ok_share": 1.0 - len(scored) / max(1, len(every)),
             "non_ok_count": float(len(every) - len(scored)),
             **status_counts(status for part in parts for status in part[4]),
@@ -375,30 +405,61 @@ class GRPOTrainer:
             "completion_length_mean": tokens_all / max(1, len(every)),
         }
 
-    def _advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def _advantages(self, rewards: torch.Tensor, *,
+                    token_counts: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         """This rank's advantages, computed over every rank's rewards (batch scaling needs them all),
-        and the share of informative groups."""
-        parts = self.collective.all_gather(rewards.tolist())
-        everything = torch.tensor([value for part in parts for value in part], dtype=torch.float32)
-        advantages = group_advantages(everything, self.config.group_size, scale_rewards=self.config.scale_rewards)
-        start = sum(len(part) for part in parts[: self.collective.rank])
+        and the share of informative groups. ``token_counts``: each rollout's counted tokens, for the
+        token-weighted estimators (REINFORCE++); the rewards are kept for ``_update``, which computes
+        the advantages again once the batch's token counts and KL (``kl_in_reward``) are known."""
+        self._step_rewards = rewards
+        counts = token_counts.tolist() if token_counts is not None else None
+        parts = self.collective.all_gather((rewards.tolist(), counts))
+        everything = torch.tensor([value for part in parts for value in part[0]], dtype=torch.float32)
+        all_counts = (torch.tensor([n for part in parts for n in part[1] or []], dtype=torch.float32)
+                      if counts is not None else None)
+        advantages = group_advantages(everything, self.config.group_size, scale_rewards=self.config.scale_rewards,
+                                      eps=self.config.advantage_epsilon, token_counts=all_counts)
+        start = sum(len(part[0]) for part in parts[: self.collective.rank])
         share = float(informative_groups(everything, self.config.group_size).float().mean())
         return advantages[start: start + len(rewards)], share
 
     def _update(self, batch: Batch, advantages: torch.Tensor, seed: int) -> dict[str, float]:
         """``mini_batches`` optimizer steps over the rollout batch, ``gradient_accumulation`` micro-batches each."""
         config = self.config
+        # vLLM's own per-token log-probs (NaN past each completion), for the rollout IS correction.
+        rollout_logp = batch.rollout_logprobs
+        cap = config.rollout_is_cap if rollout_logp is not None else None
         # With one optimizer step per rollout batch the policy that sampled is the one being updated:
-        # π_old = π_θ (detached), so the extra no-grad forward is skipped, as TRL does.
-        on_policy = config.mini_batches == 1
+        # π_old = π_θ (detached), so the extra no-grad forward is skipped, as TRL does — unless later
+        # passes (μ > 1), the KL in the reward or the IS weights need π_old from before any update.
+        on_policy = (config.optimizer_steps_per_rollout_batch == 1 and not config.kl_in_reward and cap is None)
         forward = self.policy.forward_model
+        # No-grad passes, logprob_micro_batch_size rollouts at a time: memory flat in the batch size.
+        chunk = config.logprob_micro_batch_size or config.micro_batch_size
         with torch.no_grad():
-            old_logp = (None if on_policy else
-                        completion_logprobs(forward, batch, config.temperature, device=self.device)[0])
-            ref_logp = (completion_logprobs(self.reference, batch, config.temperature, device=self.device)[0]
-                        if self.reference is not None else None)
+            old_logp = (None if on_policy else completion_logprobs(
+                forward, batch, config.temperature, device=self.device, micro_batch_size=chunk)[0])
+            ref_logp = (completion_logprobs(self.reference, batch, config.temperature, device=self.device,
+                                            micro_batch_size=chunk)[0] if self.reference is not None else None)
         device = torch.device(self.device)
         mask = batch.completion_mask.to(device)
+        if config.mask_truncated_completions:
+            # A finished completion ends with one of the EOS ids the engines stop on (tokenizer's, generation config's).
+            stops = eos_token_ids(self.tokenizer, getattr(getattr(self.model, "generation_config", None),
+                                                          "eos_token_id", None))
+            mask = mask_truncated(mask, truncated_completions(batch.completion_ids.to(device), mask, stops))
+        is_weights = (rollout_is_weights(old_logp, rollout_logp.to(device), mask, cap=cap,
+                                         log_ratio_clamp=config.log_ratio_clamp)
+                      if cap is not None and rollout_logp is not None and old_logp is not None else None)
+        reward_kl: float | None = None
+        if config.kl_in_reward or config.scale_rewards in TOKEN_WEIGHTED_ESTIMATORS:
+            rewards = self._step_rewards
+            if config.kl_in_reward and old_logp is not None and ref_logp is not None:
+                kl = kl_divergence(old_logp, ref_logp, config.kl_estimator, log_ratio_clamp=config.log_ratio_clamp,
+                                   kl_clamp=config.kl_clamp)
+                reward_kl = float(masked_mean(kl, mask))
+                rewards = kl_penalised_rewards(rewards, kl.cpu(), mask.cpu(), config.beta)
+            advantages, _ = self._advantages(rewards, token_counts=mask.sum(-1).cpu())
         advantages = advantages.to(device)
         order = torch.randperm(len(advantages), generator=torch.Generator().manual_seed(seed))
         per_optimizer_step = len(order) // config.mini_batches
@@ -406,35 +467,46 @@ class GRPOTrainer:
         sums: dict[str, float] = {}
         loss_total, grad_norm_total, n_micro = 0.0, 0.0, 0
         global_token_mean = LOSS_AGGREGATIONS.get(config.loss_type).global_token_mean
-        for mini in range(config.mini_batches):
-            rows = order[mini * per_optimizer_step:(mini + 1) * per_optimizer_step]
-            tokens_in_mini = self._tokens_per_rank(mask[rows].sum()) if global_token_mean else None
-            for micro in range(config.gradient_accumulation):
-                part = rows[micro * per_micro:(micro + 1) * per_micro]
-                logp, entropy = completion_logprobs(forward, _slice(batch, part), config.temperature,
-                                                    with_entropy=True, device=self.device)
-                old = logp.detach() if old_logp is None else old_logp[part]
-                out = grpo_policy_loss(
-                    logp, old, advantages[part], mask[part], loss_type=config.loss_type,
-                    eps_low=config.epsilon_low, eps_high=config.epsilon_high, dual_clip_c=config.dual_clip_c,
-                    beta=config.beta, ref_logp=ref_logp[part] if ref_logp is not None else None,
-                    kl_times_ratio=config.kl_times_ratio, max_completion_length=config.max_completion_length,
-                    num_items_in_batch=tokens_in_mini)
-                # A global-token-mean loss (dapo) already divides by the mini-batch's token count; the
-                # others are per-micro means.
-                loss = out.loss if global_token_mean else out.loss / config.gradient_accumulation
-                self.policy.backward(loss)
-                loss_total += float(loss.detach())
-                for name, value in out.metrics.items():
-                    sums[name] = sums.get(name, 0.0) + value
-                if entropy is not None:
-                    sums["entropy"] = sums.get("entropy", 0.0) + float(masked_mean(entropy, mask[part]))
-                n_micro += 1
-                grad_norm = self.policy.micro_step(boundary=micro == config.gradient_accumulation - 1)
-                grad_norm_total += grad_norm or 0.0
+        beta = 0.0 if config.kl_in_reward else config.beta  # the KL is either in the reward or in the loss
+        # μ passes, each over the same mini-batch split (as TRL's num_iterations and veRL's ppo_epochs).
+        for _ in range(config.num_iterations):
+            for mini in range(config.mini_batches):
+                rows = order[mini * per_optimizer_step:(mini + 1) * per_optimizer_step]
+                tokens_in_mini = self._tokens_per_rank(mask[rows].sum()) if global_token_mean else None
+                for micro in range(config.gradient_accumulation):
+                    part = rows[micro * per_micro:(micro + 1) * per_micro]
+                    logp, entropy = completion_logprobs(forward, _slice(batch, part), config.temperature,
+                                                        with_entropy=True, device=self.device,
+                                                        entropy_grad=config.entropy_coef != 0.0)
+                    old = logp.detach() if old_logp is None else old_logp[part]
+                    out = grpo_policy_loss(
+                        logp, old, advantages[part], mask[part], loss_type=config.loss_type,
+                        eps_low=config.epsilon_low, eps_high=config.epsilon_high, dual_clip_c=config.dual_clip_c,
+                        beta=beta, ref_logp=ref_logp[part] if ref_logp is not None else None,
+                        kl_times_ratio=config.kl_times_ratio, max_completion_length=config.max_completion_length,
+                        num_items_in_batch=tokens_in_mini, importance_sampling_level=config.importance_sampling_level,
+                        kl_estimator=config.kl_estimator, log_ratio_clamp=config.log_ratio_clamp,
+                        kl_clamp=config.kl_clamp, entropy=entropy, entropy_coef=config.entropy_coef,
+                        is_weights=is_weights[part] if is_weights is not None else None,
+                        cispo_eps_low=config.cispo_epsilon_low, cispo_eps_high=config.cispo_epsilon_high)
+                    # A global-token-mean loss (dapo, cispo) already divides by the mini-batch's token count;
+                    # the others are per-micro means.
+                    loss = out.loss if global_token_mean else out.loss / config.gradient_accumulation
+                    self.policy.backward(loss)
+                    loss_total += float(loss.detach())
+                    for name, value in out.metrics.items():
+                        sums[name] = sums.get(name, 0.0) + value
+                    if entropy is not None:
+                        sums["entropy"] = sums.get("entropy", 0.0) + float(masked_mean(entropy.detach(), mask[part]))
+                    n_micro += 1
+                    grad_norm = self.policy.micro_step(boundary=micro == config.gradient_accumulation - 1)
+                    grad_norm_total += grad_norm or 0.0
         metrics = {name: value / n_micro for name, value in sums.items()}
-        metrics["loss"] = loss_total / config.mini_batches
-        metrics["grad_norm"] = grad_norm_total / config.mini_batches
+        if reward_kl is not None:
+            metrics["reward_kl"] = reward_kl  # token mean of the KL the rewards were penalised with
+        steps = config.optimizer_steps_per_rollout_batch
+        metrics["loss"] = loss_total / steps
+        metrics["grad_norm"] = grad_norm_total / steps
         return self.collective.mean_metrics(metrics)
 
     def _tokens_per_rank(self, local_tokens: torch.Tensor) -> torch.Tensor:
@@ -447,12 +519,14 @@ class GRPOTrainer:
 
     def train_step(self) -> dict[str, Any]:
         started = time.perf_counter()
-        seed = self.config.seed * 1_000_003 + self.step
+        seed = checkpoint.derive_seed(self.config.seed, self.step)
         rollouts, rewards, metrics = self._collect(seed)
         advantages, metrics["informative_group_share"] = self._advantages(rewards)
         # With beta > 0 the KL term still pulls towards the reference even when every advantage is 0.
         # The decision is the same on every rank: each computed advantages over all of them.
-        if self.collective.any(bool((advantages != 0).any())) or self.config.beta > 0:
+        # So does an entropy bonus: its gradient does not depend on the advantages.
+        if (self.collective.any(bool((advantages != 0).any())) or self.config.beta > 0
+                or self.config.entropy_coef != 0):
             batch = collate(rollouts, self.tokenizer.pad_token_id)
             metrics.update(self._update(batch, advantages, seed))
         else:
@@ -460,7 +534,7 @@ class GRPOTrainer:
             # schedule advances as many optimizer steps as an update would have taken.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                for _ in range(self.config.mini_batches):
+                for _ in range(self.config.optimizer_steps_per_rollout_batch):
                     self.scheduler.step()
             metrics.update({"loss": 0.0, "skipped_update": 1.0})
         self._sync_engine()
@@ -478,24 +552,32 @@ class GRPOTrainer:
         history: list[dict[str, Any]] = []
         last_checkpoint: Path | None = checkpoint.latest(self.output_dir / CHECKPOINTS)
         main = self.collective.is_main
+        trackers = tracking.Tracking([])
         try:
+            # The main rank reports, as it writes metrics.jsonl (see trainer/tracking.py).
+            trackers = tracking.start_tracking(
+                self.config.report_to if main else [], output_dir=self.output_dir,
+                hparams=tracking.run_hparams(self.config), project=self.config.tracking_project,
+                run_name=self.config.run_name or self.output_dir.name)
             with (self.output_dir / METRICS_FILE).open("a") if main else contextlib.nullcontext() as log:
                 while self.step < self.config.max_steps:
                     # The main rank decides; every rank stops at the same step.
                     if self.collective.any(main and should_stop is not None and should_stop()):
-                        last_checkpoint = self.save_checkpoint()
+                        last_checkpoint = self.save_checkpoint(final=True)
                         return RunOutcome("cancelled", self.step, last_checkpoint, history)
                     metrics = self.train_step()
                     history.append(metrics)
                     if log is not None:
                         log.write(json.dumps(metrics) + "\n")
                         log.flush()
+                    trackers.log(metrics)
                     if on_step is not None and main:
                         on_step(self.step, metrics)
                     every = self.config.checkpoint_every
                     if every and self.step % every == 0 and self.step < self.config.max_steps:
                         last_checkpoint = self.save_checkpoint()
-            last_checkpoint = self.save_checkpoint()
+            last_checkpoint = self.save_checkpoint(final=True)
             return RunOutcome("succeeded", self.step, last_checkpoint, history)
         finally:
+            trackers.close()
             self.rewards.close()

@@ -22,19 +22,25 @@ from trainer.distributed import Collective, reference_config
 
 
 def lr_lambda(config: RunConfig) -> Callable[[int], float]:
-    """Multiplier of the base learning rate after ``n`` optimizer steps: linear warm-up, then the schedule."""
-    total = config.max_steps * config.mini_batches
-    warmup = config.warmup_steps * config.mini_batches
+    """Multiplier of the base learning rate after ``n`` optimizer steps, as transformers' schedules.
+
+    With W = warmup optimizer steps and N = total optimizer steps (steps x num_iterations x mini_batches):
+    warm-up n / W for n < W (0 at the first step, as ``get_*_schedule_with_warmup``), then with
+    p = (n − W) / max(1, N − W): constant 1, linear max(0, 1 − p), cosine max(0, ½(1 + cos πp)).
+    """
+    per_step = config.optimizer_steps_per_rollout_batch
+    total = config.max_steps * per_step
+    warmup = config.warmup_steps * per_step
 
     def factor(n: int) -> float:
-        if warmup and n < warmup:
-            return (n + 1) / warmup
-        progress = min(1.0, (n - warmup) / max(1, total - warmup))
-        if config.lr_schedule == "linear":
-            return 1.0 - progress
-        if config.lr_schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
+        if n < warmup:
+            return n / warmup
+        if config.lr_schedule == "constant":
+            return 1.0
+        if config.lr_schedule == "linear":  # (N − n) / (N − W) = 1 − p, written as transformers does
+            return max(0.0, (total - n) / max(1, total - warmup))
+        progress = (n - warmup) / max(1, total - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
     return factor
 
@@ -73,7 +79,7 @@ class LocalPolicy:
 
     def save(self, directory: Path, state: checkpoint.TrainingState) -> Path:
         return checkpoint.save(directory, model=self.module, optimizer=self.optimizer, scheduler=self.scheduler,
-                               state=state)
+                               state=state, save_total_limit=self.config.save_total_limit)
 
     def load(self, path: Path) -> checkpoint.TrainingState:
         return checkpoint.load(path, model=self.module, optimizer=self.optimizer, scheduler=self.scheduler)
@@ -123,7 +129,8 @@ class DeepSpeedPolicy:
             yield
 
     def save(self, directory: Path, state: checkpoint.TrainingState) -> Path:
-        return checkpoint.save_sharded(directory, engine=self.engine, state=state, collective=self.collective)
+        return checkpoint.save_sharded(directory, engine=self.engine, state=state, collective=self.collective,
+                                       save_total_limit=self.config.save_total_limit)
 
     def load(self, path: Path) -> checkpoint.TrainingState:
         return checkpoint.load_sharded(path, engine=self.engine, collective=self.collective)

@@ -1,4 +1,4 @@
-"""DAPO's data-side tricks: dynamic sampling and the soft overlong penalty."""
+"""DAPO's data-side tricks: dynamic sampling, the soft overlong penalty and masking truncated completions."""
 
 from __future__ import annotations
 
@@ -37,3 +37,21 @@ def overlong_penalty(completion_lengths: torch.Tensor, *, max_length: int, cache
     lengths = completion_lengths.to(torch.float64)
     excess = (lengths - (max_length - cache_length)) / cache_length
     return (-factor * excess.clamp(min=0.0, max=1.0)).to(torch.float32)
+
+
+def truncated_completions(completion_ids: torch.Tensor, mask: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
+    """Which completions were cut at the length limit, shape ``(B,)`` bool: those whose last counted
+    token is not an end-of-sequence id (a finished completion keeps its EOS as its last token). An
+    empty completion is not truncated. TRL's ``mask_truncated_completions`` rule (its
+    ``_generate_and_score_completions``: ``ids[-1] not in eos_and_pad``)."""
+    lengths = mask.sum(-1).long()
+    last = completion_ids.gather(-1, (lengths - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    stops = torch.tensor(stop_ids, dtype=completion_ids.dtype, device=completion_ids.device)
+    return (lengths > 0) & ~torch.isin(last, stops)
+
+
+def mask_truncated(mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+    """DAPO's overlong filtering / TRL's ``mask_truncated_completions``: m'_it = m_it · [rollout i not
+    truncated], so a cut-off completion (no EOS, its reward judged on a fragment) takes no part in the
+    loss, its token count or its KL term."""
+    return mask * (~truncated).to(mask.dtype).unsqueeze(-1)

@@ -1,4 +1,5 @@
-"""Named registries for the variants that keep growing: advantage estimators and loss aggregations.
+"""Named registries for the variants that keep growing: advantage estimators (``ADVANTAGE_ESTIMATORS``),
+loss aggregations (``LOSS_AGGREGATIONS``) and KL estimators (``KL_ESTIMATORS``).
 
 A new algorithm is one decorated function::
 

@@ -31,8 +31,9 @@ def test_defaults_and_derived_sizes() -> None:
     ({"prompts_per_step": 3, "group_size": 3, "mini_batches": 2}, "mini_batches", "divide evenly"),
     ({"gradient_accumulation": 5}, "mini_batches", "divide evenly"),
     ({"learning_rate": 0}, "learning_rate", "greater than 0"),
-    ({"loss_type": "ppo"}, "loss_type", "'grpo', 'dr_grpo', 'dapo' or 'bnpo'"),
-    ({"scale_rewards": "rank"}, "scale_rewards", "'group', 'batch' or 'none'"),
+    ({"loss_type": "ppo"}, "loss_type", "'grpo', 'dr_grpo', 'dapo', 'bnpo', 'seq_mean_token_sum' or 'cispo'"),
+    ({"scale_rewards": "rank"}, "scale_rewards", "'group', 'batch', 'none', 'rloo', 'reinforce_pp' or "
+                                                 "'reinforce_pp_baseline'"),
     ({"lr_schedule": "step"}, "lr_schedule", "'constant', 'linear' or 'cosine'"),
     ({"top_p": 1.5}, "top_p", "less than or equal to 1"),
     ({"warmup_steps": 10, "max_steps": 10}, "warmup_steps", "smaller than max_steps"),
@@ -109,3 +110,57 @@ def test_yaml_file_errors(tmp_path: Path) -> None:
     unknown.write_text("model: {tiny: {}}\ndataset: d.jsonl\ngroup_sise: 4\n")
     with pytest.raises(ConfigError, match="group_sise: Extra inputs are not permitted"):
         load_config(unknown)
+
+
+# ---------------------------------------------------------------- loss and advantage options (issue 13)
+
+
+def test_loss_option_defaults_follow_trl_and_verl() -> None:
+    config = parse_config(base())
+    assert (config.num_iterations, config.mask_truncated_completions, config.importance_sampling_level) == (
+        1, False, "token")
+    assert (config.advantage_epsilon, config.kl_estimator, config.kl_in_reward) == (1e-4, "k3", False)
+    assert (config.log_ratio_clamp, config.kl_clamp) == (20.0, 10.0)  # veRL's clamps
+    assert (config.entropy_coef, config.cispo_epsilon_low, config.cispo_epsilon_high) == (0.0, None, 4.0)
+    assert config.rollout_is_cap is None
+
+
+def test_gspo_and_advantage_epsilon_are_accepted() -> None:
+    # Both used to fail as unknown keys ("Extra inputs are not permitted"): the fields did not exist.
+    config = parse_config(base(importance_sampling_level="sequence", advantage_epsilon=0.5, num_iterations=3,
+                               mini_batches=2, prompts_per_step=2, group_size=4))
+    assert config.importance_sampling_level == "sequence" and config.advantage_epsilon == 0.5
+    assert config.optimizer_steps_per_rollout_batch == 6  # 3 passes x 2 mini-batches
+
+
+def test_loss_options_accept_their_choices() -> None:
+    config = parse_config(base(loss_type="cispo", cispo_epsilon_low=0.5, cispo_epsilon_high=1.0, kl_estimator="k1",
+                               beta=0.1, kl_in_reward=True, scale_rewards="reinforce_pp_baseline",
+                               entropy_coef=0.01, mask_truncated_completions=True, log_ratio_clamp=None,
+                               kl_clamp=None))
+    assert config.loss_type == "cispo" and config.kl_in_reward and config.log_ratio_clamp is None
+    vllm = parse_config(base(engine="vllm", device="cuda", rollout_is_cap=3.0))
+    assert vllm.rollout_is_cap == 3.0
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"importance_sampling_level": "word"}, "importance_sampling_level: Input should be 'token' or 'sequence'"),
+    ({"kl_estimator": "k4"}, "kl_estimator: must be one of 'k1', 'k2' or 'k3', got 'k4'"),
+    ({"kl_in_reward": True}, "kl_in_reward: needs beta > 0"),
+    ({"rollout_is_cap": 2.0}, "rollout_is_cap: corrects for vLLM's sampling, so it needs engine: vllm"),
+    ({"rollout_is_cap": 0.0, "engine": "vllm", "device": "cuda"}, "rollout_is_cap: Input should be greater than 0"),
+    ({"loss_type": "cispo", "dual_clip_c": 3.0}, "dual_clip_c: applies to the clipped surrogate"),
+    ({"num_iterations": 0}, "num_iterations: Input should be greater than or equal to 1"),
+    ({"advantage_epsilon": -1e-4}, "advantage_epsilon: Input should be greater than or equal to 0"),
+    ({"log_ratio_clamp": 0}, "log_ratio_clamp: Input should be greater than 0"),
+    ({"kl_clamp": -1}, "kl_clamp: Input should be greater than 0"),
+    ({"entropy_coef": -0.1}, "entropy_coef: Input should be greater than or equal to 0"),
+    ({"cispo_epsilon_low": 1.5}, "cispo_epsilon_low: Input should be less than or equal to 1"),
+    ({"cispo_epsilon_high": 0}, "cispo_epsilon_high: Input should be greater than 0"),
+    ({"scale_rewards": "ppo"}, "scale_rewards: must be one of"),
+])
+def test_bad_loss_options_name_the_field(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(base(**overrides))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)

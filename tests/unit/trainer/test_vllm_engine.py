@@ -92,7 +92,11 @@ def test_options_grouping_and_truncation(scripted_vllm: type[ScriptedLLM]) -> No
                                                                   temperature=0.7, top_p=0.9), seed=42)
     (prompts, params), = llm.requests
     assert prompts == [{"prompt_token_ids": [10, 11]}, {"prompt_token_ids": [20]}]
-    assert params.kwargs == {"n": 3, "temperature": 0.7, "top_p": 0.9, "max_tokens": 5, "seed": 42}
+    # Every sampling field explicit (vLLM's top_k -1 is off), whatever the model folder's generation config says.
+    assert params.kwargs == {"n": 3, "temperature": 0.7, "top_p": 0.9, "top_k": -1, "min_p": 0.0,
+                             "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                             "max_tokens": 5, "seed": 42, "stop_token_ids": []}
+    assert llm.kwargs["generation_config"] == "vllm"  # not the model folder's sampling defaults
     assert [(r.prompt_index, r.prompt_ids, r.completion_ids, r.truncated) for r in rollouts] == [
         (0, [10, 11], [10], False), (0, [10, 11], [11, 11], True), (0, [10, 11], [12, 12, 12], False),
         (1, [20], [20], False), (1, [20], [21, 21], True), (1, [20], [22, 22, 22], False)]
@@ -118,3 +122,16 @@ def test_trainer_pushes_its_weights_after_every_step(scripted_vllm: type[Scripte
         assert loaded.keys() == weights.keys()
         assert all(torch.equal(loaded[name], weights[name]) for name in weights)
     assert any(not torch.equal(llm.model.loads[0][k], llm.model.loads[1][k]) for k in snapshots[0])
+
+
+def test_every_eos_id_stops_a_vllm_completion(scripted_vllm: type[ScriptedLLM], tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 4], "top_k": 20,
+                                                                 "repetition_penalty": 1.05}))
+    engine = VLLMEngine(str(tmp_path), tokenizer=types.SimpleNamespace(eos_token_id=4))
+    assert engine.eos_ids == [4, 7]  # the tokenizer's first, then the generation config's
+    engine.generate([[1]], SamplingSettings(group_size=2, max_new_tokens=3), seed=0)
+    (_, params), = scripted_vllm.instances[0].requests
+    assert params.kwargs["stop_token_ids"] == [4, 7]
+    assert (params.kwargs["top_k"], params.kwargs["repetition_penalty"], params.kwargs["min_p"]) == (-1, 1.0, 0.0)
