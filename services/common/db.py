@@ -17,12 +17,12 @@ from fastapi import Depends
 from sqlalchemy import DateTime, Dialect, Engine, MetaData, create_engine, event, make_url
 from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.types import TypeDecorator
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.settings import get_settings
+from services.common.settings import Settings, get_settings
 
 # Stable constraint names keep Alembic migrations identical on SQLite and Postgres.
 NAMING_CONVENTION = {
@@ -79,7 +79,21 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, **postgres_pool_args(get_settings()))
+
+
+def postgres_pool_args(settings: Settings) -> dict[str, Any]:
+    """The PostgreSQL engine's pool: ``db_pool_size + db_max_overflow`` connections at most per process.
+
+    Behind PgBouncer in transaction mode (``db_pgbouncer``) the bouncer pools: no client pool, and no
+    server-side prepared statements, which live on a server connection the next transaction may not
+    get. rewardhub takes row locks (``FOR UPDATE``) inside transactions and no advisory or session
+    locks, so transaction pooling keeps its locking intact.
+    """
+    if settings.db_pgbouncer:
+        return {"poolclass": NullPool, "connect_args": {"prepare_threshold": None}}
+    return {"pool_size": settings.db_pool_size, "max_overflow": settings.db_max_overflow,
+            "pool_timeout": settings.db_pool_timeout_s}
 
 
 _ENGINES: dict[str, Engine] = {}

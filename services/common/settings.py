@@ -56,7 +56,8 @@ class Settings(BaseSettings):
                                 "ground truth, metadata or chat messages (and in a spec).")
 
     # Verifier execution
-    verifier_workers: int = Field(default=0, description="Grader process-pool size; 0 = number of CPUs.")
+    verifier_workers: int = Field(default=0, description="Grader process-pool size; 0 = the CPUs of the "
+                                  "container's limit (cgroup quota, bounded by CPU affinity).")
     verifier_item_timeout_s: float = 5.0
     sandbox_timeout_s: float = 10.0
     sandbox_memory_mb: int = 512
@@ -161,6 +162,21 @@ class Settings(BaseSettings):
         "Resume a run whose worker died from its last checkpoint instead of failing it."))
     trainer_max_auto_resumes: int = Field(default=3, ge=0, description=(
         "Automatic resumes of one run before a dead worker fails it for good."))
+
+    # deployment sizing: pools sized to the pod, not the node (services/common/cpu.py), and database
+    # connections per process (see the README's Kubernetes section for the totals per replica count)
+    sandbox_runs_per_cpu: int = Field(default=0, ge=0, le=256, description=(
+        "Runs executing at once per CPU of the container's limit (cgroup quota, affinity), capped by "
+        "sandbox_max_concurrent_runs; 0: sandbox_max_concurrent_runs alone."))
+    db_pool_size: int = Field(default=5, ge=1, le=1000, description=(
+        "Connections each process keeps open to PostgreSQL (SQLAlchemy pool_size)."))
+    db_max_overflow: int = Field(default=5, ge=0, le=1000, description=(
+        "Connections a process may open beyond db_pool_size under load, closed when returned."))
+    db_pool_timeout_s: float = Field(default=30.0, gt=0, description=(
+        "How long a request waits for a free pooled connection before failing."))
+    db_pgbouncer: bool = Field(default=False, description=(
+        "DATABASE_URL is a PgBouncer in transaction mode: no client-side pool (NullPool) and no "
+        "server-side prepared statements (psycopg prepare_threshold=None)."))
 
     @field_validator("log_level")
     @classmethod

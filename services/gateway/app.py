@@ -7,7 +7,6 @@ from fastapi import FastAPI
 from services.common.app_factory import create_service_app
 from services.gateway import routes_docs, routes_reward_specs, routes_rewards, routes_tenancy
 
-
 DESCRIPTION = ("Projects, API keys and the public reward API (`/v1/rewards`). "
                "Every endpoint except health and metrics needs `Authorization: Bearer <key>`.")
 

@@ -43,7 +43,7 @@ async def info(_caller: Caller, settings: SandboxSettings) -> dict[str, object]:
     cap = runner.capability(settings)
     return {"isolation": settings.sandbox_isolation, "namespaces_available": cap.namespaces, "detail": cap.detail,
             "seccomp": cap.seccomp, "languages": languages.available(settings.sandbox_python),
-            "max_concurrent_runs": settings.sandbox_max_concurrent_runs,
+            "max_concurrent_runs": runner.max_concurrent_runs(settings),
             "max_runs_per_project": runner.runs_per_project(settings)}
 
 

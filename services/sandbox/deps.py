@@ -1,7 +1,7 @@
 """The sandbox service's dependencies: its callers prove themselves with a shared token, not an API key.
 
 The sandbox holds no credentials (no database URL, so it cannot look API keys up): the
-verifier and the trainer call it on the platform's behalf. When ``REWARDHUB_SANDBOX_TOKEN`` is
+verifier calls it on the platform's behalf. When ``REWARDHUB_SANDBOX_TOKEN`` is
 set, every run needs ``Authorization: Bearer <token>``; the token grants nothing but sandbox
 runs. When it is empty (the embedded default, or a cluster whose NetworkPolicy admits only the
 platform's pods) runs need no token.

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from services.common.cpu import available_cpus, sized_pool
 from services.common.metrics import SANDBOX_RUNS
 from services.common.settings import Settings, get_settings
 from services.sandbox import isolation, seccomp
@@ -112,11 +113,16 @@ def runs_per_project(settings: Settings) -> int:
     return settings.sandbox_max_runs_per_project
 
 
+def max_concurrent_runs(settings: Settings) -> int:
+    """Run slots on this host: the setting, or (with ``sandbox_runs_per_cpu``) sized from the CPU limit."""
+    return sized_pool(settings.sandbox_max_concurrent_runs, settings.sandbox_runs_per_cpu, available_cpus())
+
+
 def slots(settings: Settings) -> RunSlots:
     """This event loop's slots (asyncio primitives belong to one loop)."""
     loop = asyncio.get_running_loop()
     if loop not in _SLOTS:  # keyed by the loop itself: a closed loop's id may be reused
-        _SLOTS[loop] = RunSlots(settings.sandbox_max_concurrent_runs, runs_per_project(settings))
+        _SLOTS[loop] = RunSlots(max_concurrent_runs(settings), runs_per_project(settings))
     return _SLOTS[loop]
 
 

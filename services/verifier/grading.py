@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Coroutine
 from functools import lru_cache
@@ -20,6 +19,7 @@ from pydantic import TypeAdapter
 
 from rewardhub.reward_specs import CodeSpec, MathSpec, MultiSpec, RewardSpec, RubricSpec, is_remote
 from services.common import metrics
+from services.common.cpu import available_cpus
 from services.common.reward_api import ItemResult, RewardItem
 from services.common.settings import get_settings
 from services.verifier.completion_order import as_finished
@@ -75,7 +75,7 @@ def get_pool() -> GraderPool:
     global _POOL
     if _POOL is None:
         settings = get_settings()
-        _POOL = GraderPool(workers=settings.verifier_workers or os.cpu_count() or 1, preload=WORKER_IMPORTS)
+        _POOL = GraderPool(workers=settings.verifier_workers or available_cpus(), preload=WORKER_IMPORTS)
         atexit.register(shutdown_pool)
     return _POOL
 
