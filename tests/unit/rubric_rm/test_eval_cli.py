@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ cli = typer.Typer()
 cli.add_typer(eval_app, name="eval")
 
 
-def _write(path: Path, lines: list[object]) -> Path:
+def _write(path: Path, lines: Sequence[object]) -> Path:
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
 
@@ -146,3 +147,55 @@ def test_rmb_fixture_with_seeded_swap(tmp_path: Path) -> None:
     assert "A" in positions and "B" in positions  # the coin did move some chosen answers to B
     assert swapped["swap"] is True and swapped["seed"] == 7
     assert swapped["overall"] == plain["overall"] and swapped["rmb"] == plain["rmb"]
+
+
+def test_native_rmb_directory_with_best_of_n_and_both_protocols(tmp_path: Path) -> None:
+    from tests.unit.rubric_rm.test_evaluation_protocols import BON, PAIRWISE, _rmb_tree
+
+    root = _rmb_tree(tmp_path / "rmb")
+    # The harness judges the pairs first (file order), then each best-of-N item against its losers in order.
+    comps = [(p["conversation_input"][-1]["content"], p["chosen"]["answer"], p["reject"]["answer"]) for p in PAIRWISE]
+    comps += [(b["conversation_input"][-1]["content"], b["bon_best"]["answer"], loser["answer"])
+              for b in BON for loser in b["loser_list"]]
+    replies: list[str] = []
+    for prompt, chosen, rejected in comps:
+        replies += (["I would rather not write a rubric."] if "UNPARSEABLE" in prompt
+                    else [RUBRIC, _winner(chosen, rejected), _winner(rejected, chosen)])
+    script = _write(tmp_path / "script.jsonl", replies)
+    report_path = tmp_path / "report.json"
+    result = CliRunner().invoke(cli, ["eval", "rm", "--format", "rmb", str(root), "--backend", "scripted",
+                                      "--script", str(script), "--method", "generator", "--output", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    # As in test_evaluation_protocols: pairs 2/3 (size-weighted); best-of-N b1 and b4 of 5 → 2/5.
+    assert report["rmb"]["weighted"] == pytest.approx(2 / 3)
+    assert report["rmb"]["bon"]["weighted"] == pytest.approx(2 / 5)
+    assert report["rmb"]["bon"]["overall"]["parse_rate"] == pytest.approx(4 / 5)
+    # Single order counts only the first call, and this judge names the first position when it cannot
+    # separate the answers: the ties of b2 (vs "Blue [ok]") and b3 (both losers) become wins there, so
+    # best-of-N Helpfulness/Chat/Discussion is 3/3 and the size-weighted best-of-N 4/5; pairs are unchanged.
+    single = report["single_order"]["rmb"]
+    assert single["weighted"] == pytest.approx(2 / 3)
+    assert single["bon"]["categories"] == pytest.approx({"Harmlessness/S1": 0.5, "Helpfulness/Chat/Discussion": 1.0})
+    assert single["bon"]["weighted"] == pytest.approx(4 / 5)
+    assert "single-order" in result.output and "BoN weighted" in result.output
+    assert comparisons("rmb", [*BON, *PAIRWISE]) == 2 + 2 + 2 + 1 + 1 + 3
+
+
+def test_always_first_judge_through_the_cli_both_protocols(tmp_path: Path) -> None:
+    file = FIXTURES / "rmb_small.jsonl"
+    rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    replies: list[str] = []
+    for row in rows:  # a judge that always names the first position
+        replies += (["I would rather not write a rubric."] if "UNPARSEABLE" in row["prompt"]
+                    else [RUBRIC, "Winner: Response A", "Winner: Response A"])
+    script = _write(tmp_path / "script.jsonl", replies)
+    report_path = tmp_path / "report.json"
+    result = CliRunner().invoke(cli, ["eval", "rm", "--format", "rmb", str(file), "--backend", "scripted",
+                                      "--script", str(script), "--method", "generator", "--output", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    # 6 pairs, m6 unparseable (no rubric): both orders 0/6 (5 ties); single order 5/6 (chosen shown first).
+    assert report["overall"]["n_correct"] == 0 and report["overall"]["n_parseable"] == 5
+    assert report["single_order"]["overall"]["n_correct"] == 5
+    assert report["single_order"]["overall"]["acc_all"] == pytest.approx(5 / 6)

@@ -16,6 +16,7 @@ from services.rubric_rm.evaluation import (
     accuracy_metrics,
     evaluate,
     load_jsonl,
+    protocol_view,
     rewardbench_scores,
     rmbench_summary,
     run_pairwise_eval,
@@ -132,11 +133,15 @@ def test_rmbench_fixture_numbers() -> None:
 def test_swap_exposes_position_bias_and_is_seeded() -> None:
     items = [PairItem.from_row(r, i) for i, r in enumerate(load_jsonl(FIXTURES / "rewardbench_small.jsonl"))]
     unswapped = asyncio.run(run_pairwise_eval(items, first_position_judge))
-    assert accuracy_metrics(unswapped).acc_all == 1.0  # chosen always first: a position-biased judge looks perfect
+    # Chosen always first: single-order, a position-biased judge looks perfect; both orders disagree → ties.
+    assert accuracy_metrics(protocol_view(unswapped, "single_order")).acc_all == 1.0
+    assert accuracy_metrics(unswapped).acc_all == 0.0
     swapped = asyncio.run(run_pairwise_eval(items, first_position_judge, swap=True, seed=0))
     positions = [o.chosen_position for o in swapped]
     assert set(positions) == {"A", "B"}
-    assert accuracy_metrics(swapped).acc_all == pytest.approx(positions.count("A") / len(positions))
+    assert accuracy_metrics(protocol_view(swapped, "single_order")).acc_all == pytest.approx(
+        positions.count("A") / len(positions))
+    assert accuracy_metrics(swapped).acc_all == 0.0
     again = asyncio.run(run_pairwise_eval(items, first_position_judge, swap=True, seed=0))
     assert [o.chosen_position for o in again] == positions
     other_seeds = {tuple(o.chosen_position for o in asyncio.run(
@@ -183,7 +188,7 @@ def test_cdrrm_judge_through_the_harness() -> None:
     assert report["overall"]["parse_rate"] == 1.0 and report["overall"]["acc_all"] == 0.0
 
     def content_judge(request: dict[str, object]) -> str:
-        first, _second = judge_prompt_responses(request)  # type: ignore[arg-type]
+        first, _second = judge_prompt_responses(request)
         return "Winner: Response A" if "[ok]" in first else "Winner: Response B"
 
     fair, _ = scripted_client(content_judge)
