@@ -1,7 +1,7 @@
 """`rewardhub eval rm`: evaluate the CDRRM rubric reward model on RewardBench, RM-Bench or RMB rows.
 
-The judge runs the whole CDRRM path per comparison (a rubric for the pair, then both-order
-judgment) on the chosen backend: an OpenAI-compatible server (vLLM), a local transformers model
+The judge runs the whole CDRRM path per comparison (a rubric for the pair, then the judge in both
+orders; the report gives both-orders and single-order figures) on the chosen backend: an OpenAI-compatible server (vLLM), a local transformers model
 directory, or ``scripted`` — ScriptedLLMServer, a TEST DOUBLE that replays canned replies from a
 file (for demos and tests; it is not a model). Metrics come from services.rubric_rm.evaluation.
 """
@@ -72,24 +72,33 @@ def make_backend(kind: str, *, script: Path | None, model_path: Path | None, bas
 
 
 def comparisons(fmt: str, rows: list[dict[str, Any]]) -> int:
-    """How many judge calls a run makes: one per pair, nine per RM-Bench item (3 × 3 styles)."""
-    return len(rows) * 9 if fmt == "rmbench" else len(rows)
+    """How many comparisons a run judges (each in both orders, so twice as many judge calls): one per
+    pair, nine per RM-Bench item (3 × 3 styles), one per loser of an RMB best-of-N item."""
+    from services.rubric_rm.evaluation import is_bon_row
+
+    if fmt == "rmbench":
+        return len(rows) * 9
+    return sum(len(row.get("loser_list") or []) if fmt == "rmb" and is_bon_row(row) else 1 for row in rows)
 
 
 def check_rows(fmt: str, rows: list[dict[str, Any]]) -> None:
     """Fail fast (before any LLM call) on a row the harness cannot read."""
-    from services.rubric_rm.evaluation import PairItem, RMBenchItem
+    from services.rubric_rm.evaluation import BoNItem, PairItem, RMBenchItem, is_bon_row
 
-    reader = RMBenchItem.from_row if fmt == "rmbench" else PairItem.from_row
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
             raise ValueError(f"item {index}: expected a JSON object")
-        reader(row, index)
+        if fmt == "rmbench":
+            RMBenchItem.from_row(row, index)
+        elif fmt == "rmb" and is_bon_row(row):
+            BoNItem.from_row(row, index)
+        else:
+            PairItem.from_row(row, index)
 
 
 async def run_eval(fmt: str, rows: list[dict[str, Any]], backend: ChatBackend, *, swap: bool, seed: int,
                    method: str, concurrency: int, on_done: Any = None) -> dict[str, Any]:
-    """The harness report for ``rows``; ``on_done()`` is called after every comparison."""
+    """The harness report for ``rows``; ``on_done()`` is called after every judge call (two per comparison)."""
     from services.rubric_rm.evaluation import JudgeDecision, evaluate, make_cdrrm_judge
 
     inner = make_cdrrm_judge(backend, generator=backend if method == "generator" else None, seed=seed)
@@ -108,51 +117,198 @@ async def run_eval(fmt: str, rows: list[dict[str, Any]], backend: ChatBackend, *
             await backend.aclose()
 
 
+# ---------------------------------------------------------------- `rewardhub eval model`
+
+
+def _reward_spec(text: str) -> Any:
+    """``--spec``: inline JSON, a JSON or YAML file, or a stored spec's ``name@version`` (kept as text)."""
+    import yaml
+
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--spec: not valid JSON: {exc.msg}") from None
+    path = Path(text)
+    if path.suffix in (".json", ".yaml", ".yml"):
+        if not path.is_file():
+            raise ValueError(f"--spec: file {path} does not exist")
+        try:
+            return yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--spec: {path} is not valid JSON or YAML: {exc}") from None
+    return text
+
+
+def _reward_config(spec: str, url: str | None, project_id: str | None) -> Any:
+    """The ``reward`` section ``rewardhub train`` would read from these options (key: $REWARDHUB_API_KEY)."""
+    from pydantic import ValidationError
+
+    from trainer.config import LocalRewardConfig
+
+    try:
+        return LocalRewardConfig(spec=_reward_spec(spec), url=url, project_id=project_id)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc'][:1]).replace('_', '-')}: "
+                             f"{str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors())
+        raise ValueError(problems) from None
+
+
+def _pass_ks(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--ks: {text!r} is not a comma-separated list of integers") from None
+
+
+def print_model_report(report: dict[str, Any]) -> None:
+    """One row per data source (then ``all``): avg@k, pass@k', token length, truncation, non-ok count."""
+    k, ks = report["k"], report["ks"]
+    table = Table(title=f"k={k}  temperature={report['temperature']}  seed={report['seed']}")
+    columns = ["source", "prompts", f"avg@{k}", *(f"pass@{kk}" for kk in ks), "mean tokens", "truncated", "non-ok"]
+    for column in columns:
+        table.add_column(column)
+    for source, stats in report["sources"].items():
+        table.add_row(source, str(stats["prompts"]), _fmt(stats[f"avg@{k}"]),
+                      *(f"{_fmt(stats[f'pass@{kk}'])} ({stats[f'pass@{kk}_prompts']})" for kk in ks),
+                      _fmt(stats["mean_tokens"]), _fmt(stats["truncation_rate"]), str(stats["non_ok_count"]))
+    out.print(table)
+
+
+@eval_app.command("model")
+def eval_model(
+    checkpoint: Annotated[Path, typer.Argument(help="A model folder, a training checkpoint (…/checkpoints/step-N) "
+                                                    "or a run's output folder (its latest checkpoint).")],
+    data: Annotated[Path | None, typer.Option("--data", help="Prompts: JSONL or Parquet in the veRL schema.")] = None,
+    spec: Annotated[str | None, typer.Option("--spec", help="Reward spec: inline JSON, a .json/.yaml file, or a "
+                                                          "stored spec's name@version.")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Samples per prompt.")] = 16,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for report.json and samples.jsonl "
+                                                              "(default: <checkpoint>/eval).")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (> 0).")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Completion length limit.")] = 256,
+    max_prompts: Annotated[int | None, typer.Option("--max-prompts", help="Only the first N rows.")] = None,
+    ks: Annotated[str | None, typer.Option("--ks", help="pass@k' at these k', e.g. 1,4,16 (default: the powers "
+                                                        "of two up to k, and k).")] = None,
+    pass_threshold: Annotated[float, typer.Option("--pass-threshold", help="A sample passes when its score is "
+                                                                            "at least this.")] = 1.0,
+    url: Annotated[str | None, typer.Option("--url", help="rewardhub URL (default: $REWARDHUB_URL or "
+                                                          "http://127.0.0.1:8000); key: $REWARDHUB_API_KEY.")] = None,
+    project_id: Annotated[str | None, typer.Option("--project-id", help="Project the rewards are scored in.")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON instead of a table.")] = False,
+) -> None:
+    """Evaluate a checkpoint: k samples per prompt graded through /v1/rewards; avg@k and pass@k per data source."""
+    from rewardhub.train_cli import config_error
+    from trainer.data import DatasetError, load_rows
+    from trainer.evaluate import (
+        EvalSettings,
+        evaluate,
+        load_for_eval,
+        model_folder,
+        resolve_model,
+        write_outputs,
+    )
+    from trainer.rewards import HttpRewards, RewardServiceError
+    from trainer.rollout import TransformersEngine
+
+    # Every input checked before anything is created or loaded.
+    try:
+        if data is None:
+            raise ValueError("--data: give the prompts file (JSONL or Parquet in the veRL schema)")
+        if spec is None:
+            raise ValueError("--spec: give the reward spec (inline JSON, a .json/.yaml file, or name@version)")
+        settings = EvalSettings(k=k, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                ks=_pass_ks(ks), pass_threshold=pass_threshold, max_prompts=max_prompts)
+        reward = _reward_config(spec, url, project_id)
+        rows = load_rows(data)
+        found = resolve_model(checkpoint)
+    except DatasetError as exc:
+        raise config_error("eval model", f"--data: {exc}") from None
+    except (ValueError, FileNotFoundError) as exc:
+        raise config_error("eval model", str(exc)) from None
+    rewards = HttpRewards(reward)
+    try:
+        with model_folder(found) as folder:
+            model, tokenizer = load_for_eval(folder, device=device)
+            engine = TransformersEngine(model, tokenizer, device=device)
+            with console.status(f"sampling {k} completions for each of "
+                                f"{min(len(rows), max_prompts or len(rows))} prompts"):
+                result = evaluate(engine, tokenizer, rows, rewards, settings,
+                                  describe={"model": str(found), "data": str(data), "spec": reward.spec})
+    except RewardServiceError as exc:
+        console.print(f"[red]evaluation stopped:[/] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        rewards.close()
+    report_path, samples_path = write_outputs(out_dir or found / "eval", result)
+    if as_json:
+        out.print_json(json.dumps(result.report))
+    else:
+        print_model_report(result.report)
+    console.print(f"report: {report_path}\nsamples: {samples_path}")
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "—" if value is None else str(value)
 
 
+def _score_rows(fmt: str, part: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(metric, value) rows of one protocol's part of the report: the benchmark's scores, then length."""
+    bench = part[fmt]
+    rows: list[tuple[str, Any]] = []
+    if fmt == "rmbench":
+        rows += [(name, bench[name]) for name in ("hard", "normal", "easy", "avg")]
+        rows += [(f"{domain} avg", values["avg"]) for domain, values in bench["domains"].items()]
+    elif fmt == "rewardbench":
+        rows += [*bench["sections"].items(), ("score", bench["score"])]
+        rows += [*((f"{s} (plain)", v) for s, v in bench["sections_plain"].items()), ("score (plain)",
+                                                                                      bench["score_plain"])]
+        rows += [(f"unmapped: {name}", value) for name, value in bench["unmapped"].items()]
+    else:
+        rows += [*bench["categories"].items(), ("weighted", bench["weighted"]), ("macro", bench["macro"])]
+        rows += [(f"goal {goal}", value) for goal, value in bench["goals"].items()]
+        if bench["bon"] is not None:
+            rows += [(f"BoN {c}", v) for c, v in bench["bon"]["categories"].items()]
+            rows += [("BoN weighted", bench["bon"]["weighted"]), ("BoN macro", bench["bon"]["macro"])]
+    length = part["length"]
+    rows += [("acc (chosen longer)", length["chosen_longer"]["acc_all"]),
+             ("acc (chosen shorter)", length["chosen_shorter"]["acc_all"]),
+             ("length-balanced acc", length["length_balanced_acc"]), ("verbosity gap", length["verbosity_gap"])]
+    return rows
+
+
 def print_report(report: dict[str, Any]) -> None:
-    """Overall metrics, the benchmark's own scores, and the length (verbosity) split, as tables."""
+    """Overall metrics, the benchmark's own scores and the length (verbosity) split, as tables, each
+    both-orders (ours: a disagreement is a tie) beside single-order (the CDRRM authors' protocol)."""
+    names = ("n", "n_parseable", "n_correct", "acc_all", "acc_parseable", "parse_rate")
     overall = Table(title=f"{report['format']}  (swap={report['swap']}, seed={report['seed']})")
-    for name in ("n", "n_parseable", "n_correct", "acc_all", "acc_parseable", "parse_rate"):
-        overall.add_column(name)
-    overall.add_row(*(_fmt(report["overall"][name]) for name in
-                      ("n", "n_parseable", "n_correct", "acc_all", "acc_parseable", "parse_rate")))
+    for column in ("metric", "both-orders", "single-order"):
+        overall.add_column(column)
+    for name in names:
+        overall.add_row(name, _fmt(report["overall"][name]), _fmt(report["single_order"]["overall"][name]))
     out.print(overall)
     fmt = report["format"]
     scores = Table(title=f"{fmt} scores")
-    scores.add_column("metric")
-    scores.add_column("value")
-    bench = report[fmt]
-    if fmt == "rmbench":
-        for name in ("hard", "normal", "easy", "avg"):
-            scores.add_row(name, _fmt(bench[name]))
-        for domain, values in bench["domains"].items():
-            scores.add_row(f"{domain} avg", _fmt(values["avg"]))
-    elif fmt == "rewardbench":
-        for section, value in bench["sections"].items():
-            scores.add_row(section, _fmt(value))
-        scores.add_row("score", _fmt(bench["score"]))
-    else:
-        for category, value in bench["categories"].items():
-            scores.add_row(category, _fmt(value))
-        scores.add_row("weighted", _fmt(bench["weighted"]))
-        scores.add_row("macro", _fmt(bench["macro"]))
-    length = report["length"]
-    scores.add_row("acc (chosen longer)", _fmt(length["chosen_longer"]["acc_all"]))
-    scores.add_row("acc (chosen shorter)", _fmt(length["chosen_shorter"]["acc_all"]))
-    scores.add_row("length-balanced acc", _fmt(length["length_balanced_acc"]))
-    scores.add_row("verbosity gap", _fmt(length["verbosity_gap"]))
+    for column in ("metric", "both-orders", "single-order"):
+        scores.add_column(column)
+    single = dict(_score_rows(fmt, report["single_order"]))
+    for metric, value in _score_rows(fmt, report):
+        scores.add_row(metric, _fmt(value), _fmt(single.get(metric)))
     out.print(scores)
 
 
 @eval_app.command("rm")
 def eval_rm(
-    file: Annotated[Path, typer.Argument(help="Benchmark rows, one JSON object per line.", exists=True,
-                                         dir_okay=False, readable=True)],
+    file: Annotated[Path, typer.Argument(help="Benchmark rows: JSONL, a JSON array, or a directory of them "
+                                              "(e.g. RMB's RMB_dataset/Pairwise_set).", exists=True,
+                                         readable=True)],
     fmt: Annotated[str, typer.Option("--format", help="rewardbench | rmbench | rmb")] = "rewardbench",
-    swap: Annotated[bool, typer.Option("--swap", help="Show the chosen answer as A or B by a seeded coin.")] = False,
+    swap: Annotated[bool, typer.Option("--swap", help="Show the chosen answer first as A or B by a seeded coin "
+                                                      "(single-order accuracy counts that first order).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the swap and of rubric synthesis.")] = 0,
     backend: Annotated[str, typer.Option("--backend", help="openai | local | scripted (a test double)")] = "openai",
     method: Annotated[str, typer.Option("--method", help="diagnose_synthesise | generator")] = "diagnose_synthesise",
@@ -167,8 +323,9 @@ def eval_rm(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON instead of tables.")] = False,
     output: Annotated[Path | None, typer.Option("--output", help="Also write the full report (JSON) here.")] = None,
 ) -> None:
-    """Evaluate the CDRRM rubric reward model: acc_all, acc_parseable, parse_rate and the benchmark's scores."""
-    from services.rubric_rm.evaluation import load_jsonl
+    """Evaluate the CDRRM rubric reward model: acc_all, acc_parseable, parse_rate and the benchmark's scores,
+    both-orders (a disagreement is a tie) beside single-order (the CDRRM authors' protocol)."""
+    from services.rubric_rm.evaluation import load_rows
 
     if fmt not in ("rewardbench", "rmbench", "rmb"):
         raise typer.BadParameter(f"{fmt!r}: expected rewardbench, rmbench or rmb", param_hint="--format")
@@ -177,7 +334,7 @@ def eval_rm(
     if method not in ("diagnose_synthesise", "generator"):
         raise typer.BadParameter(f"{method!r}: expected diagnose_synthesise or generator", param_hint="--method")
     try:
-        rows = load_jsonl(file)
+        rows = load_rows(file)
         check_rows(fmt, rows)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="FILE") from None
@@ -189,7 +346,7 @@ def eval_rm(
         concurrency = 1  # canned replies are consumed in order; one call at a time keeps them aligned
     with Progress(TextColumn("[bold]judging"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                   console=console) as progress:
-        task = progress.add_task("judge", total=comparisons(fmt, rows))
+        task = progress.add_task("judge", total=2 * comparisons(fmt, rows))  # each comparison in both orders
         report = asyncio.run(run_eval(fmt, rows, llm, swap=swap, seed=seed, method=method, concurrency=concurrency,
                                       on_done=lambda: progress.advance(task)))
     if output is not None:

@@ -115,12 +115,18 @@ def check_run_inputs(config: Any) -> None:
     """What a run reads, checked before it creates its ``output_dir``: the dataset (every row) and the
     model directory. Raises :class:`trainer.config.ConfigError` naming the field."""
     from trainer.config import ConfigError
-    from trainer.data import DatasetError, load_config_rows
+    from trainer.data import DatasetError, load_config_rows, load_rows
 
     try:
         load_config_rows(config)
     except DatasetError as exc:
         raise ConfigError(f"dataset: {exc}") from None
+    evaluation = getattr(config, "eval", None)  # local configs only (trainer.config.LocalRunConfig)
+    if evaluation is not None:
+        try:
+            load_rows(evaluation.data)
+        except DatasetError as exc:
+            raise ConfigError(f"eval.data: {exc}") from None
     if config.model.path is not None and not Path(config.model.path).is_dir():
         raise ConfigError(f"model.path: {config.model.path} is not a local model directory")
 

@@ -375,12 +375,69 @@ class RunConfig(_Strict):
         return self.rollouts_per_step // (self.mini_batches * self.gradient_accumulation)
 
 
+# periodic evaluation
+class EvalConfig(_Strict):
+    """Evaluation every ``every_n_steps`` steps during training (``trainer.evaluate``): ``k`` samples per
+    prompt of ``data`` graded with the run's reward source; avg@k and pass@k per data source go into
+    that step's metrics as ``eval/<source>/avg@k`` and the samples to ``output_dir/eval/step-N/``."""
+
+    data: str = Field(description="JSONL or Parquet in the veRL schema (a held-out set).")
+    every_n_steps: int = Field(default=100, ge=1, description="Steps between evaluations (and after the last).")
+    k: int = Field(default=4, ge=1, le=1024, description="Samples per prompt.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the evaluation.")
+    max_prompts: int | None = Field(default=None, ge=1, description="Evaluate the first N rows only; unset: all.")
+
+
+# RLAVR (issue 14): train on labels bought through the annotation service (CARE) and pseudo-labels elsewhere.
+class RlavrConfig(_Strict):
+    """Each step's groups go to ``POST /v1/annotation/projects/{id}/steps`` (trainer.rlavr); rewards are
+    1[answer ≡ label] where a bought label is known, 1[answer ≡ pseudo-label] elsewhere, and each prompt's
+    advantages are multiplied by the service's ``advantage_weight``."""
+
+    annotation_project_id: str = Field(min_length=1, description="The annotation project (its n = group_size).")
+    url: str | None = Field(default=None, description="Annotation service base URL. Unset: the reward URL's "
+                            "platform (reward.url, else REWARDHUB_URL or http://127.0.0.1:8000) + /services/annotation.")
+    extractor: Literal["boxed", "text"] = Field(default="boxed", description="boxed: the last \\boxed{…} of a "
+                                                "completion, none = unparseable (math); text: the whole completion "
+                                                "stripped, empty = unparseable (trainer.rlavr.extract_answer).")
+    pending_rule: Literal["weight_zero"] = Field(default="weight_zero", description="A prompt whose label is "
+                                                 "bought but not answered yet trains at weight 0 this step.")
+    run_id: str | None = Field(default=None, min_length=1, max_length=120, description="Prefix of each step's "
+                               "Idempotency-Key (rlavr-<run_id>-step-<step>); unset: a hash of output_dir.")
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=20, description="Retries of connection errors and 502/503/504.")
+
+
 class LocalRunConfig(RunConfig):
     """A run config written by the machine's owner: like :class:`RunConfig`, and its reward section
     may name the environment variable holding the API key (see :class:`LocalRewardConfig`)."""
 
     reward: LocalRewardConfig | None = Field(default=None, description="Unset only when the caller passes a "
                                              "reward function in-process (tests, benchmarks).")
+    # Local configs only for now: eval.data is a path, and the trainer service does not yet confine it
+    # to the project's area as it does config.dataset (services/trainer/confine.py).
+    eval: EvalConfig | None = Field(default=None, description="Periodic evaluation during training; unset: none.")
+    # RLAVR (issue 14): local configs only for now (the key comes from this process's environment).
+    rlavr: RlavrConfig | None = Field(default=None, description="Train with CARE-bought labels and pseudo-labels.")
+
+    @model_validator(mode="after")
+    def _rlavr_consistent(self) -> LocalRunConfig:
+        """RLAVR rewards exist only once the whole batch is posted, and its weights scale the advantages
+        computed once: settings that filter groups by reward or recompute advantages later contradict it."""
+        if self.rlavr is None:
+            return self
+        if self.dynamic_sampling:
+            raise ValueError("dynamic_sampling: not supported with rlavr (rewards are known only after the step is posted)")
+        if self.overlong.enabled:
+            raise ValueError("overlong.enabled: not supported with rlavr (its rewards replace the shaped ones)")
+        if self.kl_in_reward:
+            raise ValueError("kl_in_reward: not supported with rlavr (advantages are recomputed without the weights)")
+        from trainer.algorithms import TOKEN_WEIGHTED_ESTIMATORS
+
+        if self.scale_rewards in TOKEN_WEIGHTED_ESTIMATORS:
+            raise ValueError(f"scale_rewards: {self.scale_rewards} is not supported with rlavr (advantages are "
+                             f"recomputed without the weights)")
+        return self
 
 
 def _describe(error: ValidationError) -> str:
@@ -430,6 +487,9 @@ def load_config(path: str | Path) -> RunConfig:
     for key in ("dataset", "output_dir"):
         if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
             data[key] = str(base / data[key])
+    evaluation = data.get("eval")
+    if isinstance(evaluation, dict) and isinstance(evaluation.get("data"), str) and not Path(evaluation["data"]).is_absolute():
+        evaluation["data"] = str(base / evaluation["data"])
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("path"), str) and not Path(model["path"]).is_absolute():
         model["path"] = str(base / model["path"])

@@ -39,7 +39,7 @@ from trainer.algorithms import (
     truncated_completions,
 )
 from trainer.config import RunConfig
-from trainer.data import PromptRow, PromptSampler, load_config_rows
+from trainer.data import PromptRow, PromptSampler, load_config_rows, load_rows
 from trainer.distributed import (
     Collective,
     check_world_size,
@@ -50,6 +50,7 @@ from trainer.distributed import (
 from trainer.logprobs import completion_logprobs as completion_logprobs  # re-exported: its old home
 from trainer.policy import DeepSpeedPolicy, LocalPolicy, Policy, frozen_copy, sharded_reference
 from trainer.rewards import HttpRewards, RewardOutcome, RewardSource, status_counts
+from trainer.rlavr import RlavrSession
 from trainer.rollout import Rollout, RolloutEngine, SamplingSettings, TransformersEngine, eos_token_ids
 
 logger = logging.getLogger(__name__)
@@ -185,6 +186,8 @@ class GRPOTrainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
         self.rows: list[PromptRow] = load_config_rows(config)
+        evaluation = getattr(config, "eval", None)  # periodic evaluation (local configs): its rows checked up front
+        self.eval_rows: list[PromptRow] = load_rows(evaluation.data) if evaluation is not None else []
         self.device = device_for_rank(config)
         source = model_source(config, self.output_dir, self.collective)
         self.base_model = source  # recorded in checkpoints, so `rewardhub export-hf` finds the architecture
@@ -219,6 +222,9 @@ class GRPOTrainer:
         self.sampler = PromptSampler(len(self.rows), config.seed)
         self.step = 0
         self.prompt_cache: dict[int, list[int]] = {}
+        rlavr = getattr(config, "rlavr", None)  # RLAVR (issue 14): labels bought through the annotation service
+        self.rlavr = (RlavrSession(config, self.output_dir, rank=self.collective.rank,
+                                   world_size=self.collective.world_size) if rlavr is not None else None)
 
     # ---------------------------------------------------------------- setup
 
@@ -521,7 +527,15 @@ class GRPOTrainer:
         started = time.perf_counter()
         seed = checkpoint.derive_seed(self.config.seed, self.step)
         rollouts, rewards, metrics = self._collect(seed)
+        rlavr_step = None
+        if self.rlavr is not None:  # RLAVR (issue 14): rewards vs bought labels / pseudo-labels, weights per prompt
+            batch = collate(rollouts, self.tokenizer.pad_token_id)
+            rlavr_step = self.rlavr.score(self, rollouts, batch, batch.completion_mask)
+            rewards = rlavr_step.rewards
+            metrics.update(rlavr_step.metrics)
         advantages, metrics["informative_group_share"] = self._advantages(rewards)
+        if rlavr_step is not None:
+            advantages = rlavr_step.weighted(advantages, self.config.group_size)  # A_j × w_i
         # With beta > 0 the KL term still pulls towards the reference even when every advantage is 0.
         # The decision is the same on every rank: each computed advantages over all of them.
         # So does an entropy bonus: its gradient does not depend on the advantages.
@@ -543,6 +557,25 @@ class GRPOTrainer:
         metrics["lr"] = float(self.scheduler.get_last_lr()[0])
         metrics["step_time_s"] = time.perf_counter() - started
         return metrics
+
+    def periodic_eval(self) -> dict[str, float]:
+        """At every ``eval.every_n_steps`` steps and the last one: the evaluation's ``eval/<source>/…``
+        metrics (trainer.evaluate), its report and samples in ``output_dir/eval/step-N/``. The main rank
+        evaluates (it writes the metrics); the others meet it at the next step's collectives."""
+        evaluation = getattr(self.config, "eval", None)
+        if (evaluation is None or not self.collective.is_main
+                or (self.step % evaluation.every_n_steps and self.step != self.config.max_steps)):
+            return {}
+        from trainer.evaluate import EvalSettings, evaluate, write_outputs
+
+        settings = EvalSettings(k=evaluation.k, max_new_tokens=self.config.max_completion_length,
+                                temperature=evaluation.temperature, max_prompts=evaluation.max_prompts,
+                                seed=self.config.seed,  # the same draws at every step: only the weights differ
+                                max_prompt_length=self.config.max_prompt_length)
+        result = evaluate(self.engine, self.tokenizer, self.eval_rows, self.rewards, settings,
+                          describe={"step": self.step, "data": evaluation.data})
+        write_outputs(self.output_dir / "eval" / f"step-{self.step:06d}", result)
+        return result.metrics()
 
     # ---------------------------------------------------------------- the run
 
@@ -566,6 +599,7 @@ class GRPOTrainer:
                         last_checkpoint = self.save_checkpoint(final=True)
                         return RunOutcome("cancelled", self.step, last_checkpoint, history)
                     metrics = self.train_step()
+                    metrics.update(self.periodic_eval())
                     history.append(metrics)
                     if log is not None:
                         log.write(json.dumps(metrics) + "\n")

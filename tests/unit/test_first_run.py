@@ -120,6 +120,8 @@ def write_run_config(tmp_path: Path, **overrides: object) -> Path:
     (['{"prompt": "Say 7", "reward_model": {"ground_truth": "7"}}'], {"model": {"path": "no-such-model"}},
      "model.path"),
     (['{"prompt": "Say 7", "reward_model": {"ground_truth": "7"}}'], {"group_size": 1}, "group_size"),
+    (['{"prompt": "Say 7", "reward_model": {"ground_truth": "7"}}'], {"eval": {"data": "held-out.jsonl"}},
+     "eval.data: dataset file"),
 ])
 def test_train_names_a_config_error_in_one_line_before_creating_output_dir(
         tmp_path: Path, dataset_lines: list[str] | None, overrides: dict[str, object], named: str) -> None:

@@ -1,0 +1,341 @@
+"""RLAVR in the run loop: each step's groups go to the annotation service, which answers with
+pseudo-labels, the labels bought (CARE or a baseline policy, within budget) and advantage weights.
+
+Per step (``RlavrSession.score``), for every group of G rollouts:
+
+1. Answers are extracted here, in the trainer (it never imports ``services``): ``boxed`` takes the
+   inside of the last ``\\boxed{…}`` (the math verifier's convention), ``text`` the whole completion
+   stripped; nothing found = unparseable (``null``, excluded from the vote).
+2. One extra no-grad forward of the policy (``output_hidden_states``, micro-batched) gives the CARE
+   features — the last layer's hidden state at the last prompt token (per prompt) and at each
+   rollout's last response token — and each rollout's **arithmetic** mean token probability
+   (1/T) Σ_t π(y_t | ·) at the sampling temperature (the spec's "mean token probability"; not
+   exp(mean log-prob)), all as float32 lists.
+3. ``POST /v1/annotation/projects/{id}/steps`` with ``Idempotency-Key: rlavr-<run>-step-<step>``:
+   a retried request (a lost response, a resumed run) is answered from the first one and buys nothing twice.
+4. Rewards: r_j = 1[norm(answer_j) = norm(label)] where the label is known (``label_status:
+   labelled``), else 1[norm(answer_j) = norm(pseudo_label)]; norm drops outer ``$`` and all whitespace,
+   so equivalence here is exact string match after normalisation (the service's vote also merges
+   math-equivalent answers, e.g. ``0.5`` and ``\\frac12``; those rollouts get reward 0 here).
+5. The trainer computes advantages as usual and multiplies each prompt's by its weight: A_j × w_i.
+   Pending rule (``weight_zero``): a label bought but not answered yet (a human queue) trains at
+   weight 0 this step; the prompt trains with its label once it comes back at a later step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import torch
+
+from trainer.data import PromptRow
+from trainer.logprobs import CompletionBatch, chunked_token_logprobs
+from trainer.rewards import local_api_key
+from trainer.rollout import Rollout
+
+EMBEDDED_PREFIX = "/services/annotation"  # where the embedded default mounts the annotation service
+DEFAULT_PLATFORM_URL = "http://127.0.0.1:8000"
+MAX_TEXT = 20_000  # the service's limit on a stored answer / completion text
+RETRIED_STATUSES = frozenset({502, 503, 504})
+_DOLLARS = re.compile(r"^\$+|\$+$")
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+class RlavrError(RuntimeError):
+    """The annotation service refused a step or stayed unreachable after retries."""
+
+
+# ---------------------------------------------------------------- pure functions
+
+
+def extract_boxed(text: str) -> str | None:
+    """The inside of the last ``\\boxed{…}`` or ``\\fbox{…}`` whose braces balance (the math verifier's
+    convention, ``services/verifier/graders/extract.py``), stripped; None when there is none or it is empty."""
+    for opener in reversed(list(_BOXED.finditer(text))):
+        depth = 1
+        for position in range(opener.end(), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[position], 0)
+            if depth == 0:
+                return text[opener.end(): position].strip() or None
+    return None  # every box left open
+
+
+def extract_answer(text: str, extractor: str) -> str | None:
+    """The final answer of a completion by ``extractor`` (``boxed`` | ``text``), at most 20,000 characters."""
+    if extractor == "boxed":
+        answer = extract_boxed(text)
+    elif extractor == "text":
+        answer = text.strip() or None
+    else:
+        raise ValueError(f"rlavr.extractor: unknown extractor {extractor!r}")
+    return answer[:MAX_TEXT] if answer is not None else None
+
+
+def normalise(answer: str) -> str:
+    """The compared form: outer ``$`` and every whitespace character removed (as the service's exact match)."""
+    return "".join(_DOLLARS.sub("", answer.strip()).split())
+
+
+def match_rewards(answers: Sequence[str | None], target: str | None) -> list[float]:
+    """r_j = 1[norm(answer_j) = norm(target)]; 0 for an unparseable answer or when there is no target."""
+    if target is None:
+        return [0.0] * len(answers)
+    goal = normalise(target)
+    return [1.0 if answer is not None and normalise(answer) == goal else 0.0 for answer in answers]
+
+
+@dataclass(frozen=True)
+class GroupDecision:
+    """What the service answered for one prompt (the fields of its ``GroupOut`` the trainer uses)."""
+
+    prompt_id: str
+    pseudo_label: str | None
+    label_status: str  # none | pending | labelled
+    label: str | None
+    advantage_weight: float
+    bought: bool = False
+
+
+def training_target(decision: GroupDecision) -> str | None:
+    """The answer rewards are measured against: the known label, else the pseudo-label."""
+    return decision.label if decision.label_status == "labelled" else decision.pseudo_label
+
+
+def effective_weight(decision: GroupDecision, pending_rule: str = "weight_zero") -> float:
+    """w_i: the service's advantage weight, except 0 while a bought label is pending (``weight_zero``)."""
+    if pending_rule != "weight_zero":
+        raise ValueError(f"rlavr.pending_rule: unknown rule {pending_rule!r}")
+    return 0.0 if decision.label_status == "pending" else float(decision.advantage_weight)
+
+
+def group_rewards(answers: Sequence[Sequence[str | None]], decisions: Sequence[GroupDecision]) -> list[float]:
+    """Every rollout's reward, group after group: 1[answer ≡ label] where known, else 1[answer ≡ pseudo-label]."""
+    out: list[float] = []
+    for group, decision in zip(answers, decisions, strict=True):
+        out.extend(match_rewards(group, training_target(decision)))
+    return out
+
+
+def weight_advantages(advantages: torch.Tensor, weights: Sequence[float], group_size: int) -> torch.Tensor:
+    """A_j × w_i for rollout j of prompt i (rollouts grouped contiguously, ``group_size`` per prompt)."""
+    if len(advantages) != len(weights) * group_size:
+        raise ValueError(f"{len(advantages)} advantages for {len(weights)} groups of {group_size}")
+    per_rollout = torch.tensor(weights, dtype=advantages.dtype, device=advantages.device).repeat_interleave(group_size)
+    return advantages * per_rollout
+
+
+def mean_token_probability(logp: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    """Per row (1/T) Σ_t exp(log π_t) over the masked tokens (arithmetic mean of probabilities); 0 for an empty row."""
+    probs = torch.exp(logp.float()) * mask
+    counts = mask.sum(-1)
+    means = torch.where(counts > 0, probs.sum(-1) / counts.clamp(min=1), torch.zeros_like(counts))
+    return [min(1.0, max(0.0, float(v))) for v in means]
+
+
+def step_metrics(decisions: Sequence[GroupDecision], weights: Sequence[float], *, purchased: int,
+                 budget: dict[str, Any], budget_exhausted: bool) -> dict[str, float]:
+    """The step's RLAVR metrics (``rlavr/…``).
+
+    gt_share = #{i: label known and w_i > 0} / N; pseudo_label_accuracy = mean over prompts with a known
+    label of 1[norm(pseudo) = norm(label)] (absent when none is known); mean_advantage_weight = mean w_i.
+    """
+    n = len(decisions)
+    known = [d for d in decisions if d.label_status == "labelled" and d.label is not None]
+    trained_gt = sum(1 for d, w in zip(decisions, weights, strict=True) if d.label_status == "labelled" and w > 0)
+    metrics = {
+        "rlavr/gt_share": trained_gt / n if n else 0.0,
+        "rlavr/trained_share": sum(1 for w in weights if w > 0) / n if n else 0.0,
+        "rlavr/mean_advantage_weight": sum(weights) / n if n else 0.0,
+        "rlavr/purchased": float(purchased),
+        "rlavr/pending": float(sum(1 for d in decisions if d.label_status == "pending")),
+        "rlavr/labels_known": float(len(known)),
+        "rlavr/budget_spent": float(budget["spent"]),
+        "rlavr/budget_left": float(budget["left"]),
+        "rlavr/budget_exhausted": 1.0 if budget_exhausted else 0.0,
+    }
+    if known:
+        right = sum(1 for d in known if d.pseudo_label is not None and d.label is not None
+                    and normalise(d.pseudo_label) == normalise(d.label))
+        metrics["rlavr/pseudo_label_accuracy"] = right / len(known)
+    return metrics
+
+
+# ---------------------------------------------------------------- features from the policy
+
+
+@dataclass
+class PolicyFeatures:
+    prompt: list[list[float]]  # per rollout (rows of a group share their prompt's): hidden state at the last prompt token
+    response: list[list[float]]  # per rollout: hidden state at its last response token
+    mean_token_probs: list[float]
+
+
+def policy_features(model: Any, batch: CompletionBatch, completion_mask: torch.Tensor, temperature: float, *,
+                    device: torch.device | str, micro_batch_size: int) -> PolicyFeatures:
+    """One no-grad forward with ``output_hidden_states``, ``micro_batch_size`` rollouts at a time.
+
+    ``batch`` is left-padded prompts then right-padded completions (``trainer.grpo.collate``): the last
+    prompt token sits at column P − 1 for every row, a rollout's last response token at P + len − 1
+    (P − 1 again for an empty completion). hidden_states[-1] is the last layer's output.
+    """
+    total, t_max = batch.completion_ids.shape
+    prompt_col = batch.input_ids.shape[1] - t_max - 1
+    lengths = completion_mask.sum(-1).long()
+    prompt_rows: list[list[float]] = []
+    response_rows: list[list[float]] = []
+    probs: list[float] = []
+    with torch.no_grad():
+        for start in range(0, total, max(1, micro_batch_size)):
+            rows = slice(start, min(total, start + micro_batch_size))
+            out = model(input_ids=batch.input_ids[rows].to(device), attention_mask=batch.attention_mask[rows].to(device),
+                        position_ids=batch.position_ids[rows].to(device), output_hidden_states=True,
+                        logits_to_keep=t_max + 1)
+            hidden = out.hidden_states[-1].float()
+            last = (prompt_col + lengths[rows]).to(hidden.device)  # P - 1 + len
+            index = torch.arange(hidden.shape[0], device=hidden.device)
+            prompt_rows.extend(hidden[:, prompt_col].cpu().tolist())
+            response_rows.extend(hidden[index, last].cpu().tolist())
+            logp = chunked_token_logprobs(out.logits, batch.completion_ids[rows].to(device), temperature)
+            probs.extend(mean_token_probability(logp.cpu(), completion_mask[rows].float()))
+            del out, hidden
+    return PolicyFeatures(prompt_rows, response_rows, probs)
+
+
+# ---------------------------------------------------------------- the service
+
+
+class TrainerView(Protocol):
+    """What the session reads of ``trainer.grpo.GRPOTrainer`` (no import: grpo imports this module)."""
+
+    step: int
+    rows: list[PromptRow]
+    prompt_cache: dict[int, list[int]]
+    device: str
+    policy: Any
+
+
+def annotation_url(rlavr: Any, reward: Any) -> str:
+    """``rlavr.url``, else the reward URL's platform (reward.url, REWARDHUB_URL, the default) + the embedded prefix."""
+    if rlavr.url:
+        return str(rlavr.url).rstrip("/")
+    platform = (getattr(reward, "url", None) if reward is not None else None) or os.environ.get("REWARDHUB_URL")
+    return (platform or DEFAULT_PLATFORM_URL).rstrip("/") + EMBEDDED_PREFIX
+
+
+def prompt_id_of(row: PromptRow) -> str:
+    """The id the annotation service (and its answer key) knows the prompt by: extra_info.prompt_id, else the row index."""
+    given = row.extra_info.get("prompt_id") if isinstance(row.extra_info, dict) else None
+    return str(given) if given not in (None, "") else str(row.index)
+
+
+def prompt_text_of(row: PromptRow) -> str:
+    """What annotators read: the prompt text, or a chat prompt's message contents one after another."""
+    if isinstance(row.prompt, str):
+        return row.prompt[:200_000]
+    return "\n\n".join(str(m.get("content", "")) for m in row.prompt)[:200_000]
+
+
+@dataclass
+class RlavrStep:
+    rewards: torch.Tensor  # per rollout
+    weights: list[float]  # per prompt, after the pending rule
+    decisions: list[GroupDecision]
+    answers: list[list[str | None]]
+    metrics: dict[str, float]
+
+    def weighted(self, advantages: torch.Tensor, group_size: int) -> torch.Tensor:
+        return weight_advantages(advantages, self.weights, group_size)
+
+
+class RlavrSession:
+    """Posts each step to the annotation project named by ``config.rlavr``; see the module docstring."""
+
+    def __init__(self, config: Any, output_dir: Path, *, rank: int = 0, world_size: int = 1,
+                 api_key: str | None = None, transport: httpx.BaseTransport | None = None) -> None:
+        self.run_config = config
+        self.settings = config.rlavr
+        self.base_url = annotation_url(self.settings, config.reward)
+        self.api_key = api_key if api_key is not None else local_api_key(config.reward)
+        run = self.settings.run_id or hashlib.sha256(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
+        self.key_prefix = f"rlavr-{run}" + (f"-rank-{rank}" if world_size > 1 else "")
+        self.transport = transport
+        self.last: RlavrStep | None = None
+
+    def idempotency_key(self, step: int) -> str:
+        return f"{self.key_prefix}-step-{step}"
+
+    def score(self, trainer: TrainerView, rollouts: Sequence[Rollout], batch: CompletionBatch,
+              completion_mask: torch.Tensor) -> RlavrStep:
+        """Post this step's groups; the rollouts' rewards, per-prompt weights and the metrics."""
+        config, group = self.run_config, self.run_config.group_size
+        if len(rollouts) % group:
+            raise RlavrError(f"{len(rollouts)} rollouts are not whole groups of {group}")
+        lookup = {tuple(ids): index for index, ids in trainer.prompt_cache.items()}
+        chunk = config.logprob_micro_batch_size or config.micro_batch_size
+        features = policy_features(trainer.policy.forward_model, batch, completion_mask, config.temperature,
+                                   device=trainer.device, micro_batch_size=chunk)
+        answers: list[list[str | None]] = []
+        groups: list[dict[str, Any]] = []
+        for start in range(0, len(rollouts), group):
+            members = list(rollouts[start: start + group])
+            row = trainer.rows[lookup[tuple(members[0].prompt_ids)]]
+            extracted = [extract_answer(r.text, self.settings.extractor) for r in members]
+            answers.append(extracted)
+            groups.append({
+                "prompt_id": prompt_id_of(row), "prompt_text": prompt_text_of(row), "answers": extracted,
+                "completions": [r.text[:MAX_TEXT] for r in members],
+                "response_lengths": [len(r.completion_ids) for r in members],
+                "mean_token_probs": features.mean_token_probs[start: start + group],
+                "prompt_features": features.prompt[start],
+                "rollout_features": features.response[start: start + group],
+            })
+        answer = self.post_step(trainer.step, groups)
+        decisions = [GroupDecision(prompt_id=g["prompt_id"], pseudo_label=g.get("pseudo_label"),
+                                   label_status=g["label_status"], label=g.get("label"),
+                                   advantage_weight=float(g["advantage_weight"]), bought=bool(g.get("bought")))
+                     for g in answer["groups"]]
+        if [d.prompt_id for d in decisions] != [g["prompt_id"] for g in groups]:
+            raise RlavrError("the annotation service answered for other prompts than the step posted")
+        weights = [effective_weight(d, self.settings.pending_rule) for d in decisions]
+        rewards = torch.tensor(group_rewards(answers, decisions), dtype=torch.float32)
+        metrics = step_metrics(decisions, weights, purchased=int(answer["purchased"]), budget=answer["budget"],
+                               budget_exhausted=bool(answer.get("budget_exhausted")))
+        metrics["rlavr/reward_mean"] = float(rewards.mean()) if len(rewards) else math.nan
+        self.last = RlavrStep(rewards, weights, decisions, answers, metrics)
+        return self.last
+
+    def post_step(self, step: int, groups: list[dict[str, Any]]) -> dict[str, Any]:
+        """POST the step, retrying connection errors and 502/503/504 with the same Idempotency-Key."""
+        url = f"{self.base_url}/v1/annotation/projects/{self.settings.annotation_project_id}/steps"
+        headers = {"Idempotency-Key": self.idempotency_key(step)}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        body = {"step": step, "groups": groups}
+        attempts = self.settings.max_retries + 1
+        cause = ""
+        with httpx.Client(timeout=self.settings.timeout_s, transport=self.transport) as client:
+            for attempt in range(attempts):
+                try:
+                    response = client.post(url, json=body, headers=headers)
+                except httpx.TransportError as exc:  # the request may have been processed: the key makes a retry safe
+                    cause = f"{type(exc).__name__}: {exc}"
+                else:
+                    if response.status_code not in RETRIED_STATUSES:
+                        if response.status_code != 200:
+                            raise RlavrError(f"annotation step {step}: HTTP {response.status_code}: "
+                                             f"{response.text[:500]}")
+                        result: dict[str, Any] = response.json()
+                        return result
+                    cause = f"HTTP {response.status_code}"
+                if attempt + 1 < attempts:
+                    time.sleep(min(8.0, 0.5 * 2 ** attempt))  # back off before the retry
+        raise RlavrError(f"annotation service unreachable at {url} after {attempts} attempts: {cause}")
