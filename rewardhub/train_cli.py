@@ -136,7 +136,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the model and the run.")] = 0,
     work_dir: Annotated[Path | None, typer.Option(help="Where to put the run (default: a temp dir).")] = None,
 ) -> None:
-    """A tiny model learns a verifiable task through the real reward API (embedded default, CPU: about 1 min on 2 cores)."""
+    """A tiny model learns a verifiable task through the real reward API (embedded default, CPU: about 40 s on 2 cores)."""
     from rewardhub.demo import demo_config, embedded_server
 
     work = work_dir or Path(tempfile.mkdtemp(prefix="rewardhub-demo-"))
