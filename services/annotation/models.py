@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Enum,
     Float,
     ForeignKey,
@@ -116,6 +117,11 @@ class AnnotationProject(Base):
     answer_source: Mapped[AnswerSource] = mapped_column(_enum(AnswerSource), default=AnswerSource.human)
     webhook_url: Mapped[str | None] = mapped_column(String(2000), default=None)
     webhook_secret: Mapped[str] = mapped_column(String(128))
+    # Markdown shown on the task page; the version goes up each time the text changes, and a
+    # "read before labelling" gate asks for one confirmation per version (GuidelinesConfirmation).
+    guidelines: Mapped[str] = mapped_column(Text, default="")
+    guidelines_version: Mapped[int] = mapped_column(Integer, default=0)
+    guidelines_required: Mapped[bool] = mapped_column(Boolean, default=False)
     # Bumped each time a label changes; the new value orders the label feed (see labels.deliver_label).
     label_seq: Mapped[int] = mapped_column(Integer, default=0)
     last_step: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -319,6 +325,22 @@ class Assignment(Base):
     leased_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # "Come back later": the lease was handed back (expires_at = then) and the task is offered to
+    # this annotator again only once nothing else is left; cleared when it is leased again.
+    deferred_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class GuidelinesConfirmation(Base):
+    """An annotator confirmed reading one version of a project's guidelines."""
+
+    __tablename__ = "annotation_guidelines_confirmations"
+
+    annotator_id: Mapped[str] = mapped_column(
+        ForeignKey("annotation_annotators.id", ondelete="CASCADE"), primary_key=True)
+    annotation_project_id: Mapped[str] = mapped_column(
+        ForeignKey("annotation_projects.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    confirmed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Annotation(Base):

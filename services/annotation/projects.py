@@ -6,6 +6,7 @@ Changes to a project happen under its row lock (``locking.lock_project``).
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from services.annotation import answer_key, notifications
 from services.annotation.care import validate_care_params
 from services.annotation.locking import lock_project, project_not_found
-from services.annotation.models import AnnotationProject, Policy
+from services.annotation.models import AnnotationProject, GuidelinesConfirmation, Policy
 from services.annotation.schemas import (
     AnnotationProjectCreate,
     AnnotationProjectCreated,
@@ -64,7 +65,8 @@ def project_out(session: Session, project: AnnotationProject) -> AnnotationProje
         rollouts_per_prompt=project.rollouts_per_prompt, policy=project.policy, care_params=project.care_params,
         answer_source=project.answer_source, answer_key_entries=answer_key.size(session, project.id),
         webhook_url=project.webhook_url, last_step=project.last_step, label_cursor=project.label_seq,
-        created_at=project.created_at)
+        guidelines=project.guidelines, guidelines_version=project.guidelines_version,
+        guidelines_required=project.guidelines_required, created_at=project.created_at)
 
 
 def in_scope(all_projects: bool, project_ids: frozenset[str]) -> Select[AnnotationProject]:
@@ -123,7 +125,9 @@ def create(session: Session, principal: Principal, body: AnnotationProjectCreate
         label_schema=body.label_schema.model_dump(), overlap_k=body.overlap_k, lease_seconds=body.lease_seconds,
         rollouts_per_prompt=body.rollouts_per_prompt, policy=body.policy,
         care_params=checked_care_params(body.care_params), answer_source=body.answer_source,
-        webhook_url=checked_webhook(body.webhook_url), webhook_secret=new_webhook_secret())
+        webhook_url=checked_webhook(body.webhook_url), webhook_secret=new_webhook_secret(),
+        guidelines=body.guidelines, guidelines_version=1 if body.guidelines.strip() else 0,
+        guidelines_required=body.guidelines_required)
     session.add(project)
     try:
         session.flush()
@@ -153,6 +157,10 @@ def change(session: Session, annotation_project_id: str, body: AnnotationProject
         project.policy = body.policy
     if body.care_params is not None:
         project.care_params = checked_care_params(body.care_params)
+    if body.guidelines is not None:
+        set_guidelines(project, body.guidelines)
+    if body.guidelines_required is not None:
+        project.guidelines_required = body.guidelines_required
     if body.clear_webhook:
         project.webhook_url = None
     elif body.webhook_url is not None:
@@ -165,3 +173,35 @@ def rotate_webhook_secret(session: Session, annotation_project_id: str) -> str:
     project = lock_project(session, annotation_project_id)
     project.webhook_secret = new_webhook_secret()
     return project.webhook_secret
+
+
+# ----------------------------------------------------------------------------------- guidelines
+
+
+def set_guidelines(project: AnnotationProject, text: str) -> None:
+    """Store new guidelines; only a changed text is a new version (re-sending the same text keeps the
+    version, so annotators are not asked to confirm again for nothing)."""
+    if text == project.guidelines:
+        return
+    project.guidelines = text
+    project.guidelines_version += 1
+
+
+def needs_confirmation(session: Session, project: AnnotationProject, annotator_id: str) -> bool:
+    """The gate is on, there are guidelines, and this annotator has not confirmed their current version."""
+    if not project.guidelines_required or not project.guidelines.strip():
+        return False
+    key = (annotator_id, project.id, project.guidelines_version)
+    return session.get(GuidelinesConfirmation, key) is None
+
+
+def confirm_guidelines(session: Session, project: AnnotationProject, annotator_id: str, version: int,
+                       now: datetime) -> None:
+    """Record that the annotator read ``version``; a stale version (the text changed meanwhile) is refused."""
+    if version != project.guidelines_version:
+        raise Conflict(f"the guidelines changed (now version {project.guidelines_version}); read them again",
+                       field="version", code="guidelines_changed")
+    if session.get(GuidelinesConfirmation, (annotator_id, project.id, version)) is None:
+        session.add(GuidelinesConfirmation(annotator_id=annotator_id, annotation_project_id=project.id,
+                                           version=version, confirmed_at=now))
+        session.flush()

@@ -153,10 +153,13 @@ def current_task(session: Session, annotation_project_id: str, annotator_id: str
 
 
 def _pick_query(session: Session, annotation_project_id: str, annotator_id: str, now: datetime,
-                exclude: set[str]) -> Select[Task]:
+                exclude: set[str], *, deferred_too: bool = False) -> Select[Task]:
     taken = (select(func.count(Assignment.id)).where(Assignment.task_id == Task.id, slot_holders(now))
              .correlate(Task).scalar_subquery())
-    mine = exists().where(Assignment.task_id == Task.id, blocks_annotator(annotator_id, now))
+    blocks = blocks_annotator(annotator_id, now)
+    if not deferred_too:  # first pass: the tasks this annotator put off come after every other one
+        blocks = or_(blocks, and_(Assignment.annotator_id == annotator_id, Assignment.deferred_at.is_not(None)))
+    mine = exists().where(Assignment.task_id == Task.id, blocks)
     query = (select(Task)
              .where(Task.annotation_project_id == annotation_project_id, Task.status == TaskStatus.open,
                     taken < Task.overlap_k, ~mine)
@@ -181,9 +184,14 @@ def next_task(session: Session, annotation_project_id: str, annotator_id: str, *
     if resumed is not None:
         return resumed
     exclude: set[str] = set()
+    deferred_too = False
     for _ in range(MAX_PICK_ATTEMPTS):
-        task = session.scalar(_pick_query(session, annotation_project_id, annotator_id, now, exclude)
+        task = session.scalar(_pick_query(session, annotation_project_id, annotator_id, now, exclude,
+                                          deferred_too=deferred_too)
                               .execution_options(populate_existing=True))
+        if task is None and not deferred_too:
+            deferred_too = True  # nothing new left: offer the ones put off with "come back later"
+            continue
         if task is None:
             return None
         # The row is ours now (Postgres: locked); count its slots again in a fresh statement.
@@ -202,8 +210,9 @@ def next_task(session: Session, annotation_project_id: str, annotator_id: str, *
                               annotator_id=annotator_id, leased_at=now, expires_at=expires)
             session.add(mine)
         else:  # the annotator's own lease had expired; take it up again
-            ANNOTATION_LEASES_EXPIRED.labels("re_lease").inc()
-            mine.leased_at, mine.expires_at = now, expires
+            if mine.deferred_at is None:
+                ANNOTATION_LEASES_EXPIRED.labels("re_lease").inc()
+            mine.leased_at, mine.expires_at, mine.deferred_at = now, expires, None
         task.version += 1
         session.flush()
         return task_view(session, mine, resumed=False)
@@ -397,6 +406,34 @@ def skip(session: Session, annotation_project_id: str, annotator_id: str, assign
         task.version += 1
         session.flush()
     return SkipOut(assignment_id=assignment.id, task_id=task.id, state=assignment.state.value)
+
+
+def come_back_later(session: Session, annotation_project_id: str, annotator_id: str, assignment_id: str, *,
+                    now: datetime | None = None) -> SkipOut:
+    """Hand the lease back for now: the slot is free for others at once, and this annotator is offered
+    the task again only when no other task is left for them (then it is leased like any other).
+    Not a skip: it is not counted as skipped and can be asked twice (a no-op)."""
+    serialise_on_sqlite(session, annotation_project_id)
+    assignment = get_assignment(session, annotation_project_id, annotator_id, assignment_id)
+    task = lock_task(session, assignment.task_id)
+    _fresh(session, assignment)
+    if assignment.state is not AssignmentState.active:
+        raise Conflict(f"this assignment was already {assignment.state.value}", field="assignment_id",
+                       code="lease_not_active")
+    now = now or utcnow()
+    if assignment.deferred_at is None:
+        assignment.deferred_at = now
+        assignment.expires_at = min(assignment.expires_at, now)
+        task.version += 1
+        session.flush()
+    return SkipOut(assignment_id=assignment.id, task_id=task.id, state="deferred")
+
+
+def has_undoable(session: Session, annotation_project_id: str, annotator_id: str) -> bool:
+    """The annotator has a submission in the project that undo could take back (the UI hides Undo otherwise)."""
+    return session.scalar(select(Annotation.id).where(
+        Annotation.annotation_project_id == annotation_project_id, Annotation.annotator_id == annotator_id,
+        Annotation.undone_at.is_(None)).limit(1)) is not None
 
 
 def undo_last(session: Session, annotation_project_id: str, annotator_id: str, *,

@@ -51,7 +51,8 @@ def get_project(annotation_project_id: ProjectPath, principal: Reader, session: 
 @router.patch("/projects/{annotation_project_id}", response_model=AnnotationProjectOut)
 def update_project(annotation_project_id: ProjectPath, body: AnnotationProjectUpdate, principal: Admin,
                    session: SessionDep) -> AnnotationProjectOut:
-    """Change budget, schema, queue settings, policy or webhook. `overlap_k` applies to new tasks."""
+    """Change budget, schema, queue settings, policy, webhook or guidelines. `overlap_k` applies to new tasks;
+    a changed `guidelines` text is a new version."""
     projects.accessible(session, principal, annotation_project_id)
     return projects.change(session, annotation_project_id, body)
 

@@ -1,4 +1,5 @@
-"""Annotator routes: lease the next task, submit, skip, renew, undo; the adjudication queue."""
+"""Annotator routes: lease the next task, submit, skip, come back later, renew, undo, confirm the
+guidelines; the adjudication queue."""
 
 from __future__ import annotations
 
@@ -23,12 +24,15 @@ from services.annotation.schemas import (
     AdjudicationView,
     AnnotationOut,
     Decision,
+    GuidelinesConfirmIn,
     SkipOut,
     Submission,
     TaskView,
     UndoOut,
 )
 from services.common.auth import Principal
+from services.common.db import utcnow
+from services.common.errors import Conflict
 from services.common.pagination import CursorParam, LimitParam, Page
 
 router = APIRouter(prefix="/v1/annotation", tags=["annotator queue"])
@@ -43,8 +47,13 @@ def annotator_of(session: Session, principal: Principal, annotation_project_id: 
 @router.post("/projects/{annotation_project_id}/queue/next", response_model=TaskView,
              responses={204: {"description": "Nothing to label right now."}})
 def next_task(annotation_project_id: ProjectPath, now: Now, principal: AnnotatorKey, session: SessionDep) -> Any:
-    """Lease the next task (highest selection score first), or get back your live lease."""
+    """Lease the next task (highest selection score first), or get back your live lease. A project whose
+    guidelines must be read first answers 409 ``guidelines_unconfirmed`` until you confirm their version."""
     annotator = annotator_of(session, principal, annotation_project_id)
+    project = projects.accessible(session, principal, annotation_project_id)
+    if projects.needs_confirmation(session, project, annotator.id):
+        raise Conflict(f"read the project's guidelines (version {project.guidelines_version}) and confirm them "
+                       f"first: POST …/guidelines/confirm", field="version", code="guidelines_unconfirmed")
     view = queue.next_task(session, annotation_project_id, annotator.id, now=now)
     return view if view is not None else Response(status_code=204)
 
@@ -81,6 +90,24 @@ def skip(annotation_project_id: ProjectPath, assignment_id: ItemPath, now: Now, 
     """Hand the task back; you will not be offered it again."""
     annotator = annotator_of(session, principal, annotation_project_id)
     return queue.skip(session, annotation_project_id, annotator.id, assignment_id, now=now)
+
+
+@router.post("/projects/{annotation_project_id}/assignments/{assignment_id}/later", response_model=SkipOut)
+def come_back_later(annotation_project_id: ProjectPath, assignment_id: ItemPath, now: Now, principal: AnnotatorKey,
+                    session: SessionDep) -> SkipOut:
+    """Hand the lease back for now: the task is offered to you again once no other task is left."""
+    annotator = annotator_of(session, principal, annotation_project_id)
+    return queue.come_back_later(session, annotation_project_id, annotator.id, assignment_id, now=now)
+
+
+@router.post("/projects/{annotation_project_id}/guidelines/confirm", status_code=204)
+def confirm_guidelines(annotation_project_id: ProjectPath, body: GuidelinesConfirmIn, now: Now,
+                       principal: AnnotatorKey, session: SessionDep) -> Response:
+    """Say you read the project's guidelines at ``version`` (a replaced version is a 409 guidelines_changed)."""
+    annotator = annotator_of(session, principal, annotation_project_id)
+    project = projects.accessible(session, principal, annotation_project_id)
+    projects.confirm_guidelines(session, project, annotator.id, body.version, now or utcnow())
+    return Response(status_code=204)
 
 
 @router.post("/projects/{annotation_project_id}/assignments/{assignment_id}/renew", response_model=TaskView)

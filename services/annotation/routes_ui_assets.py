@@ -1,14 +1,17 @@
-"""UI routes serving files: the UI's own scripts and styles, and vendored KaTeX and Chart.js."""
+"""UI routes serving files: the UI's own scripts and styles, and vendored KaTeX and Chart.js; and the
+UI's "page not found", an HTML page for any other path under /ui (the JSON API keeps its JSON 404)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import FileResponse, HTMLResponse
 
 import webui
-from services.annotation.ui_pages import UI_PREFIX
+from services.annotation.deps import SessionDep
+from services.annotation.ui_pages import UI_PREFIX, error_page
+from services.annotation.ui_session import load_viewer
 from services.common.errors import NotFound
 
 router = APIRouter(prefix=UI_PREFIX, include_in_schema=False)
@@ -39,3 +42,11 @@ def vendor(library: str, relative: str) -> FileResponse:
                            field="library", code="vendor_missing")
         raise NotFound(f"no file {relative!r} in {library!r}", field="relative")
     return _asset(path)
+
+
+# Registered last of all UI routes (webui_routes includes this router last), so it only answers paths
+# no other route matched. GET and HEAD only: a wrong method on a real page keeps its 405.
+@router.api_route("/{unknown:path}", methods=["GET", "HEAD"], name="ui_not_found")
+def not_found(request: Request, unknown: str, session: SessionDep) -> HTMLResponse:
+    return error_page(request, NotFound(f"there is no page at {request.url.path}", field="path"),
+                      load_viewer(request, session))

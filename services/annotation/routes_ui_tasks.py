@@ -1,7 +1,12 @@
-"""UI routes for labelling: the queue page, the task page and its submit, skip, undo and lease renewal.
+"""UI routes for labelling: the queue page, the task page and its submit, "come back later", "never
+show again", undo, lease renewal, and the guidelines gate.
 
 They call the same queue functions as the JSON API (``queue.next_task``, ``submit``, ``skip``,
 ``undo_once``, ``renew_lease``, ``project_stats``); only the way the caller is identified differs.
+
+Post/Redirect/Get: every form post answers with a 303 to a page, also when it is refused; the error
+and the typed values travel in a signed flash cookie (``ui_session.Flash``), so a reload never posts
+the form again.
 """
 
 from __future__ import annotations
@@ -15,20 +20,33 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from services.annotation import accounts, queue
+from services.annotation import accounts, projects, queue
 from services.annotation.deps import ItemPath, Now, ProjectPath, SessionDep
 from services.annotation.models import AnnotationProject, Annotator, LabelKind
 from services.annotation.schemas import LabelSchema, QueueStats, Submission, TaskView
-from services.annotation.ui_pages import CSRF_HEADER, UI_PREFIX, error_page, notice_of, redirect, render
+from services.annotation.ui_pages import (
+    CSRF_HEADER,
+    UI_PREFIX,
+    error_page,
+    notice_of,
+    redirect,
+    render,
+    render_markdown,
+)
 from services.annotation.ui_session import (
+    Flash,
     FormText,
     Labeller,
     LoggedIn,
     Viewer,
     check_csrf,
+    clear_flash,
     guarded_project,
     member_project,
+    read_flash,
+    write_flash,
 )
+from services.common.db import utcnow
 from services.common.errors import ApiError, InvalidInput
 
 router = APIRouter(prefix=UI_PREFIX, include_in_schema=False)
@@ -65,28 +83,71 @@ def _task_context(session: Session, project: AnnotationProject, annotator: Annot
     return {"project": project, "task": view, "progress": _progress(stats, annotator.id),
             "schema": view.label_schema if view is not None else LabelSchema.model_validate(project.label_schema),
             "submission_id": uuid.uuid4().hex, "undo_key": uuid.uuid4().hex, "form": {},
+            "can_undo": queue.has_undoable(session, project.id, annotator.id),
+            "guidelines_html": render_markdown(project.guidelines) if project.guidelines.strip() else None,
             "lease_seconds": project.lease_seconds, "title": f"Label · {project.name}"}
 
 
+def _gate_page(request: Request, found: Viewer, project: AnnotationProject, flash: Flash | None) -> HTMLResponse:
+    return render(request, "guidelines.html", {
+        "project": project, "guidelines_html": render_markdown(project.guidelines), "error": flash,
+        "notice": notice_of(request), "title": f"Guidelines · {project.name}"}, found=found)
+
+
 def _task_page(request: Request, session: Session, found: Viewer, project: AnnotationProject,
-               now: datetime | None, *, error: ApiError | None = None, form: dict[str, Any] | None = None,
-               status_code: int = 200) -> HTMLResponse:
+               now: datetime | None) -> HTMLResponse:
     assert found.annotator is not None
-    view = queue.next_task(session, project.id, found.annotator.id, now=now)
-    context = _task_context(session, project, found.annotator, view, now)
-    context.update(error=error, notice=notice_of(request), form=form or {})
-    return render(request, "task.html", context, status_code=status_code, found=found)
+    flash = read_flash(request, found.annotator.id, project.id)
+    if projects.needs_confirmation(session, project, found.annotator.id):
+        response = _gate_page(request, found, project, flash)
+    else:
+        view = queue.next_task(session, project.id, found.annotator.id, now=now)
+        context = _task_context(session, project, found.annotator, view, now)
+        context.update(error=flash, notice=notice_of(request), form=flash.form if flash is not None else {})
+        response = render(request, "task.html", context, found=found)
+    clear_flash(request, response)  # shown once: a reload shows the page without it
+    return response
+
+
+def _refused(request: Request, found: Viewer, project: AnnotationProject, exc: ApiError,
+             form: dict[str, Any] | None = None) -> Response:
+    """Back to the task page (303) with the error and the typed values in the flash cookie."""
+    assert found.annotator is not None
+    response = redirect(request, "ui_task", annotation_project_id=project.id)
+    write_flash(request, response, Flash(owner=found.annotator.id, project_id=project.id, message=exc.message,
+                                         form=form or {}))
+    return response
 
 
 @router.get("/projects/{annotation_project_id}/task", name="ui_task")
 def task_page(request: Request, annotation_project_id: ProjectPath, now: Now, found: Labeller,
               session: SessionDep) -> Response:
-    """Lease the next task (or show the one already leased) with the answer form."""
+    """Lease the next task (or show the one already leased) with the answer form; when the project's
+    guidelines gate is on and their current version is unconfirmed, the guidelines instead."""
     try:
         project = member_project(session, found, annotation_project_id)
     except ApiError as exc:
         return error_page(request, exc, found)
     return _task_page(request, session, found, project, now)
+
+
+@router.post("/projects/{annotation_project_id}/guidelines/confirm", name="ui_confirm_guidelines")
+def confirm_guidelines(request: Request, annotation_project_id: ProjectPath, now: Now, found: Labeller,
+                       session: SessionDep, csrf_token: FormText = "", version: FormText = "") -> Response:
+    """"I have read these guidelines" for the version the page showed (a stale version is refused)."""
+    try:
+        project = guarded_project(session, found, annotation_project_id, csrf_token)
+    except ApiError as exc:
+        return error_page(request, exc, found)
+    assert found.annotator is not None
+    try:
+        if not version.isdigit():
+            raise InvalidInput("the guidelines version is missing", field="version")
+        projects.confirm_guidelines(session, project, found.annotator.id, int(version), now or utcnow())
+    except ApiError as exc:
+        session.rollback()
+        return _refused(request, found, project, exc)
+    return redirect(request, "ui_task", notice="guidelines_confirmed", annotation_project_id=project.id)
 
 
 def submission_from_form(submission_id: str, choice: str, answer: str, ambiguous: str,
@@ -131,22 +192,43 @@ def submit(request: Request, annotation_project_id: ProjectPath, assignment_id: 
         assert found.annotator is not None
         queue.submit(session, project.id, found.annotator.id, assignment_id, body, now=now)
     except ApiError as exc:
-        # Nothing of the refused submission is kept; the page comes back with the typed values.
+        # Nothing of the refused submission is kept; the task page comes back with the typed values.
         session.rollback()
-        return _task_page(request, session, found, project, now, error=exc, form=form, status_code=exc.status_code)
+        return _refused(request, found, project, exc, form)
     return redirect(request, "ui_task", notice="submitted", annotation_project_id=project.id)
 
 
-@router.post("/projects/{annotation_project_id}/assignments/{assignment_id}/skip", name="ui_skip")
-def skip(request: Request, annotation_project_id: ProjectPath, assignment_id: ItemPath, now: Now,
-         found: Labeller, session: SessionDep, csrf_token: FormText = "") -> Response:
+@router.post("/projects/{annotation_project_id}/assignments/{assignment_id}/later", name="ui_later")
+def come_back_later(request: Request, annotation_project_id: ProjectPath, assignment_id: ItemPath, now: Now,
+                    found: Labeller, session: SessionDep, csrf_token: FormText = "") -> Response:
+    """Put the task off: it comes back to this annotator after every other task (``queue.come_back_later``)."""
     try:
         project = guarded_project(session, found, annotation_project_id, csrf_token)
+    except ApiError as exc:
+        return error_page(request, exc, found)
+    try:
+        assert found.annotator is not None
+        queue.come_back_later(session, project.id, found.annotator.id, assignment_id, now=now)
+    except ApiError as exc:
+        session.rollback()
+        return _refused(request, found, project, exc)
+    return redirect(request, "ui_task", notice="deferred", annotation_project_id=project.id)
+
+
+@router.post("/projects/{annotation_project_id}/assignments/{assignment_id}/skip", name="ui_skip")
+def never_show_again(request: Request, annotation_project_id: ProjectPath, assignment_id: ItemPath, now: Now,
+                     found: Labeller, session: SessionDep, csrf_token: FormText = "") -> Response:
+    """The permanent skip: this annotator is never offered the task again."""
+    try:
+        project = guarded_project(session, found, annotation_project_id, csrf_token)
+    except ApiError as exc:
+        return error_page(request, exc, found)
+    try:
         assert found.annotator is not None
         queue.skip(session, project.id, found.annotator.id, assignment_id, now=now)
     except ApiError as exc:
         session.rollback()
-        return error_page(request, exc, found)
+        return _refused(request, found, project, exc)
     return redirect(request, "ui_task", notice="skipped", annotation_project_id=project.id)
 
 
@@ -163,9 +245,7 @@ def undo(request: Request, annotation_project_id: ProjectPath, now: Now, found: 
         queue.undo_once(session, project.id, found.annotator.id, undo_key[:200] or None, now=now)
     except ApiError as exc:
         session.rollback()
-        if exc.code == "nothing_to_undo":
-            return _task_page(request, session, found, project, now, error=exc, status_code=exc.status_code)
-        return error_page(request, exc, found)
+        return _refused(request, found, project, exc)
     return redirect(request, "ui_task", notice="undone", annotation_project_id=project.id)
 
 

@@ -25,6 +25,9 @@ Text = StoredText
 PROMPT_ID = Field(min_length=1, max_length=200, description="The trainer's own prompt id.")
 MAX_FEATURE_DIM = 16_384
 MAX_ROLLOUTS = 1024
+MAX_GUIDELINES = 100_000
+GUIDELINES_DOC = ("Markdown shown on the task page (raw HTML is escaped; KaTeX math like `$x^2$` is typeset).")
+GATE_DOC = "Annotators must confirm each guidelines version once before their first task is leased."
 
 
 class LabelSchema(BaseModel):
@@ -60,6 +63,8 @@ class AnnotationProjectCreate(BaseModel):
     answer_source: AnswerSource = Field(default=AnswerSource.human, description=(
         "`human`: purchases become annotation tasks. `answer_key`: the hidden answer key answers at once."))
     webhook_url: AnyHttpUrl | None = Field(default=None, description="POSTed a signed message when labels arrive.")
+    guidelines: StoredText = Field(default="", max_length=MAX_GUIDELINES, description=GUIDELINES_DOC)
+    guidelines_required: bool = Field(default=False, description=GATE_DOC)
 
 
 class AnnotationProjectUpdate(BaseModel):
@@ -74,6 +79,9 @@ class AnnotationProjectUpdate(BaseModel):
     care_params: dict[str, Any] | None = None
     webhook_url: AnyHttpUrl | None = None
     clear_webhook: bool = False
+    guidelines: StoredText | None = Field(default=None, max_length=MAX_GUIDELINES, description=(
+        "New guidelines text; a changed text is a new version (annotators confirm it again under the gate)."))
+    guidelines_required: bool | None = Field(default=None, description=GATE_DOC)
 
 
 class Budget(BaseModel):
@@ -99,6 +107,9 @@ class AnnotationProjectOut(BaseModel):
     webhook_url: str | None
     last_step: int | None
     label_cursor: int = Field(description="The newest label's sequence number (the label feed's head).")
+    guidelines: str = Field(default="", description=GUIDELINES_DOC)
+    guidelines_version: int = Field(default=0, description="Goes up by one each time the guidelines text changes.")
+    guidelines_required: bool = Field(default=False, description=GATE_DOC)
     created_at: datetime
 
 
@@ -495,3 +506,7 @@ class WebhookDeliveryOut(BaseModel):
     payload: dict[str, Any]
 
 
+class GuidelinesConfirmIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="The guidelines version you read (the project's guidelines_version).")

@@ -6,11 +6,16 @@ right behind any proxy) from the ASGI ``root_path`` the page was served under.
 
 from __future__ import annotations
 
+import re
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+from mdit_py_plugins.dollarmath import dollarmath_plugin
 
 import webui
 from services.common.errors import ApiError
@@ -20,9 +25,12 @@ if TYPE_CHECKING:
 
 UI_PREFIX = "/ui"
 CSRF_HEADER = "X-CSRF-Token"
-NOTICES = {"submitted": "Saved.", "skipped": "Skipped: you will not be offered that task again.",
+NOTICES = {"submitted": "Saved.", "skipped": "Never shown again: you will not be offered that task again.",
+           "deferred": "Put off: that task comes back to you once you have seen the others.",
            "undone": "Your last answer was taken back; its task is yours again.",
+           "guidelines_confirmed": "Thank you for reading the guidelines.",
            "logged_out": "You are logged out."}
+SAFE_LINK = re.compile(r"^(https?://|/|#|\?|\./|\.\./|[^:/?#]+(/|$|[?#]))", re.IGNORECASE)
 # Inline scripts are never needed (page data travels in <script type="application/json">);
 # KaTeX sets style attributes, hence 'unsafe-inline' for styles only.
 SECURITY_HEADERS = {
@@ -79,3 +87,30 @@ def safe_next(request: Request, target: str) -> str | None:
     if target.startswith(root) and not target.startswith("//") and "\\" not in target and "://" not in target:
         return target
     return None
+
+
+def safe_link(url: str) -> bool:
+    """Links and images in guidelines may point only at http(s) or at relative paths: no
+    ``javascript:``, ``data:``, ``file:`` or any other scheme (a colon before the first slash is one)."""
+    return bool(SAFE_LINK.match(url.strip()))
+
+
+class _GuidelinesMarkdown(MarkdownIt):
+    """markdown-it with links and images restricted by :func:`safe_link`."""
+
+    def validateLink(self, url: str) -> bool:  # markdown-it calls it by this name
+        return safe_link(url)
+
+
+@cache
+def _markdown() -> MarkdownIt:
+    # CommonMark with raw HTML off (it is shown escaped), $…$ / $$…$$ kept as math for KaTeX (math.js).
+    # Pandoc's rule for $: no space inside the delimiters, no digit after the closing one ("$5 and $6").
+    return _GuidelinesMarkdown("commonmark", {"html": False}).use(
+        dollarmath_plugin, allow_labels=False, allow_space=False, allow_digits=False, double_inline=True)
+
+
+def render_markdown(text: str) -> Markup:
+    """Guidelines as HTML that is safe to put in a page: markdown-it escapes every raw tag and
+    attribute, and an unsafe link stays plain text."""
+    return Markup(_markdown().render(text))

@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, Form, Request
@@ -40,6 +40,12 @@ from services.common.settings import get_settings
 SESSION_COOKIE = "rewardhub_ui"
 SESSION_MAX_AGE_S = 12 * 3600
 SESSION_SALT = "rewardhub.webui.session"
+# Post/Redirect/Get: a refused form's error and typed values travel to the next page in a signed,
+# HttpOnly cookie read once (never in the URL, where answers would land in logs and history).
+FLASH_COOKIE = "rewardhub_ui_flash"
+FLASH_MAX_AGE_S = 120
+FLASH_SALT = "rewardhub.webui.flash"
+FLASH_MAX_BYTES = 3000  # browsers keep ~4 KB per cookie; longer typed text is dropped, with a note
 
 FormText = Annotated[str, Form()]
 
@@ -103,6 +109,57 @@ def read_session(request: Request) -> SessionData | None:
 def write_session(request: Request, response: Response, data: SessionData) -> None:
     response.set_cookie(SESSION_COOKIE, _serializer().dumps(data.dump()), max_age=SESSION_MAX_AGE_S,
                         path=ui_root(request), httponly=True, samesite="lax", secure=request.url.scheme == "https")
+
+
+@dataclass
+class Flash:
+    """A refused form, carried across its redirect: the error and what the annotator had typed."""
+
+    owner: str  # annotator id: another account's browser session never sees it
+    project_id: str
+    message: str
+    form: dict[str, Any] = field(default_factory=dict)
+    dropped: bool = False  # the typed text was too long for a cookie and was not kept
+
+
+def _flash_serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(get_settings().secret_key, salt=FLASH_SALT)
+
+
+def flash_value(flash: Flash) -> str:
+    """The signed cookie value; without the typed text when keeping it would pass FLASH_MAX_BYTES."""
+    data = {"o": flash.owner, "p": flash.project_id, "m": flash.message[:500], "f": flash.form, "d": flash.dropped}
+    value = _flash_serializer().dumps(data)
+    if len(value) <= FLASH_MAX_BYTES:
+        return value
+    kept = {k: v for k, v in flash.form.items() if k in ("assignment_id", "choice", "ambiguous")}
+    return str(_flash_serializer().dumps({**data, "f": kept, "d": True}))
+
+
+def write_flash(request: Request, response: Response, flash: Flash) -> None:
+    response.set_cookie(FLASH_COOKIE, flash_value(flash), max_age=FLASH_MAX_AGE_S, path=ui_root(request),
+                        httponly=True, samesite="lax", secure=request.url.scheme == "https")
+
+
+def read_flash(request: Request, owner: str, project_id: str) -> Flash | None:
+    """The flash left for this annotator and project, if signed by us and under two minutes old."""
+    raw = request.cookies.get(FLASH_COOKIE)
+    if not raw:
+        return None
+    try:
+        data = _flash_serializer().loads(raw, max_age=FLASH_MAX_AGE_S)
+    except BadSignature:
+        return None
+    if not isinstance(data, dict) or data.get("o") != owner or data.get("p") != project_id:
+        return None
+    form = data.get("f")
+    return Flash(owner=owner, project_id=project_id, message=str(data.get("m", "")),
+                 form=form if isinstance(form, dict) else {}, dropped=bool(data.get("d")))
+
+
+def clear_flash(request: Request, response: Response) -> None:
+    if request.cookies.get(FLASH_COOKIE):
+        response.delete_cookie(FLASH_COOKIE, path=ui_root(request), httponly=True, samesite="lax")
 
 
 def password_fingerprint(annotator: Annotator) -> str:

@@ -137,12 +137,14 @@ def test_annotator_labels_by_keyboard_and_admin_sees_the_counts(live_server: Liv
     page.keyboard.press("Tab")
     expect(page.locator("#rationale")).to_be_focused()
     page.keyboard.type("c could be 0 or negative")
-    page.keyboard.press("Escape")  # leaves the text box; Esc again would skip
+    page.keyboard.press("Escape")  # leaves the text box (Esc never skips)
     page.keyboard.press("Control+Enter")
     on_task(page, "q3")
 
-    # q3: skip.
-    page.keyboard.press("s")
+    # q3: never show again (Shift+N; a plain Esc does nothing).
+    page.keyboard.press("Escape")
+    on_task(page, "q3")
+    page.keyboard.press("Shift+N")
     expect(page.locator("#no-task")).to_contain_text("Nothing to label right now")
     expect(page.locator('#progress [data-field="submitted"]')).to_have_text("3")
     expect(page.locator('#progress [data-field="skipped"]')).to_have_text("1")
@@ -174,3 +176,86 @@ def test_annotator_labels_by_keyboard_and_admin_sees_the_counts(live_server: Liv
     admin.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
     assert admin_errors == [], admin_errors
+
+
+def fits(page: Any, width: int) -> None:
+    """Nothing on the page is wider than the viewport (no sideways scrolling)."""
+    scroll = page.evaluate("document.documentElement.scrollWidth")
+    assert scroll <= width, f"{page.url}: the page is {scroll} px wide in a {width} px viewport"
+
+
+def test_phone_width_guidelines_gate_lease_and_come_back_later(live_server: LiveServer, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    pid = seed(live_server)
+    guidelines = "## Rules\n\nGive the **exact** value: $\\frac{1}{2}$, not 0.5.\n\n<script>window.pwned = 1</script>"
+    changed = httpx.patch(f"{live_server.url}{API}/{pid}", headers=bearer(live_server.tenant.keys["admin"]),
+                          json={"guidelines": guidelines, "guidelines_required": True}, timeout=30)
+    assert changed.status_code == 200 and changed.json()["guidelines_version"] == 1, changed.text
+    ui = live_server.url + UI
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    errors = watch_errors(page)
+    page.goto(f"{ui}/login")
+    page.keyboard.type("alice")
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.locator("#queue-table")).to_contain_text("calculus")
+    fits(page, 390)
+    page.screenshot(path=str(SCREENSHOT.with_name("webui-queue-390.png")), full_page=True)
+
+    # The gate: guidelines (KaTeX inside, the script tag shown as text) before the first lease.
+    page.goto(f"{ui}/projects/{pid}/task")
+    gate = page.locator("#guidelines-gate")
+    expect(gate.locator(".katex")).to_have_count(1)
+    expect(gate).to_contain_text("<script>window.pwned = 1</script>")
+    assert page.evaluate("window.pwned") is None
+    fits(page, 390)
+    page.locator("#confirm-guidelines").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#notice")).to_contain_text("Thank you for reading")
+    on_task(page, "q0")
+    fits(page, 390)
+
+    # The lease as time left, the ISO time in the title; the guidelines collapsed but there.
+    lease = page.locator("#lease time")
+    expect(lease).to_have_text("expires in 10 min")
+    iso = lease.get_attribute("datetime")
+    assert iso and lease.get_attribute("title") == iso and iso.startswith(str(datetime.now(UTC).year))
+    expect(page.locator("#guidelines")).not_to_have_attribute("open", "")
+    page.locator("#guidelines summary").click()
+    expect(page.locator("#guidelines .katex")).to_have_count(1)
+    expect(page.locator("#undo-form")).to_have_count(0)  # nothing to undo yet
+    page.screenshot(path=str(SCREENSHOT.with_name("webui-task-390.png")), full_page=True)
+
+    # Esc does not skip; L puts q0 off until the others are seen.
+    page.keyboard.press("Escape")
+    on_task(page, "q0")
+    page.keyboard.press("l")
+    expect(page.locator("#notice")).to_contain_text("comes back to you")
+    on_task(page, "q1")
+    page.keyboard.press("1")
+    page.keyboard.press("Control+Enter")
+    on_task(page, "q2")
+    expect(page.locator("#undo-button")).to_be_visible()
+
+    # A refused submit comes back as a page of its own: reloading it posts nothing.
+    page.keyboard.press("a")
+    page.keyboard.press("Control+Enter")  # an empty answer
+    expect(page.locator("#form-error")).to_contain_text("pick one of the candidate answers")
+    assert page.url.endswith(f"/projects/{pid}/task")
+    on_task(page, "q2")  # its scripts have run: reloading now aborts no request
+    page.reload()
+    on_task(page, "q2")
+    expect(page.locator("#form-error")).to_have_count(0)
+
+    assert errors == [], errors
+
+    # An unknown UI path is an HTML page, not JSON.
+    missing = page.goto(f"{ui}/no/such/page")
+    assert missing is not None and missing.status == 404
+    assert missing.headers["content-type"].startswith("text/html")
+    expect(page.locator("#error-message")).to_contain_text("there is no page at")
+    fits(page, 390)
+    numbers = stats(live_server, pid)
+    assert [(a["username"], a["submitted"], a["skipped"]) for a in numbers["annotators"]] == [("alice", 1, 0)]

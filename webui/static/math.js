@@ -33,10 +33,14 @@
   }
 
   function renderAll(root) {
-    if (!root.querySelector(".tex, #prompt")) { return; }
+    if (!root.querySelector(".tex, #prompt, .guidelines-body .math")) { return; }
     if (!available()) { warnMissing(); return; }
     root.querySelectorAll(".tex[data-tex]").forEach(function (element) {
       renderInto(element, element.getAttribute("data-tex"), false);
+    });
+    // Guidelines: the server's Markdown renderer kept $…$ and $$…$$ as .math.inline / .math.block.
+    root.querySelectorAll(".guidelines-body .math").forEach(function (element) {
+      renderInto(element, element.textContent, element.classList.contains("block"));
     });
     var prompt = root.querySelector("#prompt");
     if (prompt && typeof window.renderMathInElement === "function") {

@@ -1,9 +1,10 @@
-// The task page: live answer preview, keyboard shortcuts, and a lease heartbeat.
+// The task page: live answer preview, keyboard shortcuts, the lease's time left, and a lease heartbeat.
 (function () {
   "use strict";
 
   var labelForm = document.getElementById("label-form");
   var skipForm = document.getElementById("skip-form");
+  var laterForm = document.getElementById("later-form");
   var undoForm = document.getElementById("undo-form");
   var answer = document.getElementById("answer");
   var preview = document.getElementById("answer-preview");
@@ -12,7 +13,7 @@
   var sending = false;
 
   // One form post per page: a second key press while the first is in flight does nothing.
-  [labelForm, skipForm, undoForm].forEach(function (form) {
+  [labelForm, skipForm, laterForm, undoForm, document.getElementById("confirm-guidelines-form")].forEach(function (form) {
     if (!form) { return; }
     form.addEventListener("submit", function (event) {
       if (sending) { event.preventDefault(); return; }
@@ -70,13 +71,16 @@
       return;
     }
     if (isTyping(event.target)) {
+      // Esc only leaves the text box; it never skips (a stray Esc used to lose the task).
       if (key === "Escape") { event.target.blur(); event.preventDefault(); }
       return;
     }
     if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) { return; }
     var handled = true;
-    if (key === "s" || key === "S" || key === "Escape") {
-      send(skipForm);
+    if (key === "l" || key === "L") {
+      send(laterForm);
+    } else if (key === "N" && event.shiftKey) {
+      send(skipForm);  // "never show again" is permanent, hence Shift
     } else if (key === "u" || key === "U") {
       send(undoForm);
     } else if (/^[1-9]$/.test(key)) {
@@ -97,8 +101,32 @@
   // Tells tests (and anything else watching) that the shortcuts are live.
   document.documentElement.setAttribute("data-shortcuts", "on");
 
-  // Keep the reservation alive while the page is open (half the lease length between beats).
+  // The lease as time left ("expires in 9 min"), from the ISO time in the page; the ISO time stays in
+  // the title. Counted against this browser's clock, refreshed every 15 s.
   var lease = document.getElementById("lease");
+
+  function relative(ms) {
+    if (ms <= 0) { return "expired"; }
+    if (ms < 60000) { return "expires in less than a minute"; }
+    var minutes = Math.round(ms / 60000);
+    if (minutes < 120) { return "expires in " + minutes + " min"; }
+    return "expires in " + Math.round(minutes / 60) + " h";
+  }
+
+  function showLeft() {
+    var time = lease && lease.querySelector("time");
+    if (!time) { return; }
+    var at = Date.parse(time.getAttribute("datetime"));
+    if (isNaN(at)) { return; }
+    time.textContent = relative(at - Date.now());
+  }
+
+  if (lease) {
+    showLeft();
+    window.setInterval(showLeft, 15000);
+  }
+
+  // Keep the reservation alive while the page is open (half the lease length between beats).
   if (lease && window.fetch) {
     var seconds = Math.max(5, Number(lease.getAttribute("data-lease-seconds")) / 2);
     var header = document.body.getAttribute("data-csrf-header");
@@ -112,9 +140,9 @@
         })
         .then(function (body) {
           var time = lease.querySelector("time");
-          var at = new Date(body.lease_expires_at);
           time.setAttribute("datetime", body.lease_expires_at);
-          time.textContent = at.toISOString().substring(11, 19) + " UTC";
+          time.setAttribute("title", body.lease_expires_at);
+          showLeft();
         })
         .catch(function () {
           window.clearInterval(timer);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -13,13 +14,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 import webui
-from services.annotation import accounts
+from services.annotation import accounts, queue
 from services.annotation.app import create_app, request_time
 from services.annotation.models import AnnotatorRole, LabelKind
 from services.annotation.routes_ui_tasks import submission_from_form
+from services.annotation.schemas import Submission
 from services.annotation.ui_session import SESSION_COOKIE
 from services.common.db import session_scope
-from services.common.errors import InvalidInput
+from services.common.errors import Conflict, InvalidInput
 from services.common.models import ApiKey
 from tests.conftest import Tenant
 from tests.unit.annotation.test_api import BASE, T0, Clock, buy, create, h, seed_step
@@ -73,6 +75,13 @@ def login(client: TestClient, username: str, password: str = PASSWORD, **extra: 
     page = client.get("/ui/login")
     return client.post("/ui/login", data={"username": username, "password": password,
                                           "csrf_token": csrf_of(page.text), **extra}, follow_redirects=False)
+
+
+def refused_to_task(response: Any, project_id: str) -> bool:
+    """The post was answered with a 303 to the task page, which then came back 200 (Post/Redirect/Get)."""
+    first = response.history[0] if response.history else response
+    return bool(first.status_code == 303 and first.headers["location"] == f"/ui/projects/{project_id}/task"
+                and response.status_code == 200)
 
 
 def stats(client: TestClient, tenant: Tenant, project_id: str) -> dict[str, Any]:
@@ -172,11 +181,12 @@ def test_annotator_labels_skips_and_undoes_through_the_forms(client: TestClient,
 
     forged = client.post(submit_url, data={**form, "csrf_token": "forged", "choice": "candidate-0"})
     assert forged.status_code == 403 and stats(client, sqlite_tenant, pid)["tasks_done"] == 0
+    # A refused form redirects back to the task page (Post/Redirect/Get) with the error and what was typed.
     empty = client.post(submit_url, data={**form, "rationale": "kept on the page"})
-    assert empty.status_code == 422 and "pick one of the candidate answers" in empty.text
+    assert refused_to_task(empty, pid) and "pick one of the candidate answers" in empty.text
     assert "kept on the page" in empty.text  # what was typed comes back
     bad = client.post(submit_url, data={**form, "choice": "candidate-7"})
-    assert bad.status_code == 422 and "candidate 7 does not exist" in bad.text
+    assert refused_to_task(bad, pid) and "candidate 7 does not exist" in bad.text
     done = client.post(submit_url, data={**form, "choice": "candidate-0", "rationale": "majority"},
                        follow_redirects=False)
     assert done.status_code == 303 and done.headers["location"] == f"/ui/projects/{pid}/task?notice=submitted"
@@ -210,7 +220,7 @@ def test_annotator_labels_skips_and_undoes_through_the_forms(client: TestClient,
     late = client.post(re.search(r'action="(/ui/projects/[^"]+/submit)"', back.text).group(1),
                        data={"csrf_token": csrf_of(back.text), "submission_id": field(back.text, "submission_id"),
                              "choice": "candidate-0"})
-    assert late.status_code == 409 and "lease expired" in late.text
+    assert refused_to_task(late, pid) and "lease expired" in late.text
 
 
 def test_the_form_follows_the_label_schema(client: TestClient, sqlite_tenant: Tenant) -> None:
@@ -223,11 +233,11 @@ def test_the_form_follows_the_label_schema(client: TestClient, sqlite_tenant: Te
     assert 'id="ambiguous"' not in page.text
     assert re.search(r'<textarea id="rationale" name="rationale" rows="3" required>', page.text)
     nothing = client.post(f"/ui/projects/{pid}/undo", data={"csrf_token": csrf_of(page.text), "undo_key": "k1"})
-    assert nothing.status_code == 409 and "there is no submission to undo" in nothing.text
+    assert refused_to_task(nothing, pid) and "there is no submission to undo" in nothing.text
     url = re.search(r'action="(/ui/projects/[^"]+/submit)"', page.text).group(1)
     form = {"csrf_token": csrf_of(page.text), "submission_id": "s1", "answer": "4"}
     no_reason = client.post(url, data=form)
-    assert no_reason.status_code == 422 and "requires a rationale" in no_reason.text
+    assert refused_to_task(no_reason, pid) and "requires a rationale" in no_reason.text
     assert client.post(url, data={**form, "rationale": "2 + 2"}, follow_redirects=False).status_code == 303
 
 
@@ -360,3 +370,163 @@ def test_pages_send_security_headers(client: TestClient) -> None:
     page = client.get("/ui/login")
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["cache-control"] == "no-store" and page.headers["x-content-type-options"] == "nosniff"
+
+
+# ------------------------------------------------------------------- issue 21: defects, skip, gate
+
+
+def task_form(page: str, action: str) -> str:
+    found = re.search(rf'action="(/ui/projects/[0-9a-f]+/assignments/[0-9a-f]+/{action})"', page)
+    assert found, f"no {action} form on the page"
+    return found.group(1)
+
+
+def prompt_on(page: str) -> str:
+    found = re.search(r"Question (q\d+)\?", page)
+    assert found, "no task on the page"
+    return found.group(1)
+
+
+def test_a_refused_submit_redirects_and_a_reload_does_not_resubmit(client: TestClient, sqlite_tenant: Tenant) -> None:
+    pid = project_with_tasks(client, sqlite_tenant, 2)
+    add_account(pid, "alice")
+    add_account(pid, "bob")
+    login(client, "alice")
+    page = client.get(f"/ui/projects/{pid}/task").text
+    secret = "my private reasoning " * 3
+    refused = client.post(task_form(page, "submit"), data={"csrf_token": csrf_of(page), "submission_id": "s1",
+                                                          "rationale": secret}, follow_redirects=False)
+    assert refused.status_code == 303 and refused.headers["location"] == f"/ui/projects/{pid}/task"
+    assert "private" not in refused.headers["location"]  # the typed text never goes in the URL
+    assert "rewardhub_ui_flash=" in refused.headers["set-cookie"] and "HttpOnly" in refused.headers["set-cookie"]
+    shown = client.get(f"/ui/projects/{pid}/task")
+    assert shown.status_code == 200 and 'id="form-error"' in shown.text and secret in shown.text
+    assert "rewardhub_ui_flash=" in shown.headers["set-cookie"]  # deleted once shown
+    reloaded = client.get(f"/ui/projects/{pid}/task")  # a reload: the same task, no error, nothing posted
+    assert 'id="form-error"' not in reloaded.text and secret not in reloaded.text
+    assert prompt_on(reloaded.text) == "q0" and stats(client, sqlite_tenant, pid)["annotators"] == []
+
+    # Another account never sees alice's flash, even with her cookie in its browser.
+    refused = client.post(task_form(page, "submit"), data={"csrf_token": csrf_of(page), "submission_id": "s2"},
+                          follow_redirects=False)
+    flash = client.cookies.get("rewardhub_ui_flash")
+    assert refused.status_code == 303 and flash
+    login(client, "bob")
+    client.cookies.set("rewardhub_ui_flash", flash, path="/ui")
+    assert 'id="form-error"' not in client.get(f"/ui/projects/{pid}/task").text
+
+
+def test_a_typed_text_too_long_for_the_cookie_is_dropped_with_a_note(client: TestClient,
+                                                                     sqlite_tenant: Tenant) -> None:
+    pid = project_with_tasks(client, sqlite_tenant, 1, label_schema={"rationale": "required"})
+    add_account(pid, "alice")
+    login(client, "alice")
+    page = client.get(f"/ui/projects/{pid}/task").text
+    long_answer = secrets.token_hex(3000)  # random: the signed cookie's zlib cannot shrink it
+    client.post(task_form(page, "submit"), data={"csrf_token": csrf_of(page), "submission_id": "s1",
+                                                 "answer": long_answer}, follow_redirects=False)
+    assert len(client.cookies.get("rewardhub_ui_flash") or "") <= 3000
+    shown = client.get(f"/ui/projects/{pid}/task").text
+    assert "requires a rationale" in shown and "too long to keep" in shown and long_answer not in shown
+
+
+def test_undo_shows_only_when_there_is_something_to_undo(client: TestClient, sqlite_tenant: Tenant) -> None:
+    pid = project_with_tasks(client, sqlite_tenant, 2)
+    other = project_with_tasks(client, sqlite_tenant, 1, name="other")
+    alice = add_account(pid, "alice")
+    with session_scope() as session:
+        accounts.add_membership(session, alice, other)
+    login(client, "alice")
+    first = client.get(f"/ui/projects/{pid}/task").text
+    assert 'id="undo-form"' not in first  # 0 labels: nothing to undo
+    client.post(task_form(first, "submit"), data={"csrf_token": csrf_of(first), "submission_id": "s1",
+                                                  "choice": "candidate-0"})
+    second = client.get(f"/ui/projects/{pid}/task").text
+    assert 'id="undo-form"' in second
+    assert 'id="undo-form"' not in client.get(f"/ui/projects/{other}/task").text  # per project
+    client.post(f"/ui/projects/{pid}/undo", data={"csrf_token": csrf_of(second), "undo_key": field(second, "undo_key")})
+    assert 'id="undo-form"' not in client.get(f"/ui/projects/{pid}/task").text  # its only label taken back
+
+
+def test_unknown_ui_paths_are_an_html_404_and_the_api_keeps_json(client: TestClient, sqlite_tenant: Tenant) -> None:
+    anonymous = client.get("/ui/no/such/page")
+    assert anonymous.status_code == 404 and anonymous.headers["content-type"].startswith("text/html")
+    assert 'id="error-message"' in anonymous.text and "/ui/no/such/page" in anonymous.text
+    assert anonymous.headers["content-security-policy"].startswith("default-src 'self'")
+    pid = project_with_tasks(client, sqlite_tenant, 1)
+    add_account(pid, "alice")
+    login(client, "alice")
+    known = client.get("/ui/projects")
+    assert known.status_code == 404 and "<html" in known.text and "Log out" in known.text  # the viewer's page
+    api = client.get("/v1/annotation/nope", headers=h(sqlite_tenant, "admin"))
+    assert api.status_code == 404 and api.headers["content-type"].startswith("application/json")
+    assert client.post("/ui/queue").status_code == 405  # a wrong method on a real page is still 405
+    assert client.get("/ui/static/nope.js").json()["error"]["code"] == "not_found"
+
+
+def test_the_lease_carries_its_iso_time_for_the_browser(client: TestClient, sqlite_tenant: Tenant) -> None:
+    pid = project_with_tasks(client, sqlite_tenant, 1, lease_seconds=600)
+    add_account(pid, "alice")
+    login(client, "alice")
+    page = client.get(f"/ui/projects/{pid}/task").text
+    expires = re.search(r'<time datetime="([^"]+)" title="([^"]+)">', page)
+    assert expires and expires.group(1) == expires.group(2)
+    assert datetime.fromisoformat(expires.group(1)).replace(tzinfo=None) == \
+        (T0 + timedelta(seconds=600)).replace(tzinfo=None)
+    shown = re.search(r'id="lease"[^>]*>([^;]*);', page, re.S)
+    assert shown and "until" not in shown.group(1)  # no clock time to misread: the browser shows time left
+
+
+def test_come_back_later_returns_the_task_after_the_others(client: TestClient, sqlite_tenant: Tenant) -> None:
+    pid = project_with_tasks(client, sqlite_tenant, 3)
+    add_account(pid, "alice")
+    login(client, "alice")
+    page = client.get(f"/ui/projects/{pid}/task").text
+    assert prompt_on(page) == "q0" and "Come back later" in page and "Never show again" in page
+    later = client.post(task_form(page, "later"), data={"csrf_token": csrf_of(page)}, follow_redirects=False)
+    assert later.headers["location"] == f"/ui/projects/{pid}/task?notice=deferred"
+    page = client.get(later.headers["location"]).text
+    assert prompt_on(page) == "q1" and "comes back to you" in page  # q0 waits behind q1 and q2
+    client.post(task_form(page, "submit"), data={"csrf_token": csrf_of(page), "submission_id": "a",
+                                                 "choice": "candidate-0"})
+    page = client.get(f"/ui/projects/{pid}/task").text
+    assert prompt_on(page) == "q2"
+    never = client.post(task_form(page, "skip"), data={"csrf_token": csrf_of(page)}, follow_redirects=False)
+    assert never.headers["location"] == f"/ui/projects/{pid}/task?notice=skipped"
+    page = client.get(f"/ui/projects/{pid}/task").text
+    assert prompt_on(page) == "q0"  # nothing else left: the put-off task is back
+    counts = stats(client, sqlite_tenant, pid)["annotators"][0]
+    assert (counts["submitted"], counts["skipped"]) == (1, 1)  # "later" is not a skip
+    client.post(task_form(page, "later"), data={"csrf_token": csrf_of(page)})
+    assert prompt_on(client.get(f"/ui/projects/{pid}/task").text) == "q0"  # still the only one; q2 never
+
+
+def test_shortcuts_no_longer_bind_escape_to_skipping() -> None:
+    script = (webui.STATIC_DIR / "task.js").read_text()
+    assert 'key === "Escape") {\n      send(' not in script and '"Escape"' in script  # Esc only leaves a text box
+    page = (webui.TEMPLATES_DIR / "task.html").read_text()
+    assert "<kbd>S</kbd> or <kbd>Esc</kbd>" not in page and "it never skips" in page
+
+
+def test_come_back_later_frees_the_slot_at_once_and_is_refused_after_submit(client: TestClient,
+                                                                            sqlite_tenant: Tenant) -> None:
+    pid = project_with_tasks(client, sqlite_tenant, 1)
+    alice, bob = add_account(pid, "alice"), add_account(pid, "bob")
+    with session_scope() as session:
+        view = queue.next_task(session, pid, alice, now=T0)
+        assert view is not None
+        assert queue.next_task(session, pid, bob, now=T0) is None  # overlap 1: alice holds the only slot
+        first = queue.come_back_later(session, pid, alice, view.assignment_id, now=T0)
+        again = queue.come_back_later(session, pid, alice, view.assignment_id, now=T0 + timedelta(seconds=5))
+        assert first.state == again.state == "deferred"
+        taken = queue.next_task(session, pid, bob, now=T0 + timedelta(seconds=6))
+        assert taken is not None and taken.task_id == view.task_id  # the slot was handed back at once
+        queue.submit(session, pid, bob, taken.assignment_id, Submission(submission_id="b", candidate=0),
+                     now=T0 + timedelta(seconds=7))
+        assert queue.next_task(session, pid, alice, now=T0 + timedelta(seconds=8)) is None  # done meanwhile
+    with session_scope() as session:
+        mine = queue.next_task(session, pid, bob, now=T0 + timedelta(seconds=9))
+        assert mine is None
+        with pytest.raises(Conflict) as late:
+            queue.come_back_later(session, pid, bob, taken.assignment_id, now=T0 + timedelta(seconds=10))
+        assert late.value.code == "lease_not_active"
