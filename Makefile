@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: up test lint typecheck bench install install-dev system-deps clean
+.PHONY: up test lint typecheck bench mutation install install-dev system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(VENV)/.installed-dev: pyproject.toml tests/integration/framework-requirements.
 	# veRL's and OpenRLHF's own reward code for the adapter tests, without their (GPU) dependencies,
 	# in a folder of its own so their top-level `tests` packages cannot shadow ours.
 	$(BIN)/pip install --quiet --no-deps --target $(VENV)/frameworks -r tests/integration/framework-requirements.txt
+	# checkov scans the rendered Helm chart (tests/unit/deploy/test_helm_scan.py); a venv of its own,
+	# as its pins conflict with the dev tools'.
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --quiet 'checkov==3.3.30'
 	touch $@ $(VENV)/.installed
 
 # KaTeX and Chart.js for the web UI come from npm (webui/package-lock.json), never from the repo.
@@ -68,6 +72,15 @@ readme: install-dev
 
 bench: install-dev
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Mutation testing of the modules that decide rewards ([tool.mutmut] in pyproject.toml): writes the
+# per-module score table to build/mutation-report.md and fails while a mutant survives that
+# docs/mutation_equivalents.md does not list. Not part of `make test` (tens of minutes on 2 cores, see
+# the README; results are cached in build/mutation/, so a rerun re-tests only what changed).
+# `make mutation MUTANTS='services.verifier.graders.numeric.*'` runs one module.
+MUTANTS ?=
+mutation: install-dev
+	$(BIN)/python scripts/mutation_report.py $(MUTANTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

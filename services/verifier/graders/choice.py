@@ -16,7 +16,8 @@ def _patterns(letters: str) -> list[re.Pattern[str]]:
         re.compile(rf"(?:answer|option|choice)\s*(?:is|:)?\s*[:\-]?\s*\(?\**({cls})\b\)?", re.IGNORECASE),
         re.compile(rf"^\s*\(?({cls})[).:]?\s*$", re.MULTILINE),
         re.compile(rf"\(({cls})\)"),
-        re.compile(rf"\b({letters})\b"),
+        # A bare capital letter standing alone ("I pick B"); capitals only, since "a" is an article.
+        re.compile(rf"\b([{letters}])\b"),
     ]
 
 

@@ -72,6 +72,9 @@ def test_numeric_statuses() -> None:
 @pytest.mark.parametrize(("completion", "score"), [
     ("The answer is (B).", 1.0), (r"\boxed{B}", 1.0), ("Answer: b", 1.0), ("B", 1.0),
     ("I pick (C) because B is wrong", 0.0), ("The answer is C", 0.0),
+    # A bare letter in a sentence (the last pattern used to match only the text "ABCD" itself).
+    ("I pick B", 1.0), ("After thinking it over, B", 1.0), ("It must be C, not A", 0.0),
+    ("a cat sat; so B", 1.0), ("ABCD", 0.0),
 ])
 def test_multiple_choice(completion: str, score: float) -> None:
     assert run({"type": "multiple_choice"}, completion, "B").score == score
