@@ -11,6 +11,8 @@ from services.annotation.deps import (
 )
 from services.annotation.routes_labels import router as labels_router
 from services.annotation.routes_projects import router as projects_router
+from services.annotation.routes_quality import router as quality_router
+from services.annotation.routes_quality import ui_router as quality_ui_router
 from services.annotation.routes_queue import router as queue_router
 from services.annotation.routes_steps import router as steps_router
 from services.annotation.webui_routes import router as webui_router
@@ -29,7 +31,9 @@ def create_app() -> FastAPI:
         "rewardhub_annotation_queue_depth", "Annotation tasks by status, and active leases live or expired",
         ["kind", "state"], _queue_depth))
     return create_service_app(
-        "annotation", [projects_router, steps_router, labels_router, queue_router, webui_router],
+        # The quality UI read goes before the web UI, whose last route answers every other /ui path.
+        "annotation", [projects_router, quality_router, steps_router, labels_router, queue_router,
+                       quality_ui_router, webui_router],
         title="rewardhub annotation",
         description="CARE active annotation: pseudo-labels from rollout groups, budgeted label purchases, "
                     "the annotator queue, and labels back to trainers. Every endpoint except health and "

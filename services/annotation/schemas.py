@@ -486,6 +486,40 @@ class QueueStats(BaseModel):
     annotators: list[AnnotatorThroughput]
 
 
+class AgreementFigure(BaseModel):
+    """One chance-corrected agreement coefficient with the data it rests on (services/annotation/agreement.py)."""
+
+    value: float | None = Field(description="The coefficient; null where it does not apply or is undefined.")
+    items: int = Field(description="Tasks compared (each with at least two live labels).")
+    labels: int = Field(description="Labels in those tasks.")
+    note: str | None = Field(default=None, description="Why there is no value, when there is none.")
+
+
+class AnnotatorQuality(BaseModel):
+    """An annotator's accuracy against the hidden answer key and against reviewers' adjudications."""
+
+    annotator_id: str
+    username: str
+    labels: int = Field(description="Live (not undone) labels in the project.")
+    gold_accuracy: float | None = Field(description="Share of labels on answer-key prompts equal to the key; "
+                                                    "null when none of their labels has a key.")
+    gold_n: int = Field(description="Labels compared with the answer key.")
+    adjudicated_accuracy: float | None = Field(description="Share of labels on adjudicated tasks equal to the "
+                                                           "reviewer's answer; null when none was adjudicated.")
+    adjudicated_n: int = Field(description="Labels compared with an adjudication (by someone else).")
+
+
+class ProjectQuality(BaseModel):
+    """Inter-annotator agreement (nominal: answers grouped by the queue's equivalence) and accuracy."""
+
+    annotation_project_id: str
+    krippendorff_alpha: AgreementFigure = Field(description="Nominal alpha over every task with two or more labels.")
+    cohen_kappa: AgreementFigure = Field(description="Applies when exactly two annotators labelled those tasks.")
+    fleiss_kappa: AgreementFigure = Field(description="Applies when every compared task has the same number "
+                                                      "of labels.")
+    annotators: list[AnnotatorQuality]
+
+
 class WebhookDeliveryOut(BaseModel):
     """One webhook delivery as an admin sees it (never the secret, never the URL's credentials)."""
 

@@ -63,3 +63,71 @@
     }
   });
 })();
+
+// Label quality per project card, read after the page is shown (GET …/dashboard/projects/{id}/quality).
+// Every figure is written with its n; a figure with nothing to compare shows "—" and why, never 0.
+(function () {
+  "use strict";
+
+  function cell(tag, text, className) {
+    var element = document.createElement(tag);
+    element.textContent = text;
+    if (className) { element.className = className; }
+    return element;
+  }
+
+  function coefficient(target, figure) {
+    if (figure.value === null) {
+      target.textContent = "—";
+      target.title = figure.note || "";
+    } else {
+      target.textContent = figure.value.toFixed(3);
+      target.title = "";
+    }
+    // Why a figure is missing is said in words beside its counts, not only in a tooltip.
+    var detail = (figure.value === null && figure.note ? figure.note + "; " : "") +
+      "n = " + figure.items + " tasks, " + figure.labels + " labels";
+    target.appendChild(document.createElement("br"));
+    target.appendChild(cell("span", detail, "muted small"));
+  }
+
+  function share(value, n) {
+    return (value === null ? "—" : (100 * value).toFixed(1) + "%") + " (n = " + n + ")";
+  }
+
+  function fill(box, quality) {
+    coefficient(box.querySelector('[data-field="alpha"]'), quality.krippendorff_alpha);
+    coefficient(box.querySelector('[data-field="cohen"]'), quality.cohen_kappa);
+    coefficient(box.querySelector('[data-field="fleiss"]'), quality.fleiss_kappa);
+    var body = box.querySelector('[data-field="accuracy"]');
+    body.textContent = "";
+    if (!quality.annotators.length) {
+      var none = body.insertRow();
+      none.appendChild(cell("td", "No answers yet.", "muted")).colSpan = 4;
+      return;
+    }
+    quality.annotators.forEach(function (a) {
+      var row = body.insertRow();
+      row.dataset.qualityAnnotator = a.username;  // not data-annotator: that names throughput rows
+      row.appendChild(cell("th", a.username)).scope = "row";
+      row.appendChild(cell("td", String(a.labels), "num"));
+      row.appendChild(cell("td", share(a.gold_accuracy, a.gold_n), "num")).dataset.field = "gold";
+      row.appendChild(cell("td", share(a.adjudicated_accuracy, a.adjudicated_n), "num")).dataset.field = "adjudicated";
+    });
+  }
+
+  document.querySelectorAll("[data-quality-url]").forEach(function (box) {
+    fetch(box.dataset.qualityUrl, {credentials: "same-origin", headers: {Accept: "application/json"}})
+      .then(function (response) {
+        if (!response.ok) { throw new Error("HTTP " + response.status); }
+        return response.json();
+      })
+      .then(function (quality) { fill(box, quality); })
+      .catch(function () {
+        box.querySelectorAll("dd").forEach(function (dd) { dd.textContent = "unavailable"; });
+        var body = box.querySelector('[data-field="accuracy"]');
+        body.textContent = "";
+        body.insertRow().appendChild(cell("td", "Could not load the quality figures.", "muted")).colSpan = 4;
+      });
+  });
+})();

@@ -25,6 +25,7 @@ from services.common.errors import Conflict, InvalidInput
 from services.common.models import ApiKey
 from tests.conftest import Tenant
 from tests.unit.annotation.test_api import BASE, T0, Clock, buy, create, h, seed_step
+from tests.unit.annotation.test_quality_api import known_project
 
 PASSWORD = "correct horse battery"
 
@@ -530,3 +531,25 @@ def test_come_back_later_frees_the_slot_at_once_and_is_refused_after_submit(clie
         with pytest.raises(Conflict) as late:
             queue.come_back_later(session, pid, bob, taken.assignment_id, now=T0 + timedelta(seconds=10))
         assert late.value.code == "lease_not_active"
+
+
+def test_dashboard_cards_read_label_quality_for_the_projects_they_show(client: TestClient,
+                                                                       sqlite_tenant: Tenant) -> None:
+    pid, _ids = known_project(client, sqlite_tenant)  # accounts alice, bob, carol and reviewer rita
+    other = str(create(client, sqlite_tenant, name="other")["id"])
+    login(client, "rita")
+    board = client.get("/ui/dashboard")
+    url = f"/ui/dashboard/projects/{pid}/quality"
+    assert f'data-quality-url="{url}"' in board.text and 'data-field="alpha"' in board.text
+    assert 'src="/ui/static/dashboard.js"' in board.text
+    read = client.get(url)
+    assert read.status_code == 200 and read.headers["cache-control"] == "no-store"
+    quality = read.json()
+    assert quality["krippendorff_alpha"]["value"] == pytest.approx(2 / 3)  # worked in test_quality_api
+    assert [(a["username"], a["gold_n"], a["adjudicated_n"]) for a in quality["annotators"]] == [
+        ("alice", 3, 1), ("bob", 3, 1), ("carol", 0, 0)]
+    assert client.get(f"/ui/dashboard/projects/{other}/quality").status_code == 404  # not rita's project
+    login(client, "alice")
+    assert client.get(url).status_code == 403  # annotators never see accuracy against the hidden key
+    script = (webui.STATIC_DIR / "dashboard.js").read_text()
+    assert "data-quality-url" in script and "figure.note" in script and '" (n = "' in script
