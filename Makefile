@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: up test lint typecheck bench mutation install install-dev system-deps clean
+.PHONY: up test lint typecheck bench mutation install install-dev system-deps clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,16 @@ bench: install-dev
 MUTANTS ?=
 mutation: install-dev
 	$(BIN)/python scripts/mutation_report.py $(MUTANTS)
+
+# The lock files the images install from (requirements/*.lock: every package pinned with its
+# sha256, for the images' CPython 3.11 on Linux x86_64), re-resolved from pyproject.toml by uv.
+# Needs PyPI; torch's CPU build comes from download.pytorch.org, or from a folder holding its wheel:
+# `make lock TORCH_FIND_LINKS=/opt/wheels`. `make lock LOCKS=server` regenerates one.
+LOCKS ?=
+TORCH_FIND_LINKS ?=
+lock: | $(BIN)/python
+	$(BIN)/pip install --quiet 'uv>=0.9'
+	UV=$(BIN)/uv TORCH_FIND_LINKS=$(TORCH_FIND_LINKS) $(BIN)/python requirements/lock.py $(LOCKS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

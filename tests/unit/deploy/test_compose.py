@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from typing import Any
 
 import pytest
@@ -29,6 +30,12 @@ INFRASTRUCTURE = {"postgres", "redis"}
 ONE_SHOT = {"migrate"}
 # Runs untrusted code: none of the shared environment (credentials), no database, no broker.
 CREDENTIAL_FREE = {"sandbox"}
+# Which Dockerfile target each Python service runs (tests/unit/deploy/test_dockerfile.py checks that
+# the light ones start without torch, and that these torch ones need it at start).
+IMAGE_TARGETS = {"gateway": "light", "verifier": "light", "sandbox": "light", "rubric_rm": "light",
+                 "migrate": "light", "annotation": "trainer", "worker": "trainer", "trainer": "gpu"}
+IMAGE_VARIABLES = {"light": "REWARDHUB_LIGHT_IMAGE", "trainer": "REWARDHUB_IMAGE", "gpu": "REWARDHUB_GPU_IMAGE"}
+REQUIRED = {"REWARDHUB_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD"}
 # Services the compose file runs ahead of their entry in SERVICES (the trainer lands later);
 # once a name is in SERVICES, the strict check covers it and it should leave this set.
 AHEAD_OF_SERVICE_MAP = {"trainer"}
@@ -66,9 +73,19 @@ def with_defaults(value: str) -> str:
 
 
 def compose_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REWARDHUB_", "COMPOSE_"))}
-    env["REWARDHUB_SECRET_KEY"] = "test-secret-key"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("REWARDHUB_", "COMPOSE_")) and k not in REQUIRED | {"VLLM_IMAGE"}}
+    env.update(REWARDHUB_SECRET_KEY="test-secret-key", POSTGRES_PASSWORD="pg0a1b", REDIS_PASSWORD="rd2c3d")
     return env
+
+
+def resolved(*profile_args: str, env: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """The services as docker-compose itself resolves them (anchors merged, variables substituted)."""
+    result = subprocess.run([docker_compose(), "-f", str(COMPOSE_FILE), *profile_args, "config"],
+                            env=env or compose_env(), capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    found: dict[str, dict[str, Any]] = yaml.safe_load(result.stdout)["services"]
+    return found
 
 
 # --- docker-compose's own validation ---------------------------------------------------------
@@ -98,13 +115,36 @@ def test_docker_compose_resolves_the_shared_environment_and_gpu_profile() -> Non
         assert resolved[name]["environment"]["DATABASE_URL"].startswith("postgresql+psycopg://"), name
 
 
-def test_docker_compose_refuses_to_run_without_a_secret_key() -> None:
+@pytest.mark.parametrize("variable", sorted(REQUIRED))
+def test_docker_compose_refuses_to_run_without_a_required_secret(variable: str) -> None:
     env = compose_env()
-    del env["REWARDHUB_SECRET_KEY"]
+    del env[variable]
     result = subprocess.run([docker_compose(), "-f", str(COMPOSE_FILE), "config", "-q"],
                             env=env, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
     assert result.returncode != 0
-    assert "REWARDHUB_SECRET_KEY" in result.stderr
+    assert variable in result.stderr
+
+
+def test_the_passwords_reach_postgres_redis_and_every_client() -> None:
+    services = resolved("--profile", "gpu")
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "pg0a1b"
+    command = services["redis"]["command"]
+    assert command[command.index("--requirepass") + 1] == "rd2c3d"
+    # The healthcheck's redis-cli authenticates from the environment, not its command line.
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == "rd2c3d"
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    for name, svc in services.items():
+        env = svc.get("environment", {})
+        if "DATABASE_URL" in env:
+            assert env["DATABASE_URL"] == "postgresql+psycopg://rewardhub:pg0a1b@postgres:5432/rewardhub", name
+            assert env["REDIS_URL"] == "redis://:rd2c3d@redis:6379/0", name
+
+
+def test_published_ports_bind_to_loopback_unless_told_otherwise() -> None:
+    published = {name: svc["ports"] for name, svc in resolved().items() if svc.get("ports")}
+    assert published == {"gateway": ["127.0.0.1:8000:8000/tcp"], "annotation": ["127.0.0.1:8001:8000/tcp"]}
+    env = compose_env() | {"REWARDHUB_BIND": "0.0.0.0", "REWARDHUB_PORT": "9000"}
+    assert resolved(env=env)["gateway"]["ports"] == ["0.0.0.0:9000:8000/tcp"]
 
 
 # --- structure ---------------------------------------------------------------------------------
@@ -190,11 +230,32 @@ def test_python_services_wait_for_migrations_and_infrastructure(services: dict[s
         assert deps["redis"]["condition"] == "service_healthy", name
 
 
-def test_python_services_share_the_image_and_run_cli_commands(services: dict[str, dict[str, Any]]) -> None:
+def test_each_python_service_runs_its_dockerfile_target(services: dict[str, dict[str, Any]]) -> None:
+    version = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    stages = re.findall(r"^FROM \S+ AS (\w+)$", (REPO_ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert set(python_services(services)) == set(IMAGE_TARGETS)
+    images: dict[str, set[str]] = {}
+    for name, svc in python_services(services).items():
+        target = svc["build"]["target"]
+        assert target == IMAGE_TARGETS[name] and target in stages, f"{name} builds target {target!r}"
+        # Our own images are tagged with the project's version (never :latest), overridable per target.
+        repository = "rewardhub" if target == "trainer" else f"rewardhub-{target}"
+        assert svc["image"] == f"${{{IMAGE_VARIABLES[target]}:-{repository}:{version}}}", name
+        images.setdefault(target, set()).add(svc["image"])
+    assert all(len(names) == 1 for names in images.values()), images
+
+
+def test_tini_from_the_image_is_pid_1_so_no_service_adds_an_init(services: dict[str, dict[str, Any]]) -> None:
+    # A second init (compose's `init: true`) in front of tini would only add a process.
+    assert '["/usr/bin/tini", "--", "rewardhub"]' in (REPO_ROOT / "Dockerfile").read_text()
+    for name, svc in python_services(services).items():
+        assert "init" not in svc, name
+
+
+def test_python_services_run_cli_commands(services: dict[str, dict[str, Any]]) -> None:
     commands = typer.main.get_command(cli_app).commands  # type: ignore[attr-defined]
-    cpu = {name: svc for name, svc in python_services(services).items() if name not in GPU_SERVICES}
-    assert set(cpu) == {"migrate", "worker", *(set(SERVICES) - GPU_SERVICES)}
-    assert len({svc["image"] for svc in cpu.values()}) == 1, "CPU services run one image"
+    cpu = {name for name in python_services(services) if name not in GPU_SERVICES}
+    assert cpu == {"migrate", "worker", *(set(SERVICES) - GPU_SERVICES)}
     for name, svc in python_services(services).items():
         assert svc["build"]["dockerfile"] == "Dockerfile" and svc["build"]["context"] == ".", name
         assert "entrypoint" not in svc, f"{name} must keep the image's `rewardhub` entrypoint"
@@ -226,7 +287,8 @@ def test_shared_environment_carries_the_infrastructure_and_known_settings(
         for required in ("DATABASE_URL", "REDIS_URL", "REWARDHUB_SECRET_KEY"):
             assert required in env, f"{name} lacks {required}"
         assert env["DATABASE_URL"].startswith("postgresql+psycopg://") and "@postgres:5432/" in env["DATABASE_URL"]
-        assert env["REDIS_URL"].startswith("redis://redis:6379/")
+        assert env["REDIS_URL"] == "redis://:${REDIS_PASSWORD}@redis:6379/0"
+        assert ":${POSTGRES_PASSWORD}@" in env["DATABASE_URL"]
         unknown = {k for k in env if k.startswith("REWARDHUB_")} - settings_vars
         assert not unknown, f"{name} sets variables the settings class does not read: {unknown}"
 
@@ -247,12 +309,17 @@ def test_only_the_gateway_and_the_annotation_ui_are_published(services: dict[str
     published = {name for name, svc in services.items() if svc.get("ports")}
     assert published == {"gateway", "annotation"}
     for name in published:
-        assert str(services[name]["ports"][0]).endswith(":8000"), name
+        (port,) = services[name]["ports"]
+        assert port.startswith("${REWARDHUB_BIND:-127.0.0.1}:") and port.endswith(":8000"), name
 
 
 def test_infrastructure_images(services: dict[str, dict[str, Any]]) -> None:
-    assert services["postgres"]["image"] == "postgres:16"
-    assert services["redis"]["image"] == "redis:7"
+    # Exact releases: a floating tag (postgres:16, redis:7, :latest) changes under a running stack.
+    assert re.fullmatch(r"postgres:16\.\d+", services["postgres"]["image"])
+    assert re.fullmatch(r"redis:7\.\d+\.\d+(-alpine)?", services["redis"]["image"])
+    assert re.fullmatch(r"\$\{VLLM_IMAGE:-vllm/vllm-openai:v\d+\.\d+\.\d+\}", services["vllm"]["image"])
+    for name, svc in services.items():
+        assert "latest" not in with_defaults(svc["image"]), name
     assert set(services) >= INFRASTRUCTURE
     for name in INFRASTRUCTURE:
         assert any(":" in volume for volume in services[name]["volumes"]), f"{name} keeps its data in a volume"
@@ -275,9 +342,11 @@ def test_the_shared_settings_are_one_anchor() -> None:
     text = COMPOSE_FILE.read_text()
     assert re.search(r"^x-common-env: &common-env$", text, re.MULTILINE)
     assert re.search(r"^x-common: &common$", text, re.MULTILINE)
-    # Every Python service merges the shared block rather than repeating it.
+    # Every Python service merges the shared block (and its image's) rather than repeating them.
     services = python_services(yaml.safe_load(text)["services"])
-    assert text.count("<<: *common\n") == len(set(services) - CREDENTIAL_FREE)
+    merges = re.findall(r"^    <<: (\*common|\[\*common, \*[\w-]+\]|\*light-image)$", text, re.MULTILINE)
+    assert len([m for m in merges if "common" in m]) == len(set(services) - CREDENTIAL_FREE)
+    assert "*light-image" in merges, "the sandbox takes the light image without the shared environment"
 
 
 def test_the_sandbox_holds_no_credentials_and_is_locked_down(services: dict[str, dict[str, Any]]) -> None:
@@ -314,13 +383,17 @@ def test_the_readme_exports_exactly_what_compose_requires() -> None:
     # Every ${VAR:?message} in the file is a variable compose refuses to start without.
     required = set(re.findall(r"\$\{(\w+):\?", COMPOSE_FILE.read_text()))
     exported = readme_environment(readme_compose_commands())
-    assert set(exported) == required == {"REWARDHUB_SECRET_KEY"}
+    assert set(exported) == required == REQUIRED
     assert len(exported["REWARDHUB_SECRET_KEY"]) >= 32
+    # The passwords go into URLs unescaped: the README's are hex.
+    for name in ("POSTGRES_PASSWORD", "REDIS_PASSWORD"):
+        assert re.fullmatch(r"[0-9a-f]{32}", exported[name]), name
 
 
 def test_docker_compose_accepts_the_readmes_commands_as_written() -> None:
     commands = readme_compose_commands()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REWARDHUB_", "COMPOSE_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("REWARDHUB_", "COMPOSE_")) and k not in REQUIRED}
     env.update(readme_environment(commands))
     ups = [argv(c) for c in commands if c.startswith("docker compose") and " up" in c]
     assert ups, "the README shows no `docker compose up`"
