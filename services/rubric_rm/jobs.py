@@ -371,11 +371,13 @@ async def _run_claimed(job: RubricJob, owner: str, stored: dict[int, dict[str, A
                 return
 
     async def one(index: int) -> None:
+        # The slot is held until the judgment is stored: a judgment counts as in flight until then, so a
+        # worker that dies re-runs at most max_concurrency of them (the answered, unstored ones included).
         async with limit:
             if lost.is_set():
                 return
             result = await run_item(job.kind, items[index], principal, llm)
-        await asyncio.to_thread(_store_item, job_id, owner, index, result)
+            await asyncio.to_thread(_store_item, job_id, owner, index, result)
 
     beating = asyncio.create_task(heartbeat())
     try:
