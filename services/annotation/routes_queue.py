@@ -49,8 +49,8 @@ def annotator_of(session: Session, principal: Principal, annotation_project_id: 
 def next_task(annotation_project_id: ProjectPath, now: Now, principal: AnnotatorKey, session: SessionDep) -> Any:
     """Lease the next task (highest selection score first), or get back your live lease. A project whose
     guidelines must be read first answers 409 ``guidelines_unconfirmed`` until you confirm their version."""
-    annotator = annotator_of(session, principal, annotation_project_id)
     project = projects.accessible(session, principal, annotation_project_id)
+    annotator = accounts.annotator_for_key(session, principal)
     if projects.needs_confirmation(session, project, annotator.id):
         raise Conflict(f"read the project's guidelines (version {project.guidelines_version}) and confirm them "
                        f"first: POST …/guidelines/confirm", field="version", code="guidelines_unconfirmed")
@@ -104,8 +104,8 @@ def come_back_later(annotation_project_id: ProjectPath, assignment_id: ItemPath,
 def confirm_guidelines(annotation_project_id: ProjectPath, body: GuidelinesConfirmIn, now: Now,
                        principal: AnnotatorKey, session: SessionDep) -> Response:
     """Say you read the project's guidelines at ``version`` (a replaced version is a 409 guidelines_changed)."""
-    annotator = annotator_of(session, principal, annotation_project_id)
     project = projects.accessible(session, principal, annotation_project_id)
+    annotator = accounts.annotator_for_key(session, principal)
     projects.confirm_guidelines(session, project, annotator.id, body.version, now or utcnow())
     return Response(status_code=204)
 

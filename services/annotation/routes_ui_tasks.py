@@ -12,6 +12,7 @@ the form again.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -119,6 +120,25 @@ def _refused(request: Request, found: Viewer, project: AnnotationProject, exc: A
     return response
 
 
+def _form_post(request: Request, session: Session, found: Viewer, annotation_project_id: str, csrf_token: str,
+               act: Callable[[AnnotationProject, str], object], notice: str,
+               form: dict[str, Any] | None = None) -> Response:
+    """One task-page form post: the CSRF token and membership checked (else an error page), then
+    ``act(project, annotator_id)``; refused, nothing of it is kept and the task page comes back with
+    the error (and the typed ``form`` values); done, back to the task page with ``notice``."""
+    try:
+        project = guarded_project(session, found, annotation_project_id, csrf_token)
+    except ApiError as exc:
+        return error_page(request, exc, found)
+    assert found.annotator is not None
+    try:
+        act(project, found.annotator.id)
+    except ApiError as exc:
+        session.rollback()
+        return _refused(request, found, project, exc, form)
+    return redirect(request, "ui_task", notice=notice, annotation_project_id=project.id)
+
+
 @router.get("/projects/{annotation_project_id}/task", name="ui_task")
 def task_page(request: Request, annotation_project_id: ProjectPath, now: Now, found: Labeller,
               session: SessionDep) -> Response:
@@ -135,19 +155,12 @@ def task_page(request: Request, annotation_project_id: ProjectPath, now: Now, fo
 def confirm_guidelines(request: Request, annotation_project_id: ProjectPath, now: Now, found: Labeller,
                        session: SessionDep, csrf_token: FormText = "", version: FormText = "") -> Response:
     """"I have read these guidelines" for the version the page showed (a stale version is refused)."""
-    try:
-        project = guarded_project(session, found, annotation_project_id, csrf_token)
-    except ApiError as exc:
-        return error_page(request, exc, found)
-    assert found.annotator is not None
-    try:
+    def confirm(project: AnnotationProject, annotator_id: str) -> None:
         if not version.isdigit():
             raise InvalidInput("the guidelines version is missing", field="version")
-        projects.confirm_guidelines(session, project, found.annotator.id, int(version), now or utcnow())
-    except ApiError as exc:
-        session.rollback()
-        return _refused(request, found, project, exc)
-    return redirect(request, "ui_task", notice="guidelines_confirmed", annotation_project_id=project.id)
+        projects.confirm_guidelines(session, project, annotator_id, int(version), now or utcnow())
+
+    return _form_post(request, session, found, annotation_project_id, csrf_token, confirm, "guidelines_confirmed")
 
 
 def submission_from_form(submission_id: str, choice: str, answer: str, ambiguous: str,
@@ -183,70 +196,39 @@ def submit(request: Request, annotation_project_id: ProjectPath, assignment_id: 
            rationale: FormText = "") -> Response:
     form = {"assignment_id": assignment_id, "choice": choice, "answer": answer, "ambiguous": bool(ambiguous),
             "rationale": rationale}
-    try:
-        project = guarded_project(session, found, annotation_project_id, csrf_token)
-    except ApiError as exc:
-        return error_page(request, exc, found)
-    try:
+
+    def answer_it(project: AnnotationProject, annotator_id: str) -> None:
         body = submission_from_form(submission_id or uuid.uuid4().hex, choice, answer, ambiguous, rationale)
-        assert found.annotator is not None
-        queue.submit(session, project.id, found.annotator.id, assignment_id, body, now=now)
-    except ApiError as exc:
-        # Nothing of the refused submission is kept; the task page comes back with the typed values.
-        session.rollback()
-        return _refused(request, found, project, exc, form)
-    return redirect(request, "ui_task", notice="submitted", annotation_project_id=project.id)
+        queue.submit(session, project.id, annotator_id, assignment_id, body, now=now)
+
+    return _form_post(request, session, found, annotation_project_id, csrf_token, answer_it, "submitted", form)
 
 
 @router.post("/projects/{annotation_project_id}/assignments/{assignment_id}/later", name="ui_later")
 def come_back_later(request: Request, annotation_project_id: ProjectPath, assignment_id: ItemPath, now: Now,
                     found: Labeller, session: SessionDep, csrf_token: FormText = "") -> Response:
     """Put the task off: it comes back to this annotator after every other task (``queue.come_back_later``)."""
-    try:
-        project = guarded_project(session, found, annotation_project_id, csrf_token)
-    except ApiError as exc:
-        return error_page(request, exc, found)
-    try:
-        assert found.annotator is not None
-        queue.come_back_later(session, project.id, found.annotator.id, assignment_id, now=now)
-    except ApiError as exc:
-        session.rollback()
-        return _refused(request, found, project, exc)
-    return redirect(request, "ui_task", notice="deferred", annotation_project_id=project.id)
+    return _form_post(request, session, found, annotation_project_id, csrf_token,
+                      lambda project, annotator_id: queue.come_back_later(session, project.id, annotator_id,
+                                                                          assignment_id, now=now), "deferred")
 
 
 @router.post("/projects/{annotation_project_id}/assignments/{assignment_id}/skip", name="ui_skip")
 def never_show_again(request: Request, annotation_project_id: ProjectPath, assignment_id: ItemPath, now: Now,
                      found: Labeller, session: SessionDep, csrf_token: FormText = "") -> Response:
     """The permanent skip: this annotator is never offered the task again."""
-    try:
-        project = guarded_project(session, found, annotation_project_id, csrf_token)
-    except ApiError as exc:
-        return error_page(request, exc, found)
-    try:
-        assert found.annotator is not None
-        queue.skip(session, project.id, found.annotator.id, assignment_id, now=now)
-    except ApiError as exc:
-        session.rollback()
-        return _refused(request, found, project, exc)
-    return redirect(request, "ui_task", notice="skipped", annotation_project_id=project.id)
+    return _form_post(request, session, found, annotation_project_id, csrf_token,
+                      lambda project, annotator_id: queue.skip(session, project.id, annotator_id, assignment_id,
+                                                               now=now), "skipped")
 
 
 @router.post("/projects/{annotation_project_id}/undo", name="ui_undo")
 def undo(request: Request, annotation_project_id: ProjectPath, now: Now, found: Labeller, session: SessionDep,
          csrf_token: FormText = "", undo_key: FormText = "") -> Response:
     """Take back the last answer. ``undo_key`` is fresh on each page, so a double press undoes once."""
-    try:
-        project = guarded_project(session, found, annotation_project_id, csrf_token)
-    except ApiError as exc:
-        return error_page(request, exc, found)
-    try:
-        assert found.annotator is not None
-        queue.undo_once(session, project.id, found.annotator.id, undo_key[:200] or None, now=now)
-    except ApiError as exc:
-        session.rollback()
-        return _refused(request, found, project, exc)
-    return redirect(request, "ui_task", notice="undone", annotation_project_id=project.id)
+    return _form_post(request, session, found, annotation_project_id, csrf_token,
+                      lambda project, annotator_id: queue.undo_once(session, project.id, annotator_id,
+                                                                    undo_key[:200] or None, now=now), "undone")
 
 
 @router.post("/projects/{annotation_project_id}/assignments/{assignment_id}/renew", name="ui_renew")
