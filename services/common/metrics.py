@@ -61,6 +61,13 @@ ANNOTATION_LABELS_BOUGHT = Counter("rewardhub_annotation_labels_bought_total",
 
 # --- sandbox
 SANDBOX_RUNS = Counter("rewardhub_sandbox_runs_total", "Sandbox runs by how they ended", ["status"])
+SANDBOX_SESSIONS_LIVE = Gauge("rewardhub_sandbox_sessions_live", "Tool sessions whose interpreter is running")
+SANDBOX_SESSION_EXECUTIONS = Counter("rewardhub_sandbox_session_executions_total",
+                                     "Tool-session executions by status (success, timeout, runtime_error)",
+                                     ["status"])
+SANDBOX_SESSIONS_ENDED = Counter("rewardhub_sandbox_sessions_ended_total",
+                                 "Tool sessions ended, by why (closed, expired, timeout, memory_exceeded, …)",
+                                 ["reason"])
 
 # A scrape must answer even when Redis is down: every Redis call is bounded by this.
 REDIS_SCRAPE_TIMEOUT_S = 0.5

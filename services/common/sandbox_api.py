@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -124,3 +125,64 @@ class SandboxTestsResponse(BaseModel):
     fault: str | None = Field(default=None, description="The sandbox itself failed: no test was decided.")
     isolation: str
     wall_s: float
+
+
+# --- stateful tool sessions (/v1/sessions): one persistent interpreter per trajectory ----------------
+
+SessionExecuteStatus = Literal["success", "timeout", "runtime_error"]
+SessionState = Literal["live", "ended"]
+# Why a session ended: closed (DELETE), expired (idle past its ttl_s), timeout (an execute ran past
+# its timeout_s), memory_exceeded, cpu_limit (its whole-life CPU seconds), exited (its interpreter
+# died: os._exit, a signal), protocol_error (its interpreter garbled the answer pipe), error (the
+# sandbox itself failed), shutdown (the service stopped).
+SessionEndedReason = Literal["closed", "expired", "timeout", "memory_exceeded", "cpu_limit", "exited",
+                             "protocol_error", "error", "shutdown"]
+
+
+class SessionCreateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    language: Literal["python"] = Field(default="python", description="Only python.")
+    ttl_s: int = Field(default=600, gt=0, description=(
+        "Idle seconds after which the session is reaped (each execute starts the count again); at most "
+        "REWARDHUB_SANDBOX_SESSION_MAX_TTL_S."))
+    memory_mb: int | None = Field(default=None, ge=32, le=8192, description=(
+        "The session's memory limit, as a one-shot run's; null: REWARDHUB_SANDBOX_MEMORY_MB."))
+
+
+class SessionCreated(BaseModel):
+    session_id: str
+    language: Literal["python"]
+    ttl_s: int
+    created_at: datetime
+    expires_at: datetime
+
+
+class SessionExecuteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(max_length=MAX_CODE_CHARS, description="Python run in the session's persistent namespace.")
+    timeout_s: float = Field(default=10.0, gt=0, le=120, description=(
+        "Wall seconds; past them the session is killed and ended (reason timeout)."))
+    max_output_bytes: int = Field(default=65536, ge=1, le=16 * 1024 * 1024, description=(
+        "Bytes kept of each of stdout and stderr (the rest dropped, truncated: true); at most "
+        "REWARDHUB_SANDBOX_MAX_OUTPUT_BYTES."))
+
+
+class SessionExecuteResponse(BaseModel):
+    status: SessionExecuteStatus
+    stdout: str
+    stderr: str = Field(description="runtime_error: ends with the uncaught exception's traceback.")
+    truncated: bool
+    execution_count: int = Field(description="Executes of this session so far, this one included.")
+    duration_s: float
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    state: SessionState
+    ended_reason: SessionEndedReason | None
+    execution_count: int
+    last_used_at: datetime
+    expires_at: datetime = Field(description=(
+        "When the session is reaped if it stays idle (for an ended one: when it would have been)."))

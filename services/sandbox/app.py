@@ -1,6 +1,10 @@
-"""Sandbox service: SandboxFusion-compatible `/run_code` and rewardhub's `/v1/tests`, each run its own sandbox."""
+"""Sandbox service: SandboxFusion-compatible `/run_code`, rewardhub's `/v1/tests` and tool sessions
+(`/v1/sessions`), each run and each session its own sandbox."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
@@ -14,8 +18,9 @@ from services.common.sandbox_api import (
     SandboxTestsResponse,
 )
 from services.common.settings import get_settings
-from services.sandbox import languages, run_code, runner, testing
+from services.sandbox import languages, routes_sessions, run_code, runner, testing
 from services.sandbox.deps import Caller, CallerProject, SandboxSettings
+from services.sandbox.sessions import SessionRegistry
 
 router = APIRouter(tags=["sandbox"])
 
@@ -44,7 +49,9 @@ async def info(_caller: Caller, settings: SandboxSettings) -> dict[str, object]:
     return {"isolation": settings.sandbox_isolation, "namespaces_available": cap.namespaces, "detail": cap.detail,
             "seccomp": cap.seccomp, "languages": languages.available(settings.sandbox_python),
             "max_concurrent_runs": runner.max_concurrent_runs(settings),
-            "max_runs_per_project": runner.runs_per_project(settings)}
+            "max_runs_per_project": runner.runs_per_project(settings),
+            "max_sessions": settings.sandbox_max_sessions,
+            "max_sessions_per_project": settings.sandbox_max_sessions_per_project}
 
 
 def _readiness() -> dict[str, str]:
@@ -57,8 +64,24 @@ def _readiness() -> dict[str, str]:
             "seccomp": "ok" if cap.namespaces else f"not verified: {cap.detail}"}
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Sweep idle sessions while the service is up; on shutdown kill every session. (Mounted in the
+    embedded platform there is no lifespan: the first session starts the sweeper, and the sessions
+    die with the process.)"""
+    registry: SessionRegistry = app.state.sessions
+    registry.ensure_sweeper(get_settings())
+    try:
+        yield
+    finally:
+        await registry.shutdown()
+
+
 def create_app() -> FastAPI:
     runner.capability()  # probe at start-up, not on the first run
-    return create_service_app("sandbox", [router], title="rewardhub sandbox",
-                              description="Runs untrusted code: a process and its own namespaces per run.",
-                              health_router=service_health_router(_readiness))
+    app = create_service_app("sandbox", [router, routes_sessions.router], title="rewardhub sandbox",
+                             description="Runs untrusted code: a process and its own namespaces per run, "
+                             "and per tool session.", lifespan=lifespan,
+                             health_router=service_health_router(_readiness))
+    app.state.sessions = SessionRegistry()
+    return app

@@ -12,11 +12,12 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 
 from services.common.errors import Unauthorized
 from services.common.settings import Settings, get_settings
 from services.sandbox.runner import PROJECT_HEADER
+from services.sandbox.sessions import SessionRegistry
 
 
 def _settings() -> Settings:
@@ -39,3 +40,12 @@ SandboxSettings = Annotated[Settings, Depends(_settings)]
 # The tenant a run is counted against (runner.RunSlots): sent by the verifier, which knows the key's
 # project; only callers holding the sandbox's token get here when one is set.
 CallerProject = Annotated[str | None, Header(alias=PROJECT_HEADER, max_length=128)]
+
+
+def _sessions(request: Request) -> SessionRegistry:
+    registry: SessionRegistry = request.app.state.sessions
+    return registry
+
+
+# This process's tool sessions (app.state, made by create_app).
+Sessions = Annotated[SessionRegistry, Depends(_sessions)]

@@ -13,8 +13,8 @@ IPC, UTS (and, where possible, cgroup) namespaces, as the service's own unprivil
 - no capabilities, no further user namespaces (``--disable-userns``), a process group of its
   own (a session of its own when the service has a terminal: see ``service_has_terminal``),
   ``--die-with-parent``: if the service dies, the run dies;
-- the supervisor (``inside/supervisor.py``) is PID 1: when it ends, the kernel ends every other
-  process of the run;
+- the supervisor (``inside/supervisor.py``; a tool session's ``inside/session.py``) is PID 1: when
+  it ends, the kernel ends every other process of the run;
 - a service running as root starts ``bwrap`` as ``nobody`` (uid 65534), so a run never holds root's
   uid even outside its namespaces; the supervisor's files are then served from a root-owned,
   read-only copy that ``nobody`` can read.
@@ -275,6 +275,7 @@ def _probe_output(stdout: bytes) -> str | None:
         return None
 
 
-def supervisor_command(python: str, *, inside_path: str) -> list[str]:
+def supervisor_command(python: str, *, inside_path: str, entry: str = "supervisor.py") -> list[str]:
+    """The sandbox's PID 1: ``supervisor.py`` for one-shot runs, ``session.py`` for a tool session."""
     # -S: the supervisor needs only the standard library, and site-packages would cost start-up time.
-    return [python, "-I", "-S", f"{inside_path}/supervisor.py"]
+    return [python, "-I", "-S", f"{inside_path}/{entry}"]

@@ -146,7 +146,7 @@ async def execute(job: dict[str, Any], *, limit_s: float, settings: Settings | N
     async with slots(settings).hold(project):
         started = time.monotonic()
         try:
-            command = _command(settings, memory_mb=int(job["limits"]["memory_mb"]))
+            command = sandbox_command(settings, memory_mb=int(job["limits"]["memory_mb"]))
         except SandboxUnavailable as exc:
             SANDBOX_RUNS.labels("unavailable").inc()
             return SupervisorResult(fault=str(exc))
@@ -175,7 +175,8 @@ class Command:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _command(settings: Settings, *, memory_mb: int) -> Command:
+def sandbox_command(settings: Settings, *, memory_mb: int, entry: str = "supervisor.py") -> Command:
+    """How to start a sandbox whose PID 1 is ``entry`` (``isolation.supervisor_command``)."""
     python = require_python(settings)
     if settings.sandbox_isolation == "namespaces":
         cap = isolation.probe(python)
@@ -183,7 +184,7 @@ def _command(settings: Settings, *, memory_mb: int) -> Command:
             raise SandboxUnavailable(f"{cap.detail}; code is not run without its namespaces (set "
                                      "REWARDHUB_SANDBOX_ISOLATION=processes to accept weaker isolation)")
         programs = seccomp.programs()  # built by the probe already: cached
-        command = isolation.supervisor_command(python, inside_path=isolation.MOUNTED_INSIDE_DIR)
+        command = isolation.supervisor_command(python, inside_path=isolation.MOUNTED_INSIDE_DIR, entry=entry)
         fd = seccomp.program_fd(programs.run)
         sizes = isolation.tmpfs_sizes(disk_mb=settings.sandbox_disk_mb, memory_mb=memory_mb)
         argv = isolation.bwrap_argv(cap.bwrap, command, sizes=sizes, seccomp_fd=fd)
@@ -200,7 +201,8 @@ def _command(settings: Settings, *, memory_mb: int) -> Command:
     if os.geteuid() == 0:
         os.chown(workdir, isolation.NOBODY, isolation.NOBODY)
     argv = ["/usr/bin/env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", f"RH_WORK_DIR={workdir}",
-            f"HOME={workdir}", *isolation.supervisor_command(python, inside_path=str(isolation.inside_dir()))]
+            f"HOME={workdir}", *isolation.supervisor_command(python, inside_path=str(isolation.inside_dir()),
+                                                          entry=entry)]
     return Command(argv, isolation.weak_preexec(), filters, workdir=workdir)
 
 
@@ -213,7 +215,7 @@ async def _run(command: Command, job: dict[str, Any], kill_after_s: float, start
         # subprocess.Popen, not the loop's subprocess_exec: uvloop's takes neither process_group nor
         # user/group, and without a preexec_fn Python can vfork (isolation.bwrap_spawn_options).
         proc = subprocess.Popen(command.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, pass_fds=command.pass_fds, **_group_options(command))
+                                stderr=subprocess.PIPE, pass_fds=command.pass_fds, **group_options(command))
     except (OSError, subprocess.SubprocessError) as exc:  # SubprocessError: a failing preexec_fn
         SANDBOX_RUNS.labels("start_failed").inc()
         return SupervisorResult(fault=f"could not start the sandbox: {type(exc).__name__}: {exc}")
@@ -232,9 +234,9 @@ async def _run(command: Command, job: dict[str, Any], kill_after_s: float, start
                               f"the sandbox did not finish within {kill_after_s:g}s and was killed")
     except asyncio.CancelledError:  # the caller gave up (client gone, deadline): end the run now
         SANDBOX_RUNS.labels("cancelled").inc()
-        _kill(proc)
+        kill_sandbox(proc)
         with contextlib.suppress(Exception):
-            await asyncio.shield(_exited(proc))
+            await asyncio.shield(exited(proc))
         raise
     finally:
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
@@ -266,11 +268,11 @@ async def _communicate(proc: subprocess.Popen[bytes], job: bytes) -> tuple[bytes
     stdout, stderr, _ = await asyncio.gather(_read_capped(proc.stdout.fileno(), MAX_RESULT_BYTES, strict=True),
                                              _read_capped(proc.stderr.fileno(), 65536, strict=False),
                                              _write_job(proc.stdin, job))
-    await _exited(proc)
+    await exited(proc)
     return stdout, stderr
 
 
-async def _ready(fd: int, *, write: bool) -> None:
+async def fd_ready(fd: int, *, write: bool) -> None:
     """Until ``fd`` can be read (or written) without blocking."""
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
@@ -296,7 +298,7 @@ async def _write_job(pipe: IO[bytes], job: bytes) -> None:
             try:
                 view = view[os.write(fd, view):]
             except BlockingIOError:
-                await _ready(fd, write=True)
+                await fd_ready(fd, write=True)
     except BrokenPipeError:  # the supervisor is gone: its missing result says so
         pass
     finally:
@@ -311,7 +313,7 @@ async def _read_capped(fd: int, cap: int, *, strict: bool) -> bytes:
         try:
             chunk = os.read(fd, 1 << 20)
         except BlockingIOError:
-            await _ready(fd, write=False)
+            await fd_ready(fd, write=False)
             continue
         if not chunk:
             return b"".join(chunks)
@@ -323,7 +325,7 @@ async def _read_capped(fd: int, cap: int, *, strict: bool) -> bytes:
         chunks.append(chunk)
 
 
-async def _exited(proc: subprocess.Popen[bytes]) -> int:
+async def exited(proc: subprocess.Popen[bytes]) -> int:
     """Wait for ``proc`` without a thread: its pidfd becomes readable when it exits."""
     if proc.poll() is not None:
         return proc.returncode
@@ -335,13 +337,13 @@ async def _exited(proc: subprocess.Popen[bytes]) -> int:
         return proc.returncode
     try:
         while proc.poll() is None:
-            await _ready(pidfd, write=False)
+            await fd_ready(pidfd, write=False)
     finally:
         os.close(pidfd)
     return proc.returncode
 
 
-def _group_options(command: Command) -> dict[str, Any]:
+def group_options(command: Command) -> dict[str, Any]:
     """A session of its own only when the service has a terminal (isolation.py); else a process
     group of its own, so a run's ``kill(0, …)`` reaches only the run and we can kill it whole."""
     session = isolation.service_has_terminal()
@@ -363,13 +365,13 @@ def _own_group(then: Any) -> Any:
 
 async def _stopped(proc: subprocess.Popen[bytes], status: str, started: float, fault: str) -> SupervisorResult:
     """End a run whose sandbox must not go on: kill it, wait for it, count how it ended."""
-    _kill(proc)
-    await _exited(proc)
+    kill_sandbox(proc)
+    await exited(proc)
     SANDBOX_RUNS.labels(status).inc()
     return SupervisorResult(fault=fault, wall_s=time.monotonic() - started)
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
+def kill_sandbox(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
