@@ -355,3 +355,119 @@ def eval_rm(
         out.print_json(json.dumps(report))
     else:
         print_report(report)
+
+
+# ------------------------------------------------------------------------------- rewardhub eval rec
+
+async def run_rec_eval(rows: list[Any], *, config: Any, threshold: float, behaviour: Any, embedder: Any,
+                       llm: ChatBackend | None = None) -> dict[str, Any]:
+    """Score labelled RecRM records (services.rec_rm.evaluation) with each record's own items as the
+    catalog and the verifier's graders in-process as the format checker (the same checks as over HTTP)."""
+    from pydantic import TypeAdapter
+
+    from rewardhub.reward_specs import RewardSpec
+    from services.rec_rm.evaluation import parse_record, report
+    from services.rec_rm.hybrid import DimensionResult
+    from services.rec_rm.scoring import Scorer, requested_dimensions
+    from services.verifier.graders.registry import grade
+
+    specs: TypeAdapter[Any] = TypeAdapter(RewardSpec)
+
+    async def check(planned: list[tuple[str, dict[str, Any], str]]) -> dict[str, DimensionResult]:
+        out_: dict[str, DimensionResult] = {}
+        for item_id, spec, response in planned:
+            result = grade(specs.validate_python(spec), response, None)
+            out_[item_id] = DimensionResult(result.status, result.score if result.status == "ok" else None,
+                                            {"checks": dict(result.sub_scores), **result.details})
+        return out_
+
+    records = [parse_record(row, index) for index, row in enumerate(rows)]
+    overall = requested_dimensions(config, None)
+    notes = []
+    if behaviour is None and "behaviour" in overall:
+        overall = [d for d in overall if d != "behaviour"]
+        notes.append("no behaviour model (pass --catalog and --logs to train one): the hybrid leaves behaviour out")
+    scored: dict[str, Any] = {}
+    for dimension in sorted({r.dimension for r in records}):
+        dims = overall if dimension == "overall" else [dimension]
+        scorer = Scorer(config, dims, lookup=None, catalog_key=None, format_checker=check, behaviour=behaviour,
+                        llm=llm, embedder=embedder)
+        batch = [r.request for r in records if r.dimension == dimension]
+        scored.update({s.id: s for s in await scorer.score(batch)})
+    result = report(records, scored, threshold)
+    result["notes"] = notes
+    return result
+
+
+def _read_upload(path: Path, kind: str) -> Any:
+    from services.common.errors import InvalidInput
+    from services.rec_rm import items as item_io
+
+    try:
+        fmt = item_io.detect_format(path.name, None)
+        data = path.read_bytes()
+        return item_io.parse_items(data, fmt) if kind == "catalog" else item_io.parse_events(data, fmt)
+    except InvalidInput as exc:
+        raise typer.BadParameter(f"{path}: {exc.message}", param_hint=f"--{kind}") from None
+
+
+@eval_app.command("rec")
+def eval_rec(
+    file: Annotated[Path, typer.Argument(help="Labelled records, JSONL: {id, dimension, user, query, context{items}, "
+                                              "response, label}.", exists=True, readable=True, dir_okay=False)],
+    threshold: Annotated[float, typer.Option("--threshold", min=0, max=1, help="score >= it predicts label 1.")] = 0.5,
+    config_file: Annotated[Path | None, typer.Option("--config", help="A rec_rm reward configuration (JSON).")] = None,
+    catalog: Annotated[Path | None, typer.Option("--catalog", help="Items (JSONL/CSV/Parquet) to train the "
+                                                                    "behaviour model with --logs.")] = None,
+    logs: Annotated[Path | None, typer.Option("--logs", help="Interaction logs (JSONL/CSV/Parquet).")] = None,
+    embedder: Annotated[str, typer.Option("--embedder", help="minilm | hashing | a local model directory")] = "minilm",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON instead of tables.")] = False,
+    output: Annotated[Path | None, typer.Option("--output", help="Also write the full report (JSON) here.")] = None,
+) -> None:
+    """Evaluate RecRM on labelled records: accuracy per dimension, confusion matrices and the hybrid's
+    agreement with `overall` labels (each record's context items are its catalog; no server needed)."""
+    from pydantic import ValidationError
+
+    from services.rec_rm import behaviour as behaviour_model
+    from services.rec_rm.config import RecConfig
+    from services.rec_rm.relevance import get_embedder
+    from services.rubric_rm.evaluation import load_rows
+
+    try:
+        config = RecConfig.model_validate_json(config_file.read_text(encoding="utf-8")) if config_file else RecConfig()
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc.errors()[0]["msg"]), param_hint="--config") from None
+    if (catalog is None) != (logs is None):
+        raise typer.BadParameter("give both --catalog and --logs to train a behaviour model", param_hint="--logs")
+    model = None
+    if catalog is not None and logs is not None:
+        items = _read_upload(catalog, "catalog")
+        try:
+            model = behaviour_model.train(_read_upload(logs, "logs"), {i.item_id: i.attributes for i in items})
+        except behaviour_model.TrainingError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--logs") from None
+        console.print(f"behaviour model: auc={model.metrics['auc']:.3f} log_loss={model.metrics['log_loss']:.3f} "
+                      f"popularity_auc={model.metrics['popularity_auc']:.3f}")
+    try:
+        rows = load_rows(file)
+        report = asyncio.run(run_rec_eval(rows, config=config, threshold=threshold, behaviour=model,
+                                          embedder=get_embedder(embedder)))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="FILE") from None
+    if output is not None:
+        output.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    table = Table(title=f"RecRM on {file.name} (threshold {threshold:g})")
+    for column in ("dimension", "n", "accuracy", "accuracy (decided)", "tp", "fp", "tn", "fn", "undecided"):
+        table.add_column(column)
+    for dimension, entry in report["dimensions"].items():
+        cell = entry["confusion"]
+        table.add_row(dimension, str(entry["n"]), _fmt(entry["accuracy"]), _fmt(entry["accuracy_decided"]),
+                      *(str(cell[k]) for k in ("tp", "fp", "tn", "fn", "undecided")))
+    out.print(table)
+    if "hybrid_agreement" in report:
+        out.print(f"hybrid agreement with overall labels: {_fmt(report['hybrid_agreement'])}")
+    for note in report["notes"]:
+        console.print(f"note: {note}")

@@ -227,6 +227,28 @@ class RubricSpec(_Spec):
         return self
 
 
+class RecSpec(_Spec):
+    """RecRM's hybrid recommendation reward (the rec_rm service): instruction following, factual
+    consistency against the project's catalog, query–item relevance and predicted user behaviour,
+    weighted with hard gates (a failed format or a hallucinated item vetoes the reward to 0).
+
+    The item's prompt is the user's request, its completion the agent's reply; ``ground_truth`` (an
+    object, all optional): ``user_id``, ``context`` ``{items: [{item_id, title, attributes}]}``,
+    ``constraints``, ``schema``, ``n_items`` (``metadata.user_id`` is read too).
+    """
+
+    type: Literal["rec"] = "rec"
+    project_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$", description=(
+        "The project whose catalog, logs and configuration score the items; unset: the key's only project."))
+    dimensions: list[Literal["instruction", "factual", "relevance", "behaviour"]] | None = Field(
+        default=None, description="Dimensions to score; unset: every one the project's configuration weighs.")
+    catalog_version: int | None = Field(default=None, ge=1, description="The catalog version; unset: the newest.")
+    config: dict[str, Any] | None = Field(default=None, description=(
+        "A whole rec_rm reward configuration (weights, gates, scorer options) instead of the project's stored one."))
+    timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Time budget of one rec_rm call.")
+    batch_size: int = Field(default=256, ge=1, le=10_000, description="Items per rec_rm call.")
+
+
 class MultiSpec(_Spec):
     """Weighted sum of named sub-graders; a failed gate zeroes the reward (OpenAI's `multi` shape)."""
 
@@ -269,7 +291,7 @@ class MultiSpec(_Spec):
 
 RewardSpec = Annotated[
     MathSpec | NumericSpec | MultipleChoiceSpec | ExactSpec | RegexSpec | InstructionSpec | JsonSchemaSpec
-    | CodeSpec | ToolCallSpec | NutritionSpec | RubricSpec | MultiSpec,
+    | CodeSpec | ToolCallSpec | NutritionSpec | RubricSpec | RecSpec | MultiSpec,
     Field(discriminator="type"),
 ]
 MultiSpec.model_rebuild()
@@ -290,4 +312,4 @@ def parse_spec_ref(ref: str) -> tuple[str, int | None]:
 
 def is_remote(spec: object) -> bool:
     """Graded over HTTP by another service (rubric_rm's judge, the sandbox), not on the verifier's pool."""
-    return isinstance(spec, RubricSpec | CodeSpec)
+    return isinstance(spec, RubricSpec | CodeSpec | RecSpec)

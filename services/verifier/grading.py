@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from rewardhub.reward_specs import CodeSpec, MathSpec, MultiSpec, RewardSpec, RubricSpec, is_remote
+from rewardhub.reward_specs import CodeSpec, MathSpec, MultiSpec, RecSpec, RewardSpec, RubricSpec, is_remote
 from services.common import metrics
 from services.common.cpu import available_cpus
 from services.common.reward_api import ItemResult, RewardItem
@@ -202,6 +202,10 @@ async def _grade_batch(spec: Any, items: list[RewardItem], deadline_s: float | N
         from services.verifier.graders.code import grade_code_batch
 
         return await grade_code_batch(spec, items, deadline_s)
+    if isinstance(spec, RecSpec):  # RecRM's hybrid reward, scored by the rec_rm service
+        from services.verifier.graders.rec import grade_rec_batch
+
+        return await grade_rec_batch(spec, items, deadline_s, auth)
     if isinstance(spec, MultiSpec) and spec.has_remote_parts():
         return await _grade_multi_with_remote_parts(spec, items, deadline_s, auth)
     return list(await asyncio.gather(*_pool_gradings(spec, items, deadline_s)))
@@ -219,6 +223,12 @@ async def _grade_stream(spec: Any, items: list[RewardItem], deadline_s: float | 
         from services.verifier.graders.code import grade_code_stream
 
         async for result in grade_code_stream(spec, items, deadline_s):
+            yield result
+        return
+    if isinstance(spec, RecSpec):  # rec_rm scores the batch in one call (or a few): answered together
+        from services.verifier.graders.rec import grade_rec_batch
+
+        for result in await grade_rec_batch(spec, items, deadline_s, auth):
             yield result
         return
     if isinstance(spec, MultiSpec) and spec.has_remote_parts():
@@ -280,6 +290,10 @@ async def _remote_part(name: str, sub: Any, items: list[RewardItem], deadline_s:
     routed = [item.model_copy(update={"ground_truth": ground_truth_for(name, item.ground_truth)}) for item in items]
     if isinstance(sub, CodeSpec):
         graded = await grade_code_batch(sub, routed, deadline_s)
+    elif isinstance(sub, RecSpec):
+        from services.verifier.graders.rec import grade_rec_batch
+
+        graded = await grade_rec_batch(sub, routed, deadline_s, auth)
     else:
         graded = await grade_rubric_batch(sub, routed, deadline_s, auth)
     return [(GradeResult(score=r.score or 0.0, status=r.status,

@@ -20,7 +20,7 @@ README = README_PATH.read_text()
 
 # Settings the README documents together in one row.
 GROUPED = {"gateway_url", "verifier_url", "rubric_rm_url", "annotation_url",
-           "trainer_url"}
+           "trainer_url", "rec_rm_url", "retrieval_url", "teacher_url"}
 UNPREFIXED = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
 
 
@@ -96,6 +96,11 @@ GRADER_EXAMPLES: dict[str, GraderExample] = {
     "rubric": GraderExample("`pairwise_reference`: the reference answer (a non-empty string); `pointwise`: unused",
                             {"type": "rubric", "rubric": "Names the capital.\nIs one sentence."},
                             "Paris is the capital of France.", None, remote=True),
+    "rec": GraderExample("an object (all optional): `user_id`, `context` `{items: [{item_id, title, attributes}]}`, "
+                         "`constraints`, `schema`, `n_items`", {"type": "rec", "dimensions": ["instruction", "factual"]},
+                         '{"recommendations": [{"item_id": "r1", "price": 25}]}',
+                         {"context": {"items": [{"item_id": "r1", "title": "Sushi Zen", "attributes": {"price": 25}}]}},
+                         remote=True),
     "multi": GraderExample("one value for every part, or an object naming each part's own",
                            {"type": "multi", "graders": {"format": {"type": "regex", "pattern": "\\\\boxed"},
                                                          "answer": {"type": "math"}}, "gates": {"format": 1}},

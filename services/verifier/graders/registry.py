@@ -14,6 +14,7 @@ from rewardhub.reward_specs import (
     MultiSpec,
     NumericSpec,
     NutritionSpec,
+    RecSpec,
     RegexSpec,
     RewardSpec,
     RubricSpec,
@@ -64,6 +65,9 @@ def _dispatch(spec: RewardSpec, completion: str, ground_truth: Any) -> GradeResu
     if isinstance(spec, RubricSpec):
         # An LLM judge over HTTP: grading.grade_batch sends it to graders.rubric, never to this sync path.
         return failed("rubric specs are judged by the rubric_rm service, not in the grader pool")
+    if isinstance(spec, RecSpec):
+        # Scored by the rec_rm service over HTTP: grading.grade_batch sends it to graders.rec.
+        return failed("rec specs are scored by the rec_rm service, not in the grader pool")
     if isinstance(spec, CodeSpec):
         # Untrusted code runs in the sandbox service: grading.grade_batch sends it to graders.code.
         return failed("code specs are run by the sandbox service, not in the grader pool")
