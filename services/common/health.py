@@ -35,6 +35,9 @@ READINESS_CHECKS: dict[str, tuple[str, ...]] = {
     "annotation": ("database",),
     "rubric_rm": ("database",),
     "trainer": ("database",),  # runs, datasets and their heartbeat leases
+    "rec_rm": ("database",),  # catalogs, logs, behaviour models
+    "retrieval": ("database",),  # corpora (indexes are rebuilt from it)
+    "teacher": ("database",),  # API-key authentication
 }
 
 

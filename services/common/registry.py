@@ -35,6 +35,9 @@ SERVICE_PACKAGES: tuple[str, ...] = (
     "services.trainer",
     "services.rubric_rm",
     "services.sandbox",
+    "services.rec_rm",
+    "services.retrieval",
+    "services.teacher",
 )
 
 # What services.common itself contributes, ahead of every service's own.

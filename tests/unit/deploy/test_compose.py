@@ -33,7 +33,8 @@ CREDENTIAL_FREE = {"sandbox"}
 # Which Dockerfile target each Python service runs (tests/unit/deploy/test_dockerfile.py checks that
 # the light ones start without torch, and that these torch ones need it at start).
 IMAGE_TARGETS = {"gateway": "light", "verifier": "light", "sandbox": "light", "rubric_rm": "light",
-                 "migrate": "light", "annotation": "trainer", "worker": "trainer", "trainer": "gpu"}
+                 "retrieval": "light", "migrate": "light", "annotation": "trainer", "rec_rm": "trainer",
+                 "teacher": "trainer", "worker": "trainer", "trainer": "gpu"}
 IMAGE_VARIABLES = {"light": "REWARDHUB_LIGHT_IMAGE", "trainer": "REWARDHUB_IMAGE", "gpu": "REWARDHUB_GPU_IMAGE"}
 REQUIRED = {"REWARDHUB_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD"}
 # Services the compose file runs ahead of their entry in SERVICES (the trainer lands later);

@@ -30,15 +30,19 @@ HOOK_INSTALL_UPGRADE = "pre-install,pre-upgrade"
 # What each component reads of the Secret, checked in the code: every service but the sandbox looks
 # API keys up in the database (the verifier too: it authenticates /v1/grade callers); only the
 # annotation service signs sessions (services/annotation/ui_session.py, login_throttle.py); Redis is
-# used by those that submit Celery tasks (rubric jobs, webhook kicks) and the worker; the sandbox
-# token by the sandbox and its one caller, the verifier (services/verifier/run_code.py, graders/code.py).
+# used by those that submit Celery tasks (rubric jobs, webhook kicks, behaviour-model training) and the
+# worker; the sandbox token by the sandbox and its two callers: the verifier (services/verifier/
+# run_code.py, graders/code.py) and the trainer, whose agent runs hold tool sessions there.
 CREDENTIALS = {
     "gateway": {"DATABASE_URL"},
     "verifier": {"DATABASE_URL", "REWARDHUB_SANDBOX_TOKEN"},
     "annotation": {"DATABASE_URL", "REDIS_URL", "REWARDHUB_SECRET_KEY"},
     "rubric_rm": {"DATABASE_URL", "REDIS_URL"},
     "sandbox": {"REWARDHUB_SANDBOX_TOKEN"},
-    "trainer": {"DATABASE_URL"},
+    "trainer": {"DATABASE_URL", "REWARDHUB_SANDBOX_TOKEN"},
+    "rec_rm": {"DATABASE_URL", "REDIS_URL"},
+    "retrieval": {"DATABASE_URL"},
+    "teacher": {"DATABASE_URL"},
     "worker": {"DATABASE_URL", "REDIS_URL"},
     "migrate": {"DATABASE_URL"},
 }
@@ -170,9 +174,14 @@ def test_the_sandbox_has_no_credentials_no_egress_and_a_locked_down_pod(docs: li
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"] and policy["spec"]["egress"] == []
     sources = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
                for rule in policy["spec"]["ingress"] for peer in rule["from"]}
-    assert sources == {"verifier"}
+    assert sources == {"verifier", "trainer"}  # code graders; agent runs' tool sessions
     assert policy["spec"]["podSelector"]["matchLabels"] == \
         by_kind(docs, "Deployment")[component("sandbox")]["spec"]["selector"]["matchLabels"]
+    # Tool sessions live in one pod's memory: a caller sticks to the pod that holds its sessions.
+    service = by_kind(docs, "Service")[component("sandbox")]["spec"]
+    assert service["sessionAffinity"] == "ClientIP"
+    assert service["sessionAffinityConfig"] == {"clientIP": {"timeoutSeconds": 3600}}
+    assert "sessionAffinity" not in by_kind(docs, "Service")[component("gateway")]["spec"]
 
 
 def test_secret_holds_the_connection_strings_and_key(docs: list[dict[str, Any]]) -> None:
@@ -566,9 +575,12 @@ def test_a_disruption_budget_and_spread_per_component(docs: list[dict[str, Any]]
 
 # Who calls whom, from the code: service_client("<name>") calls (gateway -> verifier in
 # services/gateway/rewards.py; verifier -> sandbox in run_code.py and graders/code.py; verifier ->
-# rubric_rm in graders/rubric.py) and the trainer's rewards through the gateway (services/trainer/worker.py).
-CALLS = {"gateway": {"verifier"}, "verifier": {"sandbox", "rubric_rm"}, "trainer": {"gateway"}}
-PUBLIC = {"gateway", "annotation", "rubric_rm", "trainer"}  # user-facing APIs
+# rubric_rm in graders/rubric.py; verifier -> rec_rm in graders/rec.py and rec_rm -> verifier for its
+# constraint checkers), the trainer's rewards through the gateway (services/trainer/worker.py), and
+# agent runs' tools: sandbox sessions, retrieval search and the teacher (trainer/agent, trainer/ziprl).
+CALLS = {"gateway": {"verifier"}, "verifier": {"sandbox", "rubric_rm", "rec_rm"}, "rec_rm": {"verifier"},
+         "trainer": {"gateway", "sandbox", "retrieval", "teacher"}}
+PUBLIC = {"gateway", "annotation", "rubric_rm", "trainer", "rec_rm", "retrieval", "teacher"}  # user-facing APIs
 
 
 def peers_components(rule: dict[str, Any], key: str) -> set[str]:
@@ -705,11 +717,13 @@ def test_the_readme_gives_the_connection_totals(docs: list[dict[str, Any]], valu
     text = section("Docker Compose and Kubernetes")
     default_total, hpa_total = (int(n) for n in re.findall(
         r"default replicas that is at most \*\*(\d+)\*\*.*?maxReplicas` at most \*\*(\d+)\*\*", text, re.DOTALL)[0])
-    # By hand: gateway 2×10 + verifier 2×4 + annotation, rubric_rm, trainer 10 each + worker 1×3×10.
-    assert connection_ceiling(docs) == default_total == 20 + 8 + 30 + 30
+    # By hand: gateway 2×10 + verifier 2×4 + annotation, rubric_rm, trainer 10 each + worker 1×3×10
+    # + rec_rm 1×4 + retrieval 1×2 + teacher 1×2.
+    assert connection_ceiling(docs) == default_total == 20 + 8 + 30 + 30 + 4 + 2 + 2
     scaled = render({"services": {name: {"autoscaling": {"enabled": True}} for name in SERVICES}})
-    # gateway 10×10 + verifier 20×4 + annotation 4×10 + rubric_rm 4×10 + trainer 1×10 + worker 30.
-    assert connection_ceiling(scaled) == hpa_total == 100 + 80 + 40 + 40 + 10 + 30
+    # gateway 10×10 + verifier 20×4 + annotation 4×10 + rubric_rm 4×10 + trainer 1×10 + worker 30
+    # + rec_rm 4×4 + retrieval 4×2 + teacher 1×2.
+    assert connection_ceiling(scaled) == hpa_total == 100 + 80 + 40 + 40 + 10 + 30 + 16 + 8 + 2
     assert values["database"]["pool"] == {"size": 5, "maxOverflow": 5}
 
 
