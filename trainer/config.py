@@ -408,6 +408,89 @@ class RlavrConfig(_Strict):
     max_retries: int = Field(default=3, ge=0, le=20, description="Retries of connection errors and 502/503/504.")
 
 
+# Multi-turn agent runs (issue 15): episodes with tools, IH-GRPO's delayed execution and its c term.
+class ToolsConfig(_Strict):
+    """Where code runs: the sandbox service's stateful sessions over HTTP, or (``local``) a plain
+    Python subprocess on this machine — a test double for CPU toys that must never run untrusted code."""
+
+    backend: Literal["sandbox", "local"] = Field(default="sandbox", description="sandbox: /v1/sessions of the "
+                                                 "sandbox service; local: a subprocess test double (toys only).")
+    url: str | None = Field(default=None, description="Sandbox service base URL. Unset: REWARDHUB_URL (or "
+                            "http://127.0.0.1:8000) + /services/sandbox, its mount in the embedded platform.")
+    api_key_env: str = Field(default="REWARDHUB_SANDBOX_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                             description="Environment variable holding the Bearer token sent to the sandbox "
+                             "(its REWARDHUB_SANDBOX_TOKEN; empty in the embedded default, which needs none).")
+    timeout_s: float = Field(default=5.0, gt=0, le=300, description="Time limit of one execution.")
+    max_output_bytes: int = Field(default=4096, ge=64, le=1 << 20, description="Output kept per stream.")
+    ttl_s: float = Field(default=600.0, gt=0, le=86_400, description="Session time to live (sandbox).")
+
+
+class IhGrpoConfig(_Strict):
+    """IH-GRPO's surrogate term: loss += coefficient · mean(c_t) (trainer.algorithms.ih_grpo), with
+    p_t = π(marker | context) clamped as the authors do."""
+
+    coefficient: float = Field(default=0.001, ge=0, le=1, description="Weight of the c term (0: off).")
+    logp_max: float = Field(default=-1e-7, lt=0, description="log p_t is clamped to at most this.")
+    p_min: float = Field(default=1e-7, gt=0, lt=0.5, description="p_t is clamped to [p_min, 1 - p_min].")
+
+
+class MultiTurnConfig(_Strict):
+    """Episodes of several turns (trainer.agent): a turn ends at a stop marker or an EOS, the
+    environment's observation is appended with loss mask 0, and the episode ends on a final answer,
+    ``max_turns`` or the token budget, which is ``max_completion_length`` (sampled and observation
+    tokens together)."""
+
+    environment: str = Field(default="code", pattern=r"^(code|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+                             description="code: Python blocks run in a tool session; or module:factory, "
+                             "a callable (prompt row) -> Environment of your own.")
+    execution: str = Field(default="delayed", description="delayed (IH-GRPO: blocks run at <tool_call>), "
+                           "immediate (each block runs as written) or none (no tools).")
+    stop_markers: list[str] | None = Field(default=None, description="Strings that end a turn besides the EOS "
+                                           "ids. Unset: <tool_call> (delayed), a closing fence and newline "
+                                           "(immediate), none (none).")
+    max_turns: int = Field(default=5, ge=1, le=64)
+    max_turn_tokens: int | None = Field(default=None, ge=1, description="Sampled tokens per turn; unset: the "
+                                        "rest of the budget.")
+    max_observation_tokens: int = Field(default=128, ge=1, description="An observation is cut to this many tokens.")
+    max_observation_chars: int = Field(default=512, ge=16, description="Tool output shown per call (characters).")
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    ih_grpo: IhGrpoConfig = Field(default_factory=IhGrpoConfig, description="The c term; applies to "
+                                  "execution: delayed only.")
+
+    @field_validator("execution")
+    @classmethod
+    def _registered_execution(cls, name: str) -> str:
+        from trainer.algorithms.ih_grpo import EXECUTION_MODES
+
+        return EXECUTION_MODES.check(name)
+
+    @field_validator("stop_markers")
+    @classmethod
+    def _non_empty_markers(cls, markers: list[str] | None) -> list[str] | None:
+        if markers is not None and any(not marker for marker in markers):
+            raise ValueError("an empty string would end every turn at once")
+        return markers
+
+    @model_validator(mode="after")
+    def _c_term_needs_delayed(self) -> MultiTurnConfig:
+        if self.execution != "delayed" and "ih_grpo" in self.model_fields_set and self.ih_grpo.coefficient > 0:
+            raise ValueError("ih_grpo: the c term is about the <tool_call> decision of delayed execution; "
+                             f"execution is {self.execution!r} (set ih_grpo.coefficient: 0 or execution: delayed)")
+        return self
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        from trainer.agent.code_env import DEFAULT_STOP_MARKERS
+
+        if self.stop_markers is not None:
+            return tuple(self.stop_markers)
+        return DEFAULT_STOP_MARKERS.get(self.execution, ()) if self.environment == "code" else ()
+
+    @property
+    def c_term_enabled(self) -> bool:
+        return self.execution == "delayed" and self.ih_grpo.coefficient > 0 and self.environment == "code"
+
+
 class LocalRunConfig(RunConfig):
     """A run config written by the machine's owner: like :class:`RunConfig`, and its reward section
     may name the environment variable holding the API key (see :class:`LocalRewardConfig`)."""
@@ -419,11 +502,20 @@ class LocalRunConfig(RunConfig):
     eval: EvalConfig | None = Field(default=None, description="Periodic evaluation during training; unset: none.")
     # RLAVR (issue 14): local configs only for now (the key comes from this process's environment).
     rlavr: RlavrConfig | None = Field(default=None, description="Train with CARE-bought labels and pseudo-labels.")
+    # Multi-turn agent runs (issue 15): local configs only for now (the tool key and a module:factory
+    # environment come from this machine).
+    multi_turn: MultiTurnConfig | None = Field(default=None, description="Multi-turn episodes with tools "
+                                               "(see docs/multi_turn.md); unset: single-turn rollouts.")
 
     @model_validator(mode="after")
     def _rlavr_consistent(self) -> LocalRunConfig:
         """RLAVR rewards exist only once the whole batch is posted, and its weights scale the advantages
         computed once: settings that filter groups by reward or recompute advantages later contradict it."""
+        if self.multi_turn is not None and self.rlavr is not None:
+            raise ValueError("multi_turn: not supported with rlavr yet (its labels are per single-turn completion)")
+        if self.multi_turn is not None and self.eval is not None:
+            raise ValueError("eval: periodic evaluation samples single-turn completions; not supported with "
+                             "multi_turn yet")
         if self.rlavr is None:
             return self
         if self.dynamic_sampling:

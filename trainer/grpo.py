@@ -38,6 +38,7 @@ from trainer.algorithms import (
     rollout_is_weights,
     truncated_completions,
 )
+from trainer.algorithms.ih_grpo import c_loss
 from trainer.config import RunConfig
 from trainer.data import PromptRow, PromptSampler, load_config_rows, load_rows
 from trainer.distributed import (
@@ -84,6 +85,36 @@ class Batch:
     # The sampling engine's log-probs of the completion tokens (vLLM), NaN where there is none; None
     # when no rollout of the batch carries them (the transformers engine samples with the trainer's own).
     rollout_logprobs: torch.Tensor | None = None  # (B, T)
+    # The tokens the loss counts: completion_mask with multi-turn observation tokens zeroed (equal to
+    # completion_mask for single-turn rollouts). None: completion_mask.
+    loss_mask: torch.Tensor | None = None  # (B, T)
+    # Multi-turn batches: each episode's own truncation flag (ended by the token budget); single-turn
+    # batches read truncation off the last token instead (None).
+    truncated: torch.Tensor | None = None  # (B,) bool
+
+    @property
+    def counted(self) -> torch.Tensor:
+        """The loss's token mask: ``loss_mask`` where set, else ``completion_mask``."""
+        return self.completion_mask if self.loss_mask is None else self.loss_mask
+
+
+def episode_metrics(rollouts: list[Rollout]) -> dict[str, float]:
+    """Multi-turn metrics over this step's episodes: means per episode of turns, tool calls, tool
+    errors, delayed calls, sampled and observation tokens; ``delay_call_rate`` = tool calls that
+    carried at least one delayed block / tool calls (0 without calls)."""
+    stats = [r.episode_stats or {} for r in rollouts]
+    n = max(1, len(stats))
+
+    def total(name: str) -> float:
+        return sum(s.get(name, 0.0) for s in stats)
+
+    calls = total("tool_calls")
+    return {"turns_mean": total("turns") / n, "tool_calls_per_episode": calls / n,
+            "tool_errors_per_episode": total("tool_errors") / n, "delayed_calls_per_episode": total("delayed_calls") / n,
+            "delay_call_rate": total("delayed_call_turns") / calls if calls else 0.0,
+            "tokens_per_episode": sum(len(r.completion_ids) for r in rollouts) / n,
+            "observation_tokens_per_episode": total("observation_tokens") / n,
+            "turn_limit_share": total("turn_limit") / n}
 
 
 def model_source(config: RunConfig, work_dir: Path, collective: Collective) -> Path:
@@ -150,8 +181,18 @@ def collate(rollouts: list[Rollout], pad_id: int) -> Batch:
         attention[row, p_max - n_prompt: p_max + n_completion] = 1
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
     completion_mask = attention[:, p_max:].to(torch.float32)
+    loss_mask, truncated = None, None
+    if any(r.loss_mask is not None for r in rollouts):  # multi-turn: observation tokens leave the loss
+        loss_mask = completion_mask.clone()
+        for row, rollout in enumerate(rollouts):
+            if rollout.loss_mask is not None:
+                if len(rollout.loss_mask) != len(rollout.completion_ids):
+                    raise ValueError(f"rollout {row}: {len(rollout.loss_mask)} loss-mask values for "
+                                     f"{len(rollout.completion_ids)} tokens")
+                loss_mask[row, :len(rollout.loss_mask)] = torch.tensor(rollout.loss_mask, dtype=torch.float32)
+        truncated = torch.tensor([r.truncated for r in rollouts], dtype=torch.bool)
     return Batch(input_ids, attention, position_ids, completion_mask, input_ids[:, p_max:].clone(),
-                 _rollout_logprobs(rollouts, t_max))
+                 _rollout_logprobs(rollouts, t_max), loss_mask, truncated)
 
 
 def _rollout_logprobs(rollouts: list[Rollout], t_max: int) -> torch.Tensor | None:
@@ -168,9 +209,12 @@ def _rollout_logprobs(rollouts: list[Rollout], t_max: int) -> torch.Tensor | Non
 
 
 def _slice(batch: Batch, rows: torch.Tensor) -> Batch:
-    logprobs = batch.rollout_logprobs[rows] if batch.rollout_logprobs is not None else None
+    def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return tensor[rows] if tensor is not None else None
+
     return Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.position_ids[rows],
-                 batch.completion_mask[rows], batch.completion_ids[rows], logprobs)
+                 batch.completion_mask[rows], batch.completion_ids[rows], pick(batch.rollout_logprobs),
+                 pick(batch.loss_mask), pick(batch.truncated))
 
 
 class GRPOTrainer:
@@ -218,6 +262,16 @@ class GRPOTrainer:
         self.engine = engine or self._engine(sampler_copy)
         if sampler_copy is not None:
             self._sync_engine()
+        # Multi-turn runs (issue 15): episodes driven turn by turn through self.engine's sampling.
+        self.multi_turn = getattr(config, "multi_turn", None)
+        self.agent: Any = None
+        self.tool_token_id: int | None = None
+        if self.multi_turn is not None:
+            from trainer.agent.setup import agent_engine, marker_token_id
+
+            self.agent = agent_engine(config, self.engine, self.tokenizer)
+            if self.multi_turn.c_term_enabled:
+                self.tool_token_id = marker_token_id(self.tokenizer, "<tool_call>")
         self.rewards = rewards if rewards is not None else HttpRewards(config.reward)
         self.sampler = PromptSampler(len(self.rows), config.seed)
         self.step = 0
@@ -310,7 +364,11 @@ class GRPOTrainer:
         started = time.perf_counter()
         for offset in range(0, len(indices), chunk):
             part = [self.encode_prompt(i) for i in indices[offset: offset + chunk]]
-            generated = self.engine.generate(part, sampling, seed=checkpoint.derive_seed(seed, offset))
+            if self.agent is not None:
+                generated = self.agent.generate(part, sampling, seed=checkpoint.derive_seed(seed, offset),
+                                                rows=[self.rows[i] for i in indices[offset: offset + chunk]])
+            else:
+                generated = self.engine.generate(part, sampling, seed=checkpoint.derive_seed(seed, offset))
             for rollout in generated:
                 rollout.prompt_index += offset
             pending.append(self.rewards.submit(rows, generated))
@@ -448,12 +506,17 @@ class GRPOTrainer:
             ref_logp = (completion_logprobs(self.reference, batch, config.temperature, device=self.device,
                                             micro_batch_size=chunk)[0] if self.reference is not None else None)
         device = torch.device(self.device)
-        mask = batch.completion_mask.to(device)
+        mask = batch.counted.to(device)  # observation tokens of multi-turn episodes have 0
         if config.mask_truncated_completions:
-            # A finished completion ends with one of the EOS ids the engines stop on (tokenizer's, generation config's).
-            stops = eos_token_ids(self.tokenizer, getattr(getattr(self.model, "generation_config", None),
-                                                          "eos_token_id", None))
-            mask = mask_truncated(mask, truncated_completions(batch.completion_ids.to(device), mask, stops))
+            if batch.truncated is not None:  # multi-turn: the engine knows which episodes ran out of budget
+                truncated = batch.truncated.to(device)
+            else:
+                # A finished completion ends with one of the EOS ids the engines stop on (tokenizer's, generation config's).
+                stops = eos_token_ids(self.tokenizer, getattr(getattr(self.model, "generation_config", None),
+                                                              "eos_token_id", None))
+                truncated = truncated_completions(batch.completion_ids.to(device), batch.completion_mask.to(device),
+                                                  stops)
+            mask = mask_truncated(mask, truncated)
         is_weights = (rollout_is_weights(old_logp, rollout_logp.to(device), mask, cap=cap,
                                          log_ratio_clamp=config.log_ratio_clamp)
                       if cap is not None and rollout_logp is not None and old_logp is not None else None)
@@ -481,9 +544,18 @@ class GRPOTrainer:
                 tokens_in_mini = self._tokens_per_rank(mask[rows].sum()) if global_token_mean else None
                 for micro in range(config.gradient_accumulation):
                     part = rows[micro * per_micro:(micro + 1) * per_micro]
-                    logp, entropy = completion_logprobs(forward, _slice(batch, part), config.temperature,
-                                                        with_entropy=True, device=self.device,
-                                                        entropy_grad=config.entropy_coef != 0.0)
+                    micro_batch = _slice(batch, part)
+                    tool_terms = None
+                    if self.tool_token_id is not None:  # IH-GRPO: the same forward also gives z_tool, log p_tool
+                        from trainer.agent.setup import logprobs_with_tool_terms
+
+                        logp, entropy, *tool_terms = logprobs_with_tool_terms(
+                            forward, micro_batch, config.temperature, self.tool_token_id, device=self.device,
+                            with_entropy=True, entropy_grad=config.entropy_coef != 0.0)
+                    else:
+                        logp, entropy = completion_logprobs(forward, micro_batch, config.temperature,
+                                                            with_entropy=True, device=self.device,
+                                                            entropy_grad=config.entropy_coef != 0.0)
                     old = logp.detach() if old_logp is None else old_logp[part]
                     out = grpo_policy_loss(
                         logp, old, advantages[part], mask[part], loss_type=config.loss_type,
@@ -498,6 +570,8 @@ class GRPOTrainer:
                     # A global-token-mean loss (dapo, cispo) already divides by the mini-batch's token count;
                     # the others are per-micro means.
                     loss = out.loss if global_token_mean else out.loss / config.gradient_accumulation
+                    if tool_terms is not None:
+                        loss = loss + self._c_term(tool_terms, micro_batch, out.per_token_loss, mask[part], sums)
                     self.policy.backward(loss)
                     loss_total += float(loss.detach())
                     for name, value in out.metrics.items():
@@ -515,6 +589,20 @@ class GRPOTrainer:
         metrics["grad_norm"] = grad_norm_total / steps
         return self.collective.mean_metrics(metrics)
 
+    def _c_term(self, tool_terms: list[torch.Tensor], micro_batch: Batch, per_token_loss: torch.Tensor,
+                mask: torch.Tensor, sums: dict[str, float]) -> torch.Tensor:
+        """IH-GRPO: coefficient · mean(c_t) over the micro-batch's counted tokens, divided by the
+        accumulation steps like a per-micro-batch mean (trainer.algorithms.ih_grpo.c_loss)."""
+        assert self.multi_turn is not None
+        settings = self.multi_turn.ih_grpo
+        tool_logit, tool_logp = tool_terms
+        non_tool = torch.ne(micro_batch.completion_ids.to(mask.device), int(self.tool_token_id or 0)).to(mask.dtype)
+        value = c_loss(tool_logit, tool_logp, non_tool, per_token_loss, mask, logp_max=settings.logp_max,
+                       p_min=settings.p_min, p_max=1.0 - settings.p_min)
+        sums["c_loss"] = sums.get("c_loss", 0.0) + float(value.detach())
+        scaled: torch.Tensor = settings.coefficient * value / self.config.gradient_accumulation
+        return scaled
+
     def _tokens_per_rank(self, local_tokens: torch.Tensor) -> torch.Tensor:
         """dapo's normaliser: the mini-batch's tokens over all ranks, divided by the ranks, because
         data parallelism averages the ranks' gradients (the sum over every token / every token)."""
@@ -527,6 +615,8 @@ class GRPOTrainer:
         started = time.perf_counter()
         seed = checkpoint.derive_seed(self.config.seed, self.step)
         rollouts, rewards, metrics = self._collect(seed)
+        if self.agent is not None:
+            metrics.update(episode_metrics(rollouts))
         rlavr_step = None
         if self.rlavr is not None:  # RLAVR (issue 14): rewards vs bought labels / pseudo-labels, weights per prompt
             batch = collate(rollouts, self.tokenizer.pad_token_id)

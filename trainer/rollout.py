@@ -28,6 +28,13 @@ class Rollout:
     truncated: bool
     # The sampling engine's log-prob of each completion token (vLLM), for the rollout IS correction.
     rollout_logprobs: list[float] | None = None
+    # Multi-turn episodes (trainer.agent): 1 on tokens the policy sampled, 0 on environment
+    # observations appended between turns; None = every completion token counts (single turn).
+    loss_mask: list[int] | None = None
+    # Multi-turn episodes: [start, end) of each turn's sampled tokens in completion_ids.
+    turn_bounds: list[tuple[int, int]] | None = None
+    # Multi-turn episodes: per-episode counters (tool calls, delayed calls, tool errors, turns…).
+    episode_stats: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,10 @@ class SamplingSettings:
     top_k: int = 0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    # Strings that end a completion as an EOS does (kept in it): the agent engine's turn markers
+    # (``<tool_call>``…). Empty for single-turn runs. Stopping early never changes the distribution
+    # of the kept tokens: what a longer generation would have sampled after the marker is dropped.
+    stop_strings: tuple[str, ...] = ()
 
     @property
     def is_full_softmax(self) -> bool:
@@ -132,6 +143,8 @@ class TransformersEngine:
             output = self.model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention.to(device),
                 generation_config=sampling_generation_config(sampling, eos, pad),
+                # transformers' StopStringCriteria needs the tokenizer to match stop strings.
+                **({"tokenizer": self.tokenizer} if sampling.stop_strings else {}),
                 # Each rank samples its own prompts on its own: no lockstep with the other ranks.
                 synced_gpus=False)
         finally:
@@ -167,7 +180,8 @@ def sampling_generation_config(sampling: SamplingSettings, eos: list[int], pad: 
         top_k=sampling.top_k, min_p=sampling.min_p or None, repetition_penalty=sampling.repetition_penalty,
         typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, no_repeat_ngram_size=0, min_new_tokens=0,
         max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.group_size,
-        eos_token_id=eos, pad_token_id=pad, use_cache=True)
+        eos_token_id=eos, pad_token_id=pad, use_cache=True,
+        **({"stop_strings": list(sampling.stop_strings)} if sampling.stop_strings else {}))
 
 
 def _until_eos(tokens: list[int], eos: int | list[int] | None) -> tuple[list[int], bool]:
@@ -185,7 +199,9 @@ def vllm_sampling_kwargs(sampling: SamplingSettings, eos: list[int], seed: int) 
     return {"n": sampling.group_size, "temperature": sampling.temperature, "top_p": sampling.top_p,
             "top_k": sampling.top_k if sampling.top_k > 0 else -1, "min_p": sampling.min_p,
             "repetition_penalty": sampling.repetition_penalty, "presence_penalty": 0.0, "frequency_penalty": 0.0,
-            "max_tokens": sampling.max_new_tokens, "seed": seed, "stop_token_ids": list(eos)}
+            "max_tokens": sampling.max_new_tokens, "seed": seed, "stop_token_ids": list(eos),
+            **({"stop": list(sampling.stop_strings), "include_stop_str_in_output": True}
+               if sampling.stop_strings else {})}
 
 
 class VLLMEngine:

@@ -1,4 +1,4 @@
-"""GRPO-family algorithms as small pure functions on tensors (advantages, losses, KL, DAPO tricks, stats)."""
+"""GRPO-family algorithms as small pure functions on tensors (advantages, losses, KL, DAPO tricks, stats, IH-GRPO)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from trainer.algorithms.dapo import (
     overlong_penalty,
     truncated_completions,
 )
+from trainer.algorithms.ih_grpo import EXECUTION_MODES
 from trainer.algorithms.policy_loss import (
     IMPORTANCE_SAMPLING_LEVELS,
     KL_CLAMP,
@@ -53,6 +54,7 @@ from trainer.algorithms.stats import clip_fractions, entropy_from_logits, masked
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "EXECUTION_MODES",
     "IMPORTANCE_SAMPLING_LEVELS",
     "KL_CLAMP",
     "KL_ESTIMATORS",
