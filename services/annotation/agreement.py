@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import krippendorff
 import numpy as np
@@ -24,9 +24,18 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from services.annotation.equivalence import normalise
+from services.annotation.label_schema import (
+    LabelSchema,
+    MathAnswerQuestion,
+    Question,
+    RatingQuestion,
+    agreement_key,
+    comparable,
+)
 from services.annotation.models import (
     Adjudication,
     Annotation,
+    AnnotationProject,
     Annotator,
     AnswerKeyEntry,
     LabelKind,
@@ -34,7 +43,7 @@ from services.annotation.models import (
     Task,
 )
 from services.annotation.queue import label_clusters
-from services.annotation.schemas import AgreementFigure, AnnotatorQuality, ProjectQuality
+from services.annotation.schemas import AgreementFigure, AnnotatorQuality, ProjectQuality, QuestionAgreement
 
 # Stored text refuses NUL, so no answer can normalise to this.
 AMBIGUOUS = "\x00ambiguous"
@@ -103,6 +112,26 @@ def sparse_nominal_alpha(units: Sequence[Counts[V]]) -> float | None:
     if expected == 0:
         return None
     return float(1 - (n - 1) * observed / expected)
+
+
+def scaled_alpha(units: Sequence[Counts[float]], level: Literal["ordinal", "interval"]) -> float | None:
+    """Krippendorff's alpha for ordinal or interval ratings, from each unit's count per point.
+
+    The same coincidences o_ck as the nominal form, with α = 1 − D_o / D_e, D_o = Σ_{c,k} o_ck δ²_ck / n and
+    D_e = Σ_{c,k} n_c n_k δ²_ck / (n (n − 1)); interval: δ²_ck = (c − k)²; ordinal:
+    δ²_ck = (Σ_{g=c..k} n_g − (n_c + n_k) / 2)². Computed by the ``krippendorff`` package over the
+    points that occur. None when no unit has two ratings or only one point occurs.
+    """
+    pairable = [unit for unit in units if sum(unit.values()) >= 2]
+    domain = sorted({float(v) for unit in pairable for v, c in unit.items() if c})
+    if len(domain) < 2:
+        return None
+    columns = {value: index for index, value in enumerate(domain)}
+    counts = np.zeros((len(pairable), len(domain)), dtype=np.float64)
+    for row, unit in enumerate(pairable):
+        for value, count in unit.items():
+            counts[row, columns[float(value)]] += count
+    return float(krippendorff.alpha(value_counts=counts, value_domain=domain, level_of_measurement=level))
 
 
 def cohen_kappa(pairs: Sequence[tuple[str, str]]) -> float | None:
@@ -272,6 +301,63 @@ def _share(tally: tuple[int, int] | None) -> float | None:
     return None if tally is None or tally[1] == 0 else tally[0] / tally[1]
 
 
+NO_MATH = "the label schema has no math_answer question: see each question's figure under `questions`"
+NOT_COMPARED = {"free_text": "free text is not compared", "ranking": "rankings are not compared (yet)"}
+
+
+def question_level(question: Question) -> str | None:
+    """The level of measurement agreement uses for a question: ordinal/interval for ratings, nominal for
+    the other comparable types (a multi-label answer is one nominal value: the set), none otherwise."""
+    if isinstance(question, RatingQuestion):
+        return question.level
+    return "nominal" if comparable(question) and question.type != "ranking" else None
+
+
+def question_units(question: Question, labelled: Sequence[Sequence[dict[str, object] | None]]) -> list[Counts[object]]:
+    """Per task, how many labels gave each value of this question (labels without a value left out)."""
+    units: list[Counts[object]] = []
+    for task_labels in labelled:
+        keys = [agreement_key(question, (values or {}).get(question.id)) for values in task_labels]
+        units.append(Counter(k for k in keys if k is not None))
+    return units
+
+
+def question_figure(question: Question, units: Sequence[Counts[object]]) -> AgreementFigure:
+    level = question_level(question)
+    compared = [unit for unit in units if sum(unit.values()) >= 2]
+    items, labels = len(compared), sum(sum(unit.values()) for unit in compared)
+    if level is None:
+        return AgreementFigure(value=None, items=items, labels=labels, note=NOT_COMPARED.get(question.type))
+    if not compared:
+        return AgreementFigure(value=None, items=0, labels=0, note=NO_ITEMS)
+    if level == "nominal":
+        value = krippendorff_alpha(compared)
+    else:
+        value = scaled_alpha(compared, "interval" if level == "interval" else "ordinal")  # type: ignore[arg-type]
+    return AgreementFigure(value=value, items=items, labels=labels, note=None if value is not None else ONE_VALUE)
+
+
+def question_agreement(session: Session, annotation_project_id: str, schema: LabelSchema,
+                       math_figure: AgreementFigure) -> list[QuestionAgreement]:
+    """Krippendorff's alpha per question, over tasks with two or more labels giving it a value. A
+    math_answer question's is the project's answer alpha (the queue's equivalence grouping)."""
+    rows = session.execute(select(Annotation.task_id, Annotation.label_values).where(_live(annotation_project_id))
+                           .order_by(Annotation.task_id, Annotation.created_at, Annotation.id)).all()
+    by_task: dict[str, list[dict[str, object] | None]] = defaultdict(list)
+    for task_id, values in rows:
+        by_task[task_id].append(values)
+    labelled = [task_labels for task_labels in by_task.values() if len(task_labels) >= 2]
+    out = []
+    for question in schema.questions:
+        if isinstance(question, MathAnswerQuestion):
+            figure = math_figure
+        else:
+            figure = question_figure(question, question_units(question, labelled))
+        out.append(QuestionAgreement(question_id=question.id, type=question.type, level=question_level(question),
+                                     krippendorff_alpha=figure))
+    return out
+
+
 def project_quality(session: Session, annotation_project_id: str) -> ProjectQuality:
     """Krippendorff's alpha, Cohen's and Fleiss' kappa where they apply, and per-annotator accuracy."""
     items, label_counts = load_items(session, annotation_project_id)
@@ -284,6 +370,12 @@ def project_quality(session: Session, annotation_project_id: str) -> ProjectQual
         gold_accuracy=_share(gold.get(annotator_id)), gold_n=gold.get(annotator_id, (0, 0))[1],
         adjudicated_accuracy=_share(adjudicated.get(annotator_id)),
         adjudicated_n=adjudicated.get(annotator_id, (0, 0))[1]) for annotator_id, count in label_counts.items()]
-    return ProjectQuality(annotation_project_id=annotation_project_id, krippendorff_alpha=alpha_figure(items),
-                          cohen_kappa=cohen_figure(items), fleiss_kappa=fleiss_figure(items),
-                          annotators=sorted(annotators, key=lambda a: a.username))
+    project = session.get(AnnotationProject, annotation_project_id)
+    schema = LabelSchema.model_validate(project.label_schema if project is not None else {})
+    alpha, cohen, fleiss = alpha_figure(items), cohen_figure(items), fleiss_figure(items)
+    if schema.math is None:  # no answer to compare: each question has its own figure
+        alpha = cohen = fleiss = AgreementFigure(value=None, items=0, labels=0, note=NO_MATH)
+    return ProjectQuality(annotation_project_id=annotation_project_id, krippendorff_alpha=alpha,
+                          cohen_kappa=cohen, fleiss_kappa=fleiss,
+                          annotators=sorted(annotators, key=lambda a: a.username),
+                          questions=question_agreement(session, annotation_project_id, schema, alpha))

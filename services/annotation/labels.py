@@ -9,6 +9,7 @@ or get it pushed (webhooks, sent after commit by ``notifications``).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -35,13 +36,15 @@ def next_label_seq(session: Session, annotation_project_id: str) -> int:
 
 
 def deliver_label(session: Session, purchase: Purchase, *, kind: LabelKind, answer: str | None,
-                  labelled_by: list[str], adjudicator_id: str | None, now: datetime) -> None:
+                  labelled_by: list[str], adjudicator_id: str | None, now: datetime,
+                  values: dict[str, Any] | None = None) -> None:
     """A purchase's label is known: store it, number it in the feed, notify after commit."""
     # The project row first, then the purchase: the lock order every writer keeps (no deadlocks).
     seq = next_label_seq(session, purchase.annotation_project_id)
     purchase.label_seq = seq
     purchase.status = PurchaseStatus.labelled
     purchase.label_kind, purchase.label = kind, answer if kind is LabelKind.answer else None
+    purchase.label_values = values
     purchase.labelled_by, purchase.adjudicator_id, purchase.labelled_at = list(labelled_by), adjudicator_id, now
     _announce(session, purchase)
 
@@ -63,6 +66,7 @@ def retract_label(session: Session, purchase: Purchase, *, now: datetime) -> Non
     purchase.label_seq = next_label_seq(session, purchase.annotation_project_id)
     purchase.status = PurchaseStatus.pending
     purchase.label_kind = purchase.label = purchase.adjudicator_id = purchase.labelled_at = None
+    purchase.label_values = None
     purchase.labelled_by = []
     purchase.observed_at = None
     _announce(session, purchase)
@@ -79,7 +83,7 @@ def label_out(purchase: Purchase, external_id: str) -> LabelOut:
     return LabelOut(seq=purchase.label_seq or 0, event="labelled" if labelled else "retracted",
                     purchase_id=purchase.id, prompt_id=external_id, step=purchase.step, policy=purchase.policy,
                     score=purchase.score, label_kind=purchase.label_kind, label=purchase.label,
-                    labelled_by=purchase.labelled_by, labelled_at=purchase.labelled_at)
+                    values=purchase.label_values, labelled_by=purchase.labelled_by, labelled_at=purchase.labelled_at)
 
 
 def feed_position(cursor: str | None) -> int:

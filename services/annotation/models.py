@@ -220,6 +220,8 @@ class Purchase(Base):
     status: Mapped[PurchaseStatus] = mapped_column(_enum(PurchaseStatus), default=PurchaseStatus.pending)
     label_kind: Mapped[LabelKind | None] = mapped_column(_enum(LabelKind), default=None)
     label: Mapped[str | None] = mapped_column(Text, default=None)
+    # The final label's answers by question id (label_schema.py); ``label`` keeps the math answer.
+    label_values: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     # Who labelled it: annotator ids, or ["answer_key"] for the oracle.
     labelled_by: Mapped[list[str]] = mapped_column(JSON, default=list)
     adjudicator_id: Mapped[str | None] = mapped_column(String(32), default=None)
@@ -359,6 +361,9 @@ class Annotation(Base):
     answer: Mapped[str | None] = mapped_column(Text, default=None)
     candidate_index: Mapped[int | None] = mapped_column(Integer, default=None)
     rationale: Mapped[str | None] = mapped_column(Text, default=None)
+    # Every question's answer by question id, normalised (label_schema.check_values); the math_answer
+    # question's also fills kind/answer/candidate_index/rationale above.
+    label_values: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     # Seconds from lease to submit (throughput statistics).
     duration_s: Mapped[float | None] = mapped_column(Float, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -377,6 +382,7 @@ class Adjudication(Base):
     answer: Mapped[str | None] = mapped_column(Text, default=None)
     candidate_index: Mapped[int | None] = mapped_column(Integer, default=None)
     rationale: Mapped[str | None] = mapped_column(Text, default=None)
+    label_values: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -16,15 +16,15 @@ from sqlalchemy.orm import Session
 
 from services.annotation import answer_key, notifications
 from services.annotation.care import validate_care_params
+from services.annotation.label_schema import LabelSchema
 from services.annotation.locking import lock_project, project_not_found
-from services.annotation.models import AnnotationProject, GuidelinesConfirmation, Policy
+from services.annotation.models import AnnotationProject, AnswerSource, GuidelinesConfirmation, Policy
 from services.annotation.schemas import (
     AnnotationProjectCreate,
     AnnotationProjectCreated,
     AnnotationProjectOut,
     AnnotationProjectUpdate,
     Budget,
-    LabelSchema,
 )
 from services.common.auth import Principal, get_accessible_project
 from services.common.errors import Conflict, InvalidInput
@@ -110,6 +110,20 @@ def checked_webhook(url: object | None) -> str | None:
     return str(url)
 
 
+def check_schema_fits(schema: LabelSchema, policy: Policy, answer_source: AnswerSource) -> None:
+    """CARE (and the oracle) learn from the math answer, and the answer key answers it: those need a
+    math_answer question. Any other project is a plain labelling queue."""
+    if schema.math is not None:
+        return
+    if policy in (Policy.care, Policy.oracle_cag):
+        raise InvalidInput(f"policy {policy.value!r} learns from the math answer: give the label schema a "
+                           "math_answer question, or use another policy (random, low_consensus, entropy, "
+                           "low_token_prob) for a plain labelling queue", field="label_schema")
+    if answer_source is AnswerSource.answer_key:
+        raise InvalidInput("the answer key answers the math answer: give the label schema a math_answer question",
+                           field="label_schema")
+
+
 def _name_taken(name: str) -> Conflict:
     return Conflict(f"an annotation project named {name!r} already exists here", field="name")
 
@@ -117,6 +131,7 @@ def _name_taken(name: str) -> Conflict:
 def create(session: Session, principal: Principal, body: AnnotationProjectCreate) -> AnnotationProjectCreated:
     """A new annotation project with its budget, label schema, queue settings, policy and webhook secret."""
     get_accessible_project(session, principal, body.project_id)
+    check_schema_fits(body.label_schema, body.policy, body.answer_source)
     if session.scalar(select(AnnotationProject.id).where(AnnotationProject.project_id == body.project_id,
                                                          AnnotationProject.name == body.name)) is not None:
         raise _name_taken(body.name)
@@ -157,6 +172,7 @@ def change(session: Session, annotation_project_id: str, body: AnnotationProject
         project.policy = body.policy
     if body.care_params is not None:
         project.care_params = checked_care_params(body.care_params)
+    check_schema_fits(LabelSchema.model_validate(project.label_schema), project.policy, project.answer_source)
     if body.guidelines is not None:
         set_guidelines(project, body.guidelines)
     if body.guidelines_required is not None:

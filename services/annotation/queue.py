@@ -18,6 +18,7 @@ on it is refused. One assignment row per (task, annotator) means nobody gets a t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +28,15 @@ from sqlalchemy.orm import Session
 from services.annotation import idempotency
 from services.annotation.accounts import require_adjudicator
 from services.annotation.equivalence import answers_equivalent
+from services.annotation.label_schema import (
+    LabelSchema,
+    PreferencePairQuestion,
+    RankingQuestion,
+    TaskContext,
+    check_values,
+    label_key,
+    preference_responses,
+)
 from services.annotation.labels import deliver_label, retract_label
 from services.annotation.locking import lock_task, serialise_on_sqlite
 from services.annotation.models import (
@@ -54,7 +64,7 @@ from services.annotation.schemas import (
     AnnotatorThroughput,
     CandidateOut,
     Decision,
-    LabelSchema,
+    PairOut,
     QueueStats,
     SkipOut,
     Submission,
@@ -118,12 +128,15 @@ def task_view(session: Session, assignment: Assignment, *, resumed: bool) -> Tas
         .outerjoin(PseudoLabel, PseudoLabel.rollout_group_id == Task.rollout_group_id)
         .where(Task.id == assignment.task_id)).one()
     task, prompt, group, clusters, schema = row
+    parsed = LabelSchema.model_validate(schema)
+    pairs = {question_id: PairOut(a=pair[0], b=pair[1])
+             for question_id, pair in _pairs(parsed, group.completions, clusters or []).items() if pair is not None}
     return TaskView(
         assignment_id=assignment.id, task_id=task.id, annotation_project_id=task.annotation_project_id,
         prompt_id=prompt.external_id, prompt_text=prompt.text, step=group.step, n=group.n,
         unparseable=sum(1 for a in group.answers if a is None or not a.strip()),
         candidates=_candidates_from(clusters or []), completions=group.completions,
-        label_schema=LabelSchema.model_validate(schema), priority=task.priority,
+        label_schema=parsed, pairs=pairs, priority=task.priority,
         overlap_k=task.overlap_k, leased_at=assignment.leased_at, lease_expires_at=assignment.expires_at,
         resumed=resumed)
 
@@ -246,26 +259,82 @@ def _require_live(assignment: Assignment, now: datetime) -> None:
 # --------------------------------------------------------------------------------------- submit
 
 
-def _resolve(kind: LabelKind, answer: str | None, candidate: int | None, rationale: str | None,
-             schema: LabelSchema, options: list[CandidateOut]) -> tuple[LabelKind, str | None, int | None]:
-    """Check an answer against the label schema; a candidate pick becomes that candidate's text."""
-    if kind is LabelKind.ambiguous:
-        if not schema.ambiguous:
-            raise InvalidInput("this project's label schema does not allow the ambiguous flag", field="kind")
-    elif candidate is not None:
-        if not schema.candidates:
-            raise InvalidInput("this project's label schema does not allow picking a candidate", field="candidate")
-        if candidate >= len(options):
-            raise InvalidInput(f"candidate {candidate} does not exist; this task has {len(options)} "
-                               f"candidate{'s' if len(options) != 1 else ''}", field="candidate")
-        answer = options[candidate].answer
-    elif not schema.free_form:
-        raise InvalidInput("this project's label schema allows only picking a candidate", field="answer")
-    if schema.rationale == "required" and not (rationale and rationale.strip()):
-        raise InvalidInput("this project requires a rationale", field="rationale")
-    if schema.rationale == "off" and rationale:
-        raise InvalidInput("this project's label schema has no rationale field", field="rationale")
-    return kind, answer, candidate
+def _pairs(schema: LabelSchema, completions: list[str] | None,
+           clusters: list[dict[str, Any]]) -> dict[str, tuple[str, str] | None]:
+    return {q.id: preference_responses(completions, clusters, q.source)
+            for q in schema.questions if isinstance(q, PreferencePairQuestion)}
+
+
+def task_context(session: Session, schema: LabelSchema, rollout_group_id: str, *,
+                 candidates_needed: bool) -> TaskContext:
+    """What the task offers the schema's questions; read only when some question needs it."""
+    pair_needed = any(isinstance(q, PreferencePairQuestion) for q in schema.questions)
+    items_needed = any(isinstance(q, RankingQuestion) and q.items is None for q in schema.questions)
+    if not (candidates_needed or pair_needed or items_needed):
+        return TaskContext()
+    row = session.execute(select(PseudoLabel.clusters, RolloutGroup.completions)
+                          .join(RolloutGroup, RolloutGroup.id == PseudoLabel.rollout_group_id)
+                          .where(PseudoLabel.rollout_group_id == rollout_group_id)).first()
+    clusters, completions = (row[0] or [], row[1]) if row is not None else ([], None)
+    return TaskContext(candidates=[str(c["answer"]) for c in clusters], pairs=_pairs(schema, completions, clusters))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A label checked against the schema: the math answer's columns and every question's value."""
+
+    kind: LabelKind
+    answer: str | None
+    candidate: int | None
+    rationale: str | None
+    values: dict[str, Any]
+
+
+# A top-level (pre-0014) math answer's problems name the top-level fields, as they always did.
+TOP_LEVEL_FIELDS = {"answer": "answer", "candidate": "candidate", "ambiguous": "kind", "kind": "kind",
+                    "rationale": "rationale"}
+
+
+def resolve_label(session: Session, schema: LabelSchema, rollout_group_id: str,
+                  body: Submission | Decision) -> Resolved:
+    """Check a submission (or a reviewer's decision) against the label schema: ``values`` by question
+    id, and a math_answer question possibly answered by the top-level kind/answer/candidate/rationale."""
+    values = dict(body.values or {})
+    math = schema.math
+    top_level = body.has_top_level
+    if top_level or body.rationale is not None:
+        if math is None:
+            name = "rationale" if not top_level else ("candidate" if body.candidate is not None else
+                                                      "kind" if body.kind is LabelKind.ambiguous else "answer")
+            raise InvalidInput("this project's label schema has no math_answer question: send the answers in "
+                               "`values`", field=name)
+        if not top_level:  # a top-level rationale for a math answer given in values
+            given = values.get(math.id)
+            if not isinstance(given, dict) or given.get("rationale") is not None:
+                raise InvalidInput("the top-level rationale belongs to a top-level math answer", field="rationale")
+            values[math.id] = {**given, "rationale": body.rationale}
+        elif math.id in values:
+            raise InvalidInput(f"the math answer is given both at the top level and in values.{math.id}",
+                               field=f"values.{math.id}")
+        else:
+            values[math.id] = {"kind": body.kind.value, "answer": body.answer, "candidate": body.candidate,
+                               "rationale": body.rationale}
+    math_value = values.get(math.id) if math is not None else None
+    candidates_needed = isinstance(math_value, dict) and math_value.get("candidate") is not None
+    context = task_context(session, schema, rollout_group_id, candidates_needed=candidates_needed)
+    try:
+        checked = check_values(schema, values, context)
+    except InvalidInput as exc:
+        prefix = f"values.{math.id}" if math is not None else None
+        if top_level and prefix is not None and exc.field is not None and exc.field.startswith(prefix):
+            rest = exc.field[len(prefix):].lstrip(".")
+            exc.field = TOP_LEVEL_FIELDS.get(rest, "answer")
+            exc.message = exc.message.split(": ", 1)[-1]
+        raise
+    if math is None:
+        return Resolved(LabelKind.answer, None, None, None, checked)
+    answer = checked[math.id]
+    return Resolved(LabelKind(answer["kind"]), answer["answer"], answer["candidate"], answer["rationale"], checked)
 
 
 def _annotation_out(session: Session, annotation: Annotation, *, replayed: bool,
@@ -275,7 +344,7 @@ def _annotation_out(session: Session, annotation: Annotation, *, replayed: bool,
         id=annotation.id, task_id=annotation.task_id, assignment_id=annotation.assignment_id,
         submission_id=annotation.submission_id, kind=annotation.kind, answer=annotation.answer,
         candidate_index=annotation.candidate_index, rationale=annotation.rationale,
-        created_at=annotation.created_at, undone=annotation.undone_at is not None,
+        values=annotation.label_values, created_at=annotation.created_at, undone=annotation.undone_at is not None,
         task_status=task.status.value if task is not None else "unknown", replayed=replayed)
 
 
@@ -305,10 +374,8 @@ def submit(session: Session, annotation_project_id: str, annotator_id: str, assi
     task = lock_task(session, assignment.task_id)
     # The answer is checked before the key is claimed: a refused body claims nothing.
     project = get_project(session, annotation_project_id)
-    options = candidates(session, task.rollout_group_id) if submission.candidate is not None else []
-    kind, answer, candidate = _resolve(submission.kind, submission.answer, submission.candidate,
-                                       submission.rationale, LabelSchema.model_validate(project.label_schema),
-                                       options)
+    schema = LabelSchema.model_validate(project.label_schema)
+    label = resolve_label(session, schema, task.rollout_group_id, submission)
     # Checked under the task lock, so a concurrent retry of this submission finds the first one.
     endpoint, request_hash = f"submit:{annotator_id}", _submission_hash(assignment_id)
     stored = idempotency.replay(session, annotation_project_id, endpoint, key, request_hash)
@@ -321,14 +388,14 @@ def submit(session: Session, annotation_project_id: str, annotator_id: str, assi
     now = now or utcnow()
     _require_live(assignment, now)
     annotation = Annotation(task_id=task.id, assignment_id=assignment.id, annotation_project_id=annotation_project_id,
-                            annotator_id=annotator_id, submission_id=key, kind=kind,
-                            answer=answer, candidate_index=candidate, rationale=submission.rationale,
-                            duration_s=(now - assignment.leased_at).total_seconds(), created_at=now)
+                            annotator_id=annotator_id, submission_id=key, kind=label.kind,
+                            answer=label.answer, candidate_index=label.candidate, rationale=label.rationale,
+                            label_values=label.values, duration_s=(now - assignment.leased_at).total_seconds(), created_at=now)
     session.add(annotation)
     assignment.state, assignment.finished_at = AssignmentState.submitted, now
     task.version += 1
     session.flush()
-    _complete_if_ready(session, task, now, just_added=annotation)
+    _complete_if_ready(session, task, now, schema, just_added=annotation)
     session.flush()
     out = _annotation_out(session, annotation, replayed=False, task=task)
     idempotency.remember(session, annotation_project_id, endpoint, key, request_hash, 201, out.model_dump_json())
@@ -363,29 +430,45 @@ def _live_annotations(session: Session, task_id: str) -> list[Annotation]:
                                 .order_by(Annotation.created_at, Annotation.id)))
 
 
-def _complete_if_ready(session: Session, task: Task, now: datetime, just_added: Annotation | None = None) -> None:
-    """With k answers in: unanimous (by equivalence) → the label is final; otherwise → adjudication."""
+def value_clusters(schema: LabelSchema, labels: list[dict[str, Any] | None]) -> list[list[int]]:
+    """Without a math_answer question: labels agree when every comparable question's value does
+    (``label_schema.label_key``; free text never counts); largest first, ties by first label."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, values in enumerate(labels):
+        groups.setdefault(label_key(schema, values), []).append(index)
+    return sorted(groups.values(), key=lambda members: (-len(members), members[0]))
+
+
+def _complete_if_ready(session: Session, task: Task, now: datetime, schema: LabelSchema,
+                       just_added: Annotation | None = None) -> None:
+    """With k answers in: unanimous (by equivalence) → the label is final; otherwise → adjudication.
+    With a math_answer question only its answer decides (as before 0014); without one, every
+    comparable question's value (``value_clusters``)."""
     # With overlap 1 the new annotation is the only live one (the slot count guarantees it).
     annotations = [just_added] if just_added is not None and task.overlap_k == 1 else \
         _live_annotations(session, task.id)
     if len(annotations) < task.overlap_k:
         return
-    clusters = label_clusters([(a.kind, a.answer) for a in annotations])
+    if schema.math is not None:
+        clusters = label_clusters([(a.kind, a.answer) for a in annotations])
+    else:
+        clusters = value_clusters(schema, [a.label_values for a in annotations])
     task.agreement = len(clusters[0]) / len(annotations)
     if len(clusters) > 1:
         task.status = TaskStatus.adjudication
         return
     first = annotations[0]
-    _finalise(session, task, first.kind, first.answer, [a.annotator_id for a in annotations], None, now)
+    _finalise(session, task, first.kind, first.answer, [a.annotator_id for a in annotations], None, now,
+              first.label_values)
 
 
 def _finalise(session: Session, task: Task, kind: LabelKind, answer: str | None, labelled_by: list[str],
-              adjudicator_id: str | None, now: datetime) -> None:
+              adjudicator_id: str | None, now: datetime, values: dict[str, Any] | None = None) -> None:
     task.status, task.final_kind, task.final_answer, task.completed_at = TaskStatus.done, kind, answer, now
     purchase = session.get(Purchase, task.purchase_id)
     assert purchase is not None
     deliver_label(session, purchase, kind=kind, answer=answer, labelled_by=labelled_by,
-                            adjudicator_id=adjudicator_id, now=now)
+                  adjudicator_id=adjudicator_id, now=now, values=values)
 
 
 # ------------------------------------------------------------------------------------ skip, undo
@@ -523,6 +606,17 @@ def adjudication_queue(session: Session, annotation_project_id: str, *, cursor: 
                 next_cursor=None if last is None else encode_cursor([last.priority, last.created_at, last.id]))
 
 
+def adjudication_view(session: Session, annotation_project_id: str, task_id: str) -> AdjudicationView:
+    """One disputed task with what each annotator said (the reviewer screen's page of it)."""
+    task = session.get(Task, task_id)
+    if task is None or task.annotation_project_id != annotation_project_id:
+        raise NotFound(f"task {task_id!r} not found", field="task_id")
+    if task.status is not TaskStatus.adjudication:
+        raise Conflict(f"task is {task.status.value}, not awaiting adjudication", field="task_id",
+                       code="not_in_adjudication")
+    return _adjudication_view(session, task)
+
+
 def _adjudication_view(session: Session, task: Task) -> AdjudicationView:
     prompt = session.get(Prompt, task.prompt_id)
     assert prompt is not None
@@ -530,11 +624,15 @@ def _adjudication_view(session: Session, task: Task) -> AdjudicationView:
                            .join(Annotator, Annotator.id == Annotation.annotator_id)
                            .where(Annotation.task_id == task.id, Annotation.undone_at.is_(None))
                            .order_by(Annotation.created_at, Annotation.id)).all()
+    project = get_project(session, task.annotation_project_id)
+    schema = LabelSchema.model_validate(project.label_schema)
+    context = task_context(session, schema, task.rollout_group_id, candidates_needed=False)
     return AdjudicationView(
         task_id=task.id, prompt_id=prompt.external_id, prompt_text=prompt.text,
         candidates=candidates(session, task.rollout_group_id), agreement=task.agreement,
+        pairs={qid: PairOut(a=pair[0], b=pair[1]) for qid, pair in context.pairs.items() if pair is not None},
         annotations=[AnnotationSummary(annotator_id=a.annotator_id, username=name, kind=a.kind, answer=a.answer,
-                                       rationale=a.rationale) for a, name in rows])
+                                       rationale=a.rationale, values=a.label_values) for a, name in rows])
 
 
 def adjudicate(session: Session, annotation_project_id: str, adjudicator_id: str, task_id: str,
@@ -550,19 +648,19 @@ def adjudicate(session: Session, annotation_project_id: str, adjudicator_id: str
         raise Conflict(f"task is {task.status.value}, not awaiting adjudication", field="task_id",
                        code="not_in_adjudication")
     project = get_project(session, annotation_project_id)
-    kind, answer, candidate = _resolve(decision.kind, decision.answer, decision.candidate, decision.rationale,
-                                       LabelSchema.model_validate(project.label_schema),
-                                       candidates(session, task.rollout_group_id))
+    label = resolve_label(session, LabelSchema.model_validate(project.label_schema), task.rollout_group_id,
+                          decision)
     now = now or utcnow()
-    record = Adjudication(task_id=task.id, adjudicator_id=adjudicator_id, kind=kind, answer=answer,
-                          candidate_index=candidate, rationale=decision.rationale, created_at=now)
+    record = Adjudication(task_id=task.id, adjudicator_id=adjudicator_id, kind=label.kind, answer=label.answer,
+                          candidate_index=label.candidate, rationale=label.rationale, label_values=label.values,
+                          created_at=now)
     session.add(record)
     labelled_by = [a.annotator_id for a in _live_annotations(session, task.id)]
-    _finalise(session, task, kind, answer, labelled_by, adjudicator_id, now)
+    _finalise(session, task, label.kind, label.answer, labelled_by, adjudicator_id, now, label.values)
     task.version += 1
     session.flush()
-    return AdjudicationOut(id=record.id, task_id=task.id, adjudicator_id=adjudicator_id, kind=kind, answer=answer,
-                           created_at=now)
+    return AdjudicationOut(id=record.id, task_id=task.id, adjudicator_id=adjudicator_id, kind=label.kind,
+                           answer=label.answer, values=label.values, created_at=now)
 
 
 # ---------------------------------------------------------------------------------------- stats

@@ -16,15 +16,23 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
 
 from services.annotation import accounts, projects, queue
 from services.annotation.deps import ItemPath, Now, ProjectPath, SessionDep
+from services.annotation.label_schema import (
+    FreeTextQuestion,
+    LabelSchema,
+    MultiLabelQuestion,
+    PreferencePairQuestion,
+    RankingQuestion,
+)
 from services.annotation.models import AnnotationProject, Annotator, LabelKind
-from services.annotation.schemas import LabelSchema, QueueStats, Submission, TaskView
+from services.annotation.schemas import QueueStats, Submission, TaskView
 from services.annotation.ui_pages import (
     CSRF_HEADER,
     UI_PREFIX,
@@ -86,7 +94,8 @@ def _task_context(session: Session, project: AnnotationProject, annotator: Annot
             "submission_id": uuid.uuid4().hex, "undo_key": uuid.uuid4().hex, "form": {},
             "can_undo": queue.has_undoable(session, project.id, annotator.id),
             "guidelines_html": render_markdown(project.guidelines) if project.guidelines.strip() else None,
-            "lease_seconds": project.lease_seconds, "title": f"Label · {project.name}"}
+            "lease_seconds": project.lease_seconds, "markdown": render_markdown,
+            "title": f"Label · {project.name}"}
 
 
 def _gate_page(request: Request, found: Viewer, project: AnnotationProject, flash: Flash | None) -> HTMLResponse:
@@ -115,8 +124,9 @@ def _refused(request: Request, found: Viewer, project: AnnotationProject, exc: A
     """Back to the task page (303) with the error and the typed values in the flash cookie."""
     assert found.annotator is not None
     response = redirect(request, "ui_task", annotation_project_id=project.id)
+    kept = {**(form or {}), "error_field": exc.field} if form is not None else {}
     write_flash(request, response, Flash(owner=found.annotator.id, project_id=project.id, message=exc.message,
-                                         form=form or {}))
+                                         form=kept))
     return response
 
 
@@ -163,12 +173,66 @@ def confirm_guidelines(request: Request, annotation_project_id: ProjectPath, now
     return _form_post(request, session, found, annotation_project_id, csrf_token, confirm, "guidelines_confirmed")
 
 
+async def posted_form(request: Request) -> FormData:
+    """The whole posted form (the question fields are named after the schema, so not declared one by one)."""
+    return await request.form()
+
+
+PostedForm = Annotated[FormData, Depends(posted_form)]
+
+
+def question_fields(schema: LabelSchema, form: FormData) -> dict[str, Any]:
+    """The raw ``q-<id>`` fields of the schema's non-math questions, as the flash keeps them."""
+    kept: dict[str, Any] = {}
+    for question in schema.questions:
+        name = f"q-{question.id}"
+        if isinstance(question, MultiLabelQuestion):
+            kept[name] = [str(v) for v in form.getlist(name)]
+        elif name in form:
+            kept[name] = str(form[name])
+        if isinstance(question, PreferencePairQuestion) and f"{name}-rationale" in form:
+            kept[f"{name}-rationale"] = str(form[f"{name}-rationale"])
+    return kept
+
+
+def values_from_form(schema: LabelSchema, fields: dict[str, Any]) -> dict[str, Any]:
+    """The ``values`` of a submission from the form's ``q-<id>`` fields (the math answer travels in the
+    top-level fields, as before). An empty field is an unanswered question; a ranking is its hidden
+    field's comma-separated order; a multi-label question always answers its (maybe empty) list."""
+    values: dict[str, Any] = {}
+    for question in schema.questions:
+        name = f"q-{question.id}"
+        raw = fields.get(name)
+        if isinstance(question, MultiLabelQuestion):
+            values[question.id] = list(raw or [])
+        elif isinstance(question, PreferencePairQuestion):
+            note = str(fields.get(f"{name}-rationale") or "").strip() or None
+            if raw or note:
+                values[question.id] = {"choice": raw or None, "rationale": note}
+        elif isinstance(question, RankingQuestion):
+            if raw:
+                parts = str(raw).split(",")
+                values[question.id] = [int(p) for p in parts] if all(p.strip().isdigit() for p in parts) else raw
+        elif isinstance(question, FreeTextQuestion):
+            if raw is not None and (raw != "" or question.required):
+                values[question.id] = raw
+        elif raw not in (None, "") and question.type != "math_answer":
+            values[question.id] = raw
+    return values
+
+
 def submission_from_form(submission_id: str, choice: str, answer: str, ambiguous: str,
-                         rationale: str) -> Submission:
+                         rationale: str, values: dict[str, Any] | None = None, *,
+                         math: bool = True) -> Submission:
     """The queue's Submission for what the form says: the flag wins, then a picked candidate, then the
-    typed answer (typing without picking means "my own answer")."""
+    typed answer (typing without picking means "my own answer"); the other questions in ``values``.
+    Without a math_answer question only ``values`` is sent."""
+    if not math:
+        return Submission.model_validate({"submission_id": submission_id, "values": values or {}})
     note = rationale.strip() or None
     fields: dict[str, Any] = {"submission_id": submission_id, "rationale": note}
+    if values:
+        fields["values"] = values
     if ambiguous:
         fields["kind"] = LabelKind.ambiguous
     elif choice.startswith("candidate-"):
@@ -191,14 +255,19 @@ def submission_from_form(submission_id: str, choice: str, answer: str, ambiguous
 
 @router.post("/projects/{annotation_project_id}/assignments/{assignment_id}/submit", name="ui_submit")
 def submit(request: Request, annotation_project_id: ProjectPath, assignment_id: ItemPath, now: Now,
-           found: Labeller, session: SessionDep, csrf_token: FormText = "", submission_id: FormText = "",
-           choice: FormText = "", answer: FormText = "", ambiguous: FormText = "",
+           found: Labeller, session: SessionDep, posted: PostedForm, csrf_token: FormText = "",
+           submission_id: FormText = "", choice: FormText = "", answer: FormText = "", ambiguous: FormText = "",
            rationale: FormText = "") -> Response:
-    form = {"assignment_id": assignment_id, "choice": choice, "answer": answer, "ambiguous": bool(ambiguous),
-            "rationale": rationale}
+    form: dict[str, Any] = {"assignment_id": assignment_id, "choice": choice, "answer": answer,
+                            "ambiguous": bool(ambiguous), "rationale": rationale}
+    project_row = session.get(AnnotationProject, annotation_project_id)
+    schema = LabelSchema.model_validate(project_row.label_schema) if project_row is not None else LabelSchema()
+    fields = question_fields(schema, posted)
+    form.update(fields)
 
     def answer_it(project: AnnotationProject, annotator_id: str) -> None:
-        body = submission_from_form(submission_id or uuid.uuid4().hex, choice, answer, ambiguous, rationale)
+        body = submission_from_form(submission_id or uuid.uuid4().hex, choice, answer, ambiguous, rationale,
+                                    values_from_form(schema, fields), math=schema.math is not None)
         queue.submit(session, project.id, annotator_id, assignment_id, body, now=now)
 
     return _form_post(request, session, found, annotation_project_id, csrf_token, answer_it, "submitted", form)

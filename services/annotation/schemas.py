@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from services.annotation.label_schema import LabelSchema, parse_schema
 from services.annotation.models import AnnotatorRole, AnswerSource, DeliveryState, LabelKind, Policy
 from services.common.pagination import Page
 from services.common.validation import ID_PATTERN, NameText, StoredText
@@ -30,21 +31,14 @@ GUIDELINES_DOC = ("Markdown shown on the task page (raw HTML is escaped; KaTeX m
 GATE_DOC = "Annotators must confirm each guidelines version once before their first task is leased."
 
 
-class LabelSchema(BaseModel):
-    """Which ways of answering the annotator is offered."""
+def _checked_schema(value: Any) -> Any:
+    """A label schema checked by ``label_schema.parse_schema``: a 422 naming the exact field
+    (``label_schema.questions[1].choices``, without pydantic's union tag in the path)."""
+    return None if value is None else parse_schema(value)
 
-    model_config = ConfigDict(extra="forbid")
 
-    free_form: bool = Field(default=True, description="A free-form answer (LaTeX allowed).")
-    candidates: bool = Field(default=True, description="Pick one of the rollouts' candidate answers.")
-    ambiguous: bool = Field(default=True, description="Flag the prompt as ambiguous / unanswerable.")
-    rationale: Literal["off", "optional", "required"] = "optional"
-
-    @model_validator(mode="after")
-    def _some_answer(self) -> LabelSchema:
-        if not (self.free_form or self.candidates):
-            raise ValueError("at least one of free_form or candidates must be allowed")
-        return self
+SCHEMA_DOC = ("The questions asked about each task (default: one math_answer question). The pre-0014 flat "
+              "form {free_form, candidates, ambiguous, rationale} is still accepted.")
 
 
 class AnnotationProjectCreate(BaseModel):
@@ -54,7 +48,7 @@ class AnnotationProjectCreate(BaseModel):
     name: NameText = Field(min_length=1, max_length=200)
     description: StoredText = Field(default="", max_length=2000)
     label_budget: int = Field(ge=0, le=100_000_000, description="How many labels may be bought in all.")
-    label_schema: LabelSchema = Field(default_factory=LabelSchema)
+    label_schema: LabelSchema = Field(default_factory=LabelSchema, description=SCHEMA_DOC)
     overlap_k: int = Field(default=1, ge=1, le=20, description="Annotators per task.")
     lease_seconds: int = Field(default=600, ge=5, le=7 * 86400, description="How long a task stays leased.")
     rollouts_per_prompt: int = Field(default=8, ge=1, le=MAX_ROLLOUTS, description="n: every group has n answers.")
@@ -66,13 +60,16 @@ class AnnotationProjectCreate(BaseModel):
     guidelines: StoredText = Field(default="", max_length=MAX_GUIDELINES, description=GUIDELINES_DOC)
     guidelines_required: bool = Field(default=False, description=GATE_DOC)
 
+    _schema = field_validator("label_schema", mode="before")(_checked_schema)
+
 
 class AnnotationProjectUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     description: StoredText | None = Field(default=None, max_length=2000)
     label_budget: int | None = Field(default=None, ge=0, le=100_000_000)
-    label_schema: LabelSchema | None = None
+    label_schema: LabelSchema | None = Field(default=None, description=(
+        "Replaces the questions; labels already given keep the values they were given with."))
     overlap_k: int | None = Field(default=None, ge=1, le=20, description="Applies to tasks created from now on.")
     lease_seconds: int | None = Field(default=None, ge=5, le=7 * 86400)
     policy: Policy | None = None
@@ -82,6 +79,8 @@ class AnnotationProjectUpdate(BaseModel):
     guidelines: StoredText | None = Field(default=None, max_length=MAX_GUIDELINES, description=(
         "New guidelines text; a changed text is a new version (annotators confirm it again under the gate)."))
     guidelines_required: bool | None = Field(default=None, description=GATE_DOC)
+
+    _schema = field_validator("label_schema", mode="before")(_checked_schema)
 
 
 class Budget(BaseModel):
@@ -306,6 +305,8 @@ class LabelOut(BaseModel):
     score: float | None
     label_kind: LabelKind | None
     label: str | None
+    values: dict[str, Any] | None = Field(default=None, description=(
+        "The label's answers by question id (for every question type; math_answer also fills `label`)."))
     labelled_by: list[str]
     labelled_at: datetime | None
 
@@ -336,6 +337,24 @@ class AnnotatorOut(BaseModel):
     created_at: datetime
 
 
+def has_top_level(body: Submission | Decision) -> bool:
+    return body.answer is not None or body.candidate is not None or body.kind is LabelKind.ambiguous
+
+
+def _check_top_level(body: Submission | Decision) -> None:
+    """The top-level math answer: exactly one of answer or candidate, or kind ambiguous. With ``values``
+    it may be left out (a project whose schema has no math_answer question, or one answered in values)."""
+    if body.answer is not None and not body.answer.strip():
+        body.answer = None
+    if body.kind is LabelKind.ambiguous:
+        if body.answer is not None or body.candidate is not None:
+            raise ValueError("an ambiguous label carries neither answer nor candidate")
+    elif body.answer is not None and body.candidate is not None:
+        raise ValueError("give exactly one of answer or candidate (or kind 'ambiguous')")
+    elif body.values is None and body.answer is None and body.candidate is None:
+        raise ValueError("give exactly one of answer or candidate (or kind 'ambiguous'), or values")
+
+
 class Submission(BaseModel):
     """An annotator's answer. Give `answer` (free form) or `candidate` (index), or kind `ambiguous`."""
 
@@ -348,17 +367,19 @@ class Submission(BaseModel):
     answer: StoredText | None = Field(default=None, max_length=20_000, description="Free-form answer, LaTeX allowed.")
     candidate: int | None = Field(default=None, ge=0, description="Index into the task's candidates.")
     rationale: StoredText | None = Field(default=None, max_length=20_000)
+    values: dict[str, Any] | None = Field(default=None, description=(
+        "Answers by question id (see the project's label_schema). A math_answer question may instead be "
+        "answered with the top-level kind/answer/candidate/rationale, as before."))
 
     @model_validator(mode="after")
     def _one_answer(self) -> Submission:
-        if self.answer is not None and not self.answer.strip():
-            self.answer = None
-        if self.kind is LabelKind.ambiguous:
-            if self.answer is not None or self.candidate is not None:
-                raise ValueError("an ambiguous label carries neither answer nor candidate")
-        elif (self.answer is None) == (self.candidate is None):
-            raise ValueError("give exactly one of answer or candidate (or kind 'ambiguous')")
+        _check_top_level(self)
         return self
+
+    @property
+    def has_top_level(self) -> bool:
+        """The math answer came in the top-level fields (the pre-0014 way)."""
+        return has_top_level(self)
 
 
 class Decision(BaseModel):
@@ -370,23 +391,29 @@ class Decision(BaseModel):
     answer: StoredText | None = Field(default=None, max_length=20_000)
     candidate: int | None = Field(default=None, ge=0)
     rationale: StoredText | None = Field(default=None, max_length=20_000)
+    values: dict[str, Any] | None = Field(default=None, description=(
+        "Answers by question id (see the project's label_schema). A math_answer question may instead be "
+        "answered with the top-level kind/answer/candidate/rationale, as before."))
 
     @model_validator(mode="after")
     def _one_answer(self) -> Decision:
-        if self.answer is not None and not self.answer.strip():
-            self.answer = None
-        if self.kind is LabelKind.ambiguous:
-            if self.answer is not None or self.candidate is not None:
-                raise ValueError("an ambiguous label carries neither answer nor candidate")
-        elif (self.answer is None) == (self.candidate is None):
-            raise ValueError("give exactly one of answer or candidate (or kind 'ambiguous')")
+        _check_top_level(self)
         return self
+
+    @property
+    def has_top_level(self) -> bool:
+        return has_top_level(self)
 
 
 class CandidateOut(BaseModel):
     index: int
     answer: str
     count: int = Field(description="How many of the n rollouts gave this answer.")
+
+
+class PairOut(BaseModel):
+    a: str
+    b: str
 
 
 class TaskView(BaseModel):
@@ -403,6 +430,8 @@ class TaskView(BaseModel):
     candidates: list[CandidateOut]
     completions: list[str] | None = None
     label_schema: LabelSchema
+    pairs: dict[str, PairOut] = Field(default_factory=dict, description=(
+        "Per preference_pair question id, the two responses it compares (absent: fewer than two)."))
     priority: float
     overlap_k: int
     leased_at: datetime
@@ -419,6 +448,7 @@ class AnnotationOut(BaseModel):
     answer: str | None
     candidate_index: int | None
     rationale: str | None
+    values: dict[str, Any] | None = Field(default=None, description="The answers by question id, normalised.")
     created_at: datetime
     undone: bool
     task_status: str
@@ -443,6 +473,7 @@ class AnnotationSummary(BaseModel):
     kind: LabelKind
     answer: str | None
     rationale: str | None
+    values: dict[str, Any] | None = None
 
 
 class AdjudicationView(BaseModel):
@@ -452,6 +483,7 @@ class AdjudicationView(BaseModel):
     candidates: list[CandidateOut]
     annotations: list[AnnotationSummary]
     agreement: float | None
+    pairs: dict[str, PairOut] = Field(default_factory=dict)
 
 
 class AdjudicationOut(BaseModel):
@@ -460,6 +492,7 @@ class AdjudicationOut(BaseModel):
     adjudicator_id: str
     kind: LabelKind
     answer: str | None
+    values: dict[str, Any] | None = None
     created_at: datetime
 
 
@@ -509,6 +542,16 @@ class AnnotatorQuality(BaseModel):
     adjudicated_n: int = Field(description="Labels compared with an adjudication (by someone else).")
 
 
+class QuestionAgreement(BaseModel):
+    """Agreement on one question: nominal for labels and preference pairs (A/B/tie), ordinal or interval
+    for ratings (the question's ``level``); none for free text and rankings."""
+
+    question_id: str
+    type: str
+    level: Literal["nominal", "ordinal", "interval"] | None
+    krippendorff_alpha: AgreementFigure
+
+
 class ProjectQuality(BaseModel):
     """Inter-annotator agreement (nominal: answers grouped by the queue's equivalence) and accuracy."""
 
@@ -518,6 +561,8 @@ class ProjectQuality(BaseModel):
     fleiss_kappa: AgreementFigure = Field(description="Applies when every compared task has the same number "
                                                       "of labels.")
     annotators: list[AnnotatorQuality]
+    questions: list[QuestionAgreement] = Field(default_factory=list, description=(
+        "Krippendorff's alpha per question of the label schema, at the level its type calls for."))
 
 
 class WebhookDeliveryOut(BaseModel):

@@ -29,6 +29,7 @@ NOTICES = {"submitted": "Saved.", "skipped": "Never shown again: you will not be
            "deferred": "Put off: that task comes back to you once you have seen the others.",
            "undone": "Your last answer was taken back; its task is yours again.",
            "guidelines_confirmed": "Thank you for reading the guidelines.",
+           "adjudicated": "Settled: your decision is the task's label.",
            "logged_out": "You are logged out."}
 SAFE_LINK = re.compile(r"^(https?://|/|#|\?|\./|\.\./|[^:/?#]+(/|$|[?#]))", re.IGNORECASE)
 # Inline scripts are never needed (page data travels in <script type="application/json">);

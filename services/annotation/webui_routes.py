@@ -2,6 +2,7 @@
 
 - ``routes_ui_login``: home redirect, password and admin-key login, logout;
 - ``routes_ui_tasks``: queue, task page, submit, skip, undo, lease renewal;
+- ``routes_ui_review``: the reviewer screen (disputed tasks side by side, adjudication);
 - ``routes_ui_dashboard``: the reviewers' and admins' dashboard;
 - ``routes_ui_assets``: the UI's scripts, styles and vendored libraries.
 
@@ -12,8 +13,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.annotation import routes_ui_assets, routes_ui_dashboard, routes_ui_login, routes_ui_tasks
+from services.annotation import (
+    routes_ui_assets,
+    routes_ui_dashboard,
+    routes_ui_login,
+    routes_ui_review,
+    routes_ui_tasks,
+)
 
 router = APIRouter()
-for part in (routes_ui_login, routes_ui_tasks, routes_ui_dashboard, routes_ui_assets):
+for part in (routes_ui_login, routes_ui_tasks, routes_ui_review, routes_ui_dashboard, routes_ui_assets):
     router.include_router(part.router)

@@ -63,6 +63,82 @@
     return true;
   }
 
+  // The label schema's questions (webui/templates/questions.html): number keys act on the question that
+  // has the focus, else on the first question that takes numbers; A/B/T on a preference pair.
+  var questions = Array.prototype.slice.call(document.querySelectorAll(".question"));
+  var NUMBERED = ["math_answer", "single_label", "multi_label", "rating", "ranking"];
+
+  function focusedQuestion() {
+    var element = document.activeElement;
+    return element && element.closest ? element.closest(".question") : null;
+  }
+
+  function questionFor(types) {
+    var focused = focusedQuestion();
+    if (focused && types.indexOf(focused.getAttribute("data-type")) >= 0) { return focused; }
+    for (var i = 0; i < questions.length; i++) {
+      if (types.indexOf(questions[i].getAttribute("data-type")) >= 0) { return questions[i]; }
+    }
+    return null;
+  }
+
+  function numberKey(index) {
+    var question = questionFor(NUMBERED);
+    if (!question) { return false; }
+    var type = question.getAttribute("data-type");
+    if (type === "math_answer") { return pick(index); }
+    if (type === "ranking") {
+      var item = question.querySelectorAll(".ranking li")[index];
+      if (!item) { return false; }
+      item.focus();
+      return true;
+    }
+    var inputs = question.querySelectorAll(type === "multi_label" ? "input[type=checkbox]" : "input[type=radio]");
+    var input = inputs[index];
+    if (!input) { return false; }
+    input.checked = type === "multi_label" ? !input.checked : true;
+    input.focus();
+    return true;
+  }
+
+  function prefer(value, strict) {
+    var question = strict ? focusedQuestion() : questionFor(["preference_pair"]);
+    if (!question || question.getAttribute("data-type") !== "preference_pair") { return false; }
+    var radio = question.querySelector("input[type=radio][value='" + value + "']");
+    if (!radio) { return false; }
+    radio.checked = true;
+    radio.focus();
+    return true;
+  }
+
+  // Rankings: the hidden field holds the order (item indexes, best first); ↑/↓ move the focused item.
+  function syncRanking(list) {
+    var input = document.getElementById(list.getAttribute("data-input"));
+    var order = Array.prototype.map.call(list.querySelectorAll("li"), function (li) {
+      return li.getAttribute("data-index");
+    });
+    input.value = order.join(",");
+  }
+
+  Array.prototype.forEach.call(document.querySelectorAll(".ranking"), function (list) {
+    var input = document.getElementById(list.getAttribute("data-input"));
+    var wanted = (input.value || "").split(",");
+    wanted.forEach(function (index) {  // a refused form comes back in the order it was sent
+      var li = list.querySelector("li[data-index='" + index + "']");
+      if (li) { list.appendChild(li); }
+    });
+    syncRanking(list);
+  });
+
+  function moveItem(li, up) {
+    var list = li.parentNode;
+    var other = up ? li.previousElementSibling : li.nextElementSibling;
+    if (!other) { return; }
+    if (up) { list.insertBefore(li, other); } else { list.insertBefore(other, li); }
+    li.focus();
+    syncRanking(list);
+  }
+
   document.addEventListener("keydown", function (event) {
     var key = event.key;
     if ((event.ctrlKey || event.metaKey) && key === "Enter") {
@@ -76,6 +152,20 @@
       return;
     }
     if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) { return; }
+    var target = event.target;
+    if ((key === "ArrowUp" || key === "ArrowDown") && target && target.closest && target.closest(".ranking")
+        && target.tagName.toLowerCase() === "li") {
+      moveItem(target, key === "ArrowUp");
+      event.preventDefault();
+      return;
+    }
+    var lower = key.length === 1 ? key.toLowerCase() : key;
+    // A on a focused pair (or with no math answer in the form) is "A is better"; B and T always the pair's.
+    if ((lower === "a" && (prefer("A", true) || (!answer && prefer("A", false))))
+        || (lower === "b" && !event.shiftKey && prefer("B", false)) || (lower === "t" && prefer("tie", false))) {
+      event.preventDefault();
+      return;
+    }
     var handled = true;
     if (key === "l" || key === "L") {
       send(laterForm);
@@ -84,7 +174,7 @@
     } else if (key === "u" || key === "U") {
       send(undoForm);
     } else if (/^[1-9]$/.test(key)) {
-      handled = pick(Number(key) - 1);
+      handled = numberKey(Number(key) - 1);
     } else if ((key === "a" || key === "A") && answer) {
       if (own) { own.checked = true; }
       if (flag) { flag.checked = false; }

@@ -85,7 +85,10 @@ def test_admin_creates_a_project_and_roles_and_tenants_are_enforced(client: Test
     reset_settings_cache()
     made = create(client, sqlite_tenant, webhook_url="http://127.0.0.1:9/hook")
     assert made["webhook_secret"].startswith("whsec_") and made["budget"] == {"total": 10, "spent": 0, "left": 10}
-    assert made["label_schema"] == {"free_form": True, "candidates": True, "ambiguous": True, "rationale": "optional"}
+    # The default schema (migration 0014): today's math form as one math_answer question.
+    assert made["label_schema"] == {"questions": [{
+        "id": "answer", "type": "math_answer", "prompt": "The final answer", "required": True, "guidelines": "",
+        "free_form": True, "candidates": True, "ambiguous": True, "rationale": "optional"}]}
     body = {"project_id": sqlite_tenant.project_a, "name": "x", "label_budget": 1}
     assert client.post(BASE, json=body, headers=h(sqlite_tenant, "trainer")).status_code == 403
     foreign = client.post(BASE, json={**body, "project_id": sqlite_tenant.project_b}, headers=h(sqlite_tenant, "admin"))

@@ -122,7 +122,9 @@ def test_an_empty_project_has_null_figures_and_only_admins_see_quality(client: T
     body = client.get(f"{BASE}/{pid}/quality", headers=h(sqlite_tenant, "admin")).json()
     empty = {"value": None, "items": 0, "labels": 0, "note": "no task has two labels yet"}
     assert body == {"annotation_project_id": pid, "krippendorff_alpha": empty, "cohen_kappa": empty,
-                    "fleiss_kappa": empty, "annotators": []}
+                    "fleiss_kappa": empty, "annotators": [],
+                    "questions": [{"question_id": "answer", "type": "math_answer", "level": "nominal",
+                                   "krippendorff_alpha": empty}]}
     for who, status in (("trainer", 403), ("annotator", 403), ("admin_b", 404)):
         assert client.get(f"{BASE}/{pid}/quality", headers=h(sqlite_tenant, who)).status_code == status
     assert client.get(f"{BASE}/{pid}/quality").status_code == 401
