@@ -471,3 +471,147 @@ def eval_rec(
         out.print(f"hybrid agreement with overall labels: {_fmt(report['hybrid_agreement'])}")
     for note in report["notes"]:
         console.print(f"note: {note}")
+
+
+# ---------------------------------------------------------------------------- rewardhub eval dining
+
+def _image_indices(text: str) -> tuple[int, ...]:
+    try:
+        indices = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected comma-separated indices, e.g. 0 or 0,1,2",
+                                 param_hint="--images") from None
+    if not indices or min(indices) < 0:
+        raise typer.BadParameter(f"{text!r}: give at least one index, each >= 0", param_hint="--images")
+    return indices
+
+
+def print_dining_report(report: dict[str, Any]) -> None:
+    """One table per task present in the report, then the counts."""
+    tasks = report["tasks"]
+    if "classification" in tasks:
+        cls = tasks["classification"]
+        table = Table(title="classification")
+        for column in ("n", "accuracy", "unreadable share"):
+            table.add_column(column)
+        table.add_row(str(cls["n"]), _fmt(cls["accuracy"]), _fmt(cls["unreadable_share"]))
+        out.print(table)
+    if "nutrition" in tasks:
+        nut = tasks["nutrition"]
+        table = Table(title=f"nutrition (n={nut['n']}, parse failures {_fmt(nut['parse_failure_share'])}, "
+                            f"rule: {report['nutrition_rule']})")
+        for column in ("nutrient", "n", "missing", "MAE", "RMSE", "MAPE %"):
+            table.add_column(column)
+        for name, values in nut["nutrients"].items():
+            table.add_row(name, str(values["n"]), str(values["missing"]), _fmt(values["mae"]), _fmt(values["rmse"]),
+                          _fmt(values["mape"]))
+        out.print(table)
+    if "vqa" in tasks:
+        vqa = tasks["vqa"]
+        table = Table(title=f"vqa (n={vqa['n']})")
+        for column in ("metric", "p", "r", "f"):
+            table.add_column(column)
+        for name in ("rouge1", "rouge2", "rougeL"):
+            values = vqa[name] or {}
+            table.add_row(name, _fmt(values.get("p")), _fmt(values.get("r")), _fmt(values.get("f")))
+        out.print(table)
+        if vqa["judge"]:
+            out.print(f"judge accuracy: {_fmt(vqa['judge_accuracy'])} ({vqa['judge_yes']}/{vqa['judged']}, "
+                      f"unparsed {vqa['judge_unparsed']})")
+    counts = report["counts"]
+    out.print("records: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@eval_app.command("dining")
+def eval_dining(
+    data: Annotated[Path, typer.Argument(help="DiningBench records, JSONL: {id, task, prompt, ground_truth, "
+                                              "standard_image, user_images[]} (docs/dining_bench.md).",
+                                         exists=True, readable=True, dir_okay=False)],
+    base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible VLM server, e.g. "
+                                                                    "http://vllm:8000/v1.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model name on that server.")] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="REWARDHUB_LLM_API_KEY")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="classification | nutrition | vqa, for records "
+                                                            "without a task field.")] = None,
+    images: Annotated[str, typer.Option("--images", help="Image indices: 0 = standard image, 1.. = user images "
+                                                         "(e.g. 0,1,2).")] = "0",
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Records in flight.")] = 8,
+    rpm: Annotated[float, typer.Option("--rpm", min=0, help="Requests per minute to the server (0: no limit).")] = 0,
+    max_retries: Annotated[int, typer.Option("--max-retries", min=0, help="Retries of 429/5xx/timeouts, "
+                                                                          "with exponential backoff.")] = 4,
+    timeout_s: Annotated[float | None, typer.Option("--timeout", help="Seconds per attempt.")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, help="Completion length limit.")] = None,
+    judge_model: Annotated[str | None, typer.Option("--judge-model", help="VQA: an LLM judge (yes/no) on this "
+                                                                          "model; none: ROUGE only.")] = None,
+    judge_base_url: Annotated[str | None, typer.Option("--judge-base-url", help="The judge's server "
+                                                                                "(default: --base-url).")] = None,
+    judge_api_key: Annotated[str | None, typer.Option("--judge-api-key")] = None,
+    judge_rpm: Annotated[float, typer.Option("--judge-rpm", min=0, help="The judge's requests per minute.")] = 0,
+    judge_max_tokens: Annotated[int, typer.Option("--judge-max-tokens", min=1, help="The judge's reply limit.")] = 100,
+    nutrition_per_value: Annotated[bool, typer.Option("--nutrition-per-value", help="Keep the nutrients a "
+                                                      "prediction gives when others are missing (default: the "
+                                                      "authors' rule, all four missing).")] = False,
+    results: Annotated[Path | None, typer.Option("--out", help="Results JSONL, appended as records finish; a "
+                                                               "rerun skips finished ids (default: "
+                                                               "<data>.results.jsonl in this folder).")] = None,
+    report_path: Annotated[Path | None, typer.Option("--report", help="The JSON report (default: the results "
+                                                                      "path with .report.json).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
+) -> None:
+    """DiningBench: ask a VLM every record (images as base64 data URLs), resumably, then report accuracy and
+    unreadable share, nutrition MAE/RMSE/MAPE and VQA ROUGE (jieba) plus the judge's accuracy."""
+    import importlib.util
+
+    from services.common.llm.client import OpenAIChatClient
+    from trainer.dining.records import RecordError, load_records
+
+    lacking = [name for name in ("rouge_score", "jieba") if importlib.util.find_spec(name) is None]
+    if lacking:
+        console.print(f"[red]eval dining needs {', '.join(lacking)}:[/] pip install 'rewardhub[server,train]'")
+        raise typer.Exit(1)
+    from trainer.dining.report import build_report
+    from trainer.dining.runner import read_results, run_bench
+
+    try:
+        records = load_records(data, task=task, image_indices=_image_indices(images))
+    except RecordError as exc:
+        raise typer.BadParameter(str(exc), param_hint="DATA") from None
+    backend = OpenAIChatClient(base_url, model, api_key, timeout_s=timeout_s, max_concurrency=concurrency,
+                               requests_per_s=rpm / 60, max_retries=max_retries, max_tokens=max_tokens)
+    if not backend.base_url:
+        raise typer.BadParameter("give the VLM server (or set REWARDHUB_LLM_BASE_URL)", param_hint="--base-url")
+    if not backend.model:
+        raise typer.BadParameter("give the model name (or set REWARDHUB_LLM_MODEL)", param_hint="--model")
+    judge = None
+    if judge_model is not None:
+        judge = OpenAIChatClient(judge_base_url or backend.base_url, judge_model,
+                                 judge_api_key if judge_api_key is not None else api_key, timeout_s=timeout_s,
+                                 max_concurrency=concurrency, requests_per_s=judge_rpm / 60,
+                                 max_retries=max_retries, max_tokens=judge_max_tokens)
+    results = results or Path(f"{data.stem}.results.jsonl")
+    report_path = report_path or results.with_name(results.name.removesuffix(".jsonl") + ".report.json")
+
+    async def run(advance: Any) -> Any:
+        try:
+            return await run_bench(records, backend, results, concurrency=concurrency, judge=judge,
+                                   on_result=lambda _line: advance())
+        finally:
+            await backend.aclose()
+            if judge is not None:
+                await judge.aclose()
+
+    with Progress(TextColumn("[bold]dining"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        bar = progress.add_task("records", total=len(records))
+        summary = asyncio.run(run(lambda: progress.advance(bar)))
+    report = build_report(records, read_results(results), per_value=nutrition_per_value, judge=judge is not None)
+    report["run"] = {"data": str(data), "model": backend.model, "results": str(results), "skipped": summary.skipped,
+                     "answered": summary.ok, "failed": summary.failed, "judge_model": judge_model}
+    report_path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    if as_json:
+        out.print_json(json.dumps(report, ensure_ascii=False))
+    else:
+        print_dining_report(report)
+    console.print(f"results: {results}\nreport: {report_path}")
+    if summary.failed:
+        console.print(f"[yellow]{summary.failed} record(s) failed; rerun the same command to retry them[/]")

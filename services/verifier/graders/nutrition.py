@@ -1,4 +1,11 @@
-"""DiningBench nutrition estimates as a graded reward from per-nutrient relative error."""
+"""DiningBench nutrition estimates as a graded reward from per-nutrient relative error.
+
+The missing-value rules beside DiningBench's metrics (trainer/dining/metrics.py, docs/dining_bench.md):
+keys are read in English (any case) or with the authors' Chinese names (卡路里, 蛋白质, 碳水化合物,
+脂肪); a nutrient the completion lacks earns no credit whatever the bounds (the metric counts it as
+error |gt|, i.e. 100 %, which a ``zero_credit_rel_error`` above 1 would still pay for); a gold 0 uses a
+tiny denominator (exactly 0 earns full credit, anything else none) where MAPE skips the record.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,12 @@ from services.verifier.graders.extract import parse_json_lenient
 from services.verifier.graders.result import GradeResult, invalid_input
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_ALIASES = {"卡路里": "calories", "蛋白质": "protein", "碳水化合物": "carbohydrates", "脂肪": "fat"}
+
+
+def _keyed(values: dict[Any, Any]) -> dict[str, Any]:
+    """Keys stripped and lower-cased, the authors' Chinese names mapped to the English ones."""
+    return {_ALIASES.get(str(k).strip(), str(k).strip().lower()): v for k, v in values.items()}
 
 
 def _as_float(value: Any) -> float | None:
@@ -42,14 +55,15 @@ def relative_error(predicted: float | None, gold: float) -> float:
 def grade_nutrition(spec: NutritionSpec, completion: str, ground_truth: Any) -> GradeResult:
     if not isinstance(ground_truth, dict):
         return invalid_input("ground_truth must be an object of nutrient values")
-    gold = {n: _as_float(ground_truth.get(n)) for n in spec.nutrients}
+    keyed_truth = _keyed(ground_truth)
+    gold = {n: _as_float(keyed_truth.get(n)) for n in spec.nutrients}
     missing_gold = [n for n, v in gold.items() if v is None]
     if missing_gold:
         return invalid_input(f"ground_truth lacks numeric values for: {', '.join(missing_gold)}")
     parsed, found = parse_json_lenient(completion)
     if not found or not isinstance(parsed, dict):
         return GradeResult(score=0.0, details={"reason": "no JSON object of nutrients in the completion"})
-    lowered = {str(k).lower(): v for k, v in parsed.items()}
+    lowered = _keyed(parsed)
     sub_scores: dict[str, float] = {}
     errors: dict[str, float | None] = {}
     for nutrient in spec.nutrients:
