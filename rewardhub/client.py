@@ -17,6 +17,11 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+# The annotation SDK (rewardhub/annotation_client.py), exported here with the reward client.
+from rewardhub.annotation_client import AnnotationClient as AnnotationClient
+from rewardhub.annotation_client import AnnotationError as AnnotationError
+from rewardhub.annotation_client import AsyncAnnotationClient as AsyncAnnotationClient
+
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 DEFAULT_URL = "http://127.0.0.1:8000"
 

@@ -284,17 +284,32 @@ def gold_results(session: Session, annotation_project_id: str) -> list[tuple[str
             for annotator_id, kind, answer, gold in rows]
 
 
-def adjudication_results(session: Session, annotation_project_id: str) -> list[tuple[str, bool]]:
+def adjudication_results(session: Session, annotation_project_id: str,
+                         schema: LabelSchema | None = None) -> list[tuple[str, bool]]:
     """(annotator, right?) for every live label on an adjudicated task, against the reviewer's answer.
 
-    A reviewer's own label on a task they settled is left out: it would agree with itself.
+    A reviewer's own label on a task they settled is left out: it would agree with itself. Without a
+    math_answer question (``schema.math`` is None) a label is right when every compared question
+    (:func:`question_level` not None) has the adjudication's value, by :func:`agreement_key`.
     """
     rows = session.execute(
-        select(Annotation.annotator_id, Annotation.kind, Annotation.answer, Adjudication.kind, Adjudication.answer)
+        select(Annotation.annotator_id, Annotation.kind, Annotation.answer, Annotation.label_values,
+               Adjudication.kind, Adjudication.answer, Adjudication.label_values)
         .join(Adjudication, Adjudication.task_id == Annotation.task_id)
         .where(_live(annotation_project_id), Adjudication.adjudicator_id != Annotation.annotator_id)).all()
+    if schema is not None and schema.math is None:
+        compared = [q for q in schema.questions if question_level(q) is not None]
+        return [(annotator_id, values_agree(compared, values, final_values))
+                for annotator_id, _, _, values, _, _, final_values in rows]
     return [(annotator_id, same_label((kind, answer), (final_kind, final_answer)))
-            for annotator_id, kind, answer, final_kind, final_answer in rows]
+            for annotator_id, kind, answer, _, final_kind, final_answer, _ in rows]
+
+
+def values_agree(questions: Sequence[Question], values: Mapping[str, object] | None,
+                 reference: Mapping[str, object] | None) -> bool:
+    """Whether two labels give every one of ``questions`` the same value (by :func:`agreement_key`)."""
+    return all(agreement_key(q, (values or {}).get(q.id)) == agreement_key(q, (reference or {}).get(q.id))
+               for q in questions)
 
 
 def _share(tally: tuple[int, int] | None) -> float | None:
@@ -360,9 +375,13 @@ def question_agreement(session: Session, annotation_project_id: str, schema: Lab
 
 def project_quality(session: Session, annotation_project_id: str) -> ProjectQuality:
     """Krippendorff's alpha, Cohen's and Fleiss' kappa where they apply, and per-annotator accuracy."""
+    project = session.get(AnnotationProject, annotation_project_id)
+    schema = LabelSchema.model_validate(project.label_schema if project is not None else {})
     items, label_counts = load_items(session, annotation_project_id)
-    gold = accuracy(gold_results(session, annotation_project_id))
-    adjudicated = accuracy(adjudication_results(session, annotation_project_id))
+    # The hidden answer key holds math answers: without a math_answer question there is no gold to
+    # compare against (None and gold_n 0, never a 0.0 from comparing empty answer columns).
+    gold = accuracy(gold_results(session, annotation_project_id)) if schema.math is not None else {}
+    adjudicated = accuracy(adjudication_results(session, annotation_project_id, schema))
     names = dict(session.execute(select(Annotator.id, Annotator.username)
                                  .where(Annotator.id.in_(list(label_counts)))).all()) if label_counts else {}
     annotators = [AnnotatorQuality(
@@ -370,8 +389,6 @@ def project_quality(session: Session, annotation_project_id: str) -> ProjectQual
         gold_accuracy=_share(gold.get(annotator_id)), gold_n=gold.get(annotator_id, (0, 0))[1],
         adjudicated_accuracy=_share(adjudicated.get(annotator_id)),
         adjudicated_n=adjudicated.get(annotator_id, (0, 0))[1]) for annotator_id, count in label_counts.items()]
-    project = session.get(AnnotationProject, annotation_project_id)
-    schema = LabelSchema.model_validate(project.label_schema if project is not None else {})
     alpha, cohen, fleiss = alpha_figure(items), cohen_figure(items), fleiss_figure(items)
     if schema.math is None:  # no answer to compare: each question has its own figure
         alpha = cohen = fleiss = AgreementFigure(value=None, items=0, labels=0, note=NO_MATH)

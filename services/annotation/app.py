@@ -9,7 +9,9 @@ from services.annotation import queue
 from services.annotation.deps import (
     request_time as request_time,  # tests override the clock through this name
 )
+from services.annotation.routes_browse import router as browse_router
 from services.annotation.routes_exports import router as exports_router
+from services.annotation.routes_imports import router as imports_router
 from services.annotation.routes_labels import router as labels_router
 from services.annotation.routes_projects import router as projects_router
 from services.annotation.routes_quality import router as quality_router
@@ -34,7 +36,7 @@ def create_app() -> FastAPI:
     return create_service_app(
         # The quality UI read goes before the web UI, whose last route answers every other /ui path.
         "annotation", [projects_router, quality_router, steps_router, labels_router, queue_router,
-                       exports_router, quality_ui_router, webui_router],
+                       exports_router, imports_router, browse_router, quality_ui_router, webui_router],
         title="rewardhub annotation",
         description="CARE active annotation: pseudo-labels from rollout groups, budgeted label purchases, "
                     "the annotator queue, and labels back to trainers. Every endpoint except health and "

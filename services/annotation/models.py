@@ -140,6 +140,8 @@ class Prompt(Base):
     annotation_project_id: Mapped[str] = mapped_column(ForeignKey("annotation_projects.id", ondelete="CASCADE"))
     external_id: Mapped[str] = mapped_column(String(200))
     text: Mapped[str] = mapped_column(Text)
+    # Metadata columns of an imported row (services/annotation/imports.py); exported back unchanged.
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AnyHttpUrl,
@@ -589,3 +589,58 @@ class GuidelinesConfirmIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int = Field(ge=1, description="The guidelines version you read (the project's guidelines_version).")
+
+
+# ------------------------------------------------------------------ data: import, browse (imports.py, browse.py)
+
+ColumnName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class ImportMapping(BaseModel):
+    """Which column of the file is which part of a task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: ColumnName = Field(default="prompt", description="The prompt text (required in every row).")
+    id: ColumnName | None = Field(default=None, description=(
+        "The prompt's id; unset: sha256 of the prompt text (first 32 hex characters)."))
+    candidates: ColumnName | None = Field(default=None, description=(
+        "The candidates / rollouts shown to annotators: a list (in CSV a JSON array) of rollouts_per_prompt texts."))
+    answers: ColumnName | None = Field(default=None, description=(
+        "The rollouts' extracted final answers (math projects); unset: the candidates themselves."))
+    gold: ColumnName | None = Field(default=None, description="The gold answer, stored in the hidden answer key.")
+    metadata: list[ColumnName] = Field(default_factory=list, max_length=100, description=(
+        "Columns kept with the prompt and exported back."))
+
+
+class ImportRowStatus(BaseModel):
+    row: int = Field(description="The row's position in the file, from 0 (JSONL: non-blank lines).")
+    status: Literal["ok", "invalid_input"]
+    prompt_id: str | None = None
+    field: str | None = Field(default=None, description="The column (as the mapping names it) that is wrong.")
+    message: str | None = None
+
+
+class ImportOut(BaseModel):
+    imported: int = Field(description="Tasks created (0 when an all_or_nothing import had a bad row).")
+    rejected: int
+    step: int | None = Field(description="The step the imported rollout groups were stored at.")
+    rows: list[ImportRowStatus]
+    budget: Budget
+
+
+BrowseStatus = Literal["open", "labelled", "disputed", "adjudicated", "skipped"]
+
+
+class BrowseRow(BaseModel):
+    task_id: str
+    prompt_id: str
+    prompt: str = Field(description="The prompt text (the first 500 characters).")
+    status: BrowseStatus = Field(description="open, disputed (waiting for adjudication), labelled (settled by "
+                                             "agreement) or adjudicated; skipped: open and skipped by someone.")
+    agreement: float | None
+    annotators: list[str] = Field(description="Usernames of those who labelled it (undone labels left out).")
+    skipped_by: list[str]
+    final_values: dict[str, Any] | None
+    metadata: dict[str, Any] | None
+    created_at: datetime
