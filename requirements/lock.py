@@ -4,7 +4,8 @@ Each lock pins every package an image installs, with the sha256 of each file pip
 CPython 3.11 on Linux x86_64 with glibc 2.36 (the Dockerfile's Debian bookworm base):
 
 - ``server.lock``: the base dependencies and the ``server`` extra (the light image; no torch).
-- ``train.lock``: ``server`` and ``train``, with torch's CPU build (``torch==2.13.0+cpu``).
+- ``train.lock``: ``server``, ``train`` and ``rec`` (rec_rm's embeddings and behaviour model), with
+  torch's CPU build (``torch==2.13.0+cpu``).
 - ``gpu.lock``: ``server`` and ``train`` with PyPI's CUDA build of torch 2.13.0, plus DeepSpeed.
 
 uv resolves each set into a PEP 751 ``pylock.toml`` (which lists only the wheels that fit the
@@ -48,8 +49,8 @@ class LockSet:
 
 
 LOCK_SETS = (
-    LockSet("server", ("server",), "the light image (gateway, verifier, sandbox, rubric_rm)"),
-    LockSet("train", ("server", "train"), "the CPU trainer image (annotation, trainer, worker)",
+    LockSet("server", ("server",), "the light image (gateway, verifier, sandbox, rubric_rm, retrieval)"),
+    LockSet("train", ("server", "train", "rec"), "the CPU trainer image (annotation, rec_rm, teacher, trainer, worker)",
             requirements=(TORCH_CPU,), cpu_torch=True),
     # The gpu extra's vLLM and DeepSpeed; vLLM's release is the one built for torch 2.13.0 (as in
     # compose's vllm/vllm-openai image). flash-attn is left out: only an sdist, which needs nvcc.

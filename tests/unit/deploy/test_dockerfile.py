@@ -389,7 +389,7 @@ def requirements_of(pyproject: dict[str, Any], extras: tuple[str, ...]) -> list[
     return [Requirement(d) for d in deps]
 
 
-@pytest.mark.parametrize(("target", "extras"), [("light", ("server",)), ("trainer", ("server", "train")),
+@pytest.mark.parametrize(("target", "extras"), [("light", ("server",)), ("trainer", ("server", "train", "rec")),
                                                 ("gpu", ("server", "train"))])
 def test_each_lock_satisfies_pyprojects_requirements(
         locks: dict[str, dict[str, Pin]], pyproject: dict[str, Any], target: str, extras: tuple[str, ...]) -> None:
@@ -508,6 +508,7 @@ LIGHT_STARTS = {
     "verifier": ("app", "services.verifier.app:create_app"),
     "sandbox": ("app", "services.sandbox.app:create_app"),
     "rubric_rm": ("app", "services.rubric_rm.app:create_app"),
+    "retrieval": ("app", "services.retrieval.app:create_app"),
     "migrate": ("cli", "migrate"),
 }
 TRAINER_STARTS = {
@@ -515,7 +516,13 @@ TRAINER_STARTS = {
     "trainer": ("app", "services.trainer.app:create_app"),
     # The Celery worker imports every task module at start.
     "worker": ("modules", "services.common.tasks,services.annotation.tasks,services.trainer.supervisor,"
-                          "services.rubric_rm.tasks"),
+                          "services.rubric_rm.tasks,services.rec_rm.tasks"),
+}
+# On the trainer image for what they import when they work (sentence-transformers, scikit-learn,
+# torch for the teacher's models), though they start without torch: checked to start on that image.
+LAZY_TORCH_STARTS = {
+    "rec_rm": ("app", "services.rec_rm.app:create_app"),
+    "teacher": ("app", "services.teacher.app:create_app"),
 }
 
 
@@ -551,3 +558,10 @@ def test_torch_services_start_with_the_trainer_lock_but_not_the_light_one(servic
     light = probe("light", *TRAINER_STARTS[service], tmp_path)
     assert light.returncode != 0, light.stdout
     assert "No module named 'torch' (not in this image)" in light.stderr, light.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("service", sorted(LAZY_TORCH_STARTS))
+def test_lazily_torch_services_start_with_the_trainer_lock(service: str, tmp_path: Path) -> None:
+    result = probe("trainer", *LAZY_TORCH_STARTS[service], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
