@@ -122,7 +122,39 @@ class PhraseConstraint(_Spec):
     phrase: str = Field(min_length=1)
 
 
-Constraint = Annotated[CountConstraint | KeywordConstraint | FormatConstraint | PhraseConstraint,
+# The ISO 639-1 codes langdetect's profiles cover (its zh-cn and zh-tw are both "zh").
+LANGUAGE_CODES = frozenset({
+    "af", "ar", "bg", "bn", "ca", "cs", "cy", "da", "de", "el", "en", "es", "et", "fa", "fi", "fr", "gu", "he",
+    "hi", "hr", "hu", "id", "it", "ja", "kn", "ko", "lt", "lv", "mk", "ml", "mr", "ne", "nl", "no", "pa", "pl",
+    "pt", "ro", "ru", "sk", "sl", "so", "sq", "sv", "sw", "ta", "te", "th", "tl", "tr", "uk", "ur", "vi", "zh"})
+
+
+def language_code(language: str) -> str:
+    """``language`` as a supported ISO 639-1 code (case and spaces folded), or a ValueError naming the codes."""
+    code = language.strip().lower()
+    if code not in LANGUAGE_CODES:
+        raise ValueError(f"{language!r} is not a supported ISO 639-1 code (supported: {', '.join(sorted(LANGUAGE_CODES))})")
+    return code
+
+
+class LanguageConstraint(_Spec):
+    """The reply is in ``language`` (IFEval's response_language): langdetect's most probable language of its
+    natural-language text (prose outside code blocks, and the string values of a JSON reply) is ``language``."""
+
+    kind: Literal["response_language"]
+    language: str = Field(description="An ISO 639-1 code langdetect knows (en, fr, de, es, zh, ja, ...).")
+    json_fields: list[str] | None = Field(
+        default=None, min_length=1,
+        description="For JSON: read only the strings under these keys (any depth, case-folded); "
+                    "unset: every string value. Keys are never read.")
+
+    @field_validator("language")
+    @classmethod
+    def _known(cls, language: str) -> str:
+        return language_code(language)
+
+
+Constraint = Annotated[CountConstraint | KeywordConstraint | FormatConstraint | PhraseConstraint | LanguageConstraint,
                        Field(discriminator="kind")]
 
 

@@ -4,6 +4,12 @@ Stored versioned per project (``rec_rm_reward_configs``); the newest is in force
 request may override it inline. Defaults (used until a project stores one): every dimension
 weighs 1, the instruction-following gate is 1.0 (every format constraint must pass), a
 hallucinated item vetoes, and the reply's format is the JSON shape in ``DEFAULT_SCHEMA``.
+
+``instruction.language`` adds the verifier's ``response_language`` constraint. A JSON reply's
+language is detected on its free-text fields only, ``instruction.language_fields`` (default
+``LANGUAGE_FIELDS``: the explanation fields an entry or the reply may carry, ``reason``,
+``description``...), never on its ids, titles, attribute values or JSON syntax; a free-text reply
+on its prose. The same fields apply to a ``response_language`` constraint that names none.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rewardhub.reward_specs import Constraint, JsonSchemaSpec
+from rewardhub.reward_specs import Constraint, JsonSchemaSpec, language_code
 from services.rec_rm.hybrid import DIMENSIONS
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -20,6 +26,10 @@ DEFAULT_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["recommendations"],
     "properties": {"recommendations": {"type": "array", "minItems": 1,
                                        "items": {"type": "object", "required": ["item_id"]}}}}
+# The free text of a reply (reply.NON_CLAIM_FIELDS less rank and score, plus a reply's own message):
+# titles are names, attribute values are catalog words (cuisine), so neither says the reply's language.
+LANGUAGE_FIELDS = ("reason", "reasons", "why", "explanation", "description", "summary", "note", "notes", "comment",
+                   "highlights", "pitch", "message", "intro")
 
 
 class _Model(BaseModel):
@@ -31,7 +41,16 @@ class InstructionOptions(_Model):
                                                description="The reply's JSON Schema (null: no schema check).")
     constraints: list[Constraint] = Field(default_factory=list, description="The verifier's instruction constraints "
                                           "(word_count, keywords, ...), checked on every reply.")
+    language: str | None = Field(default=None, description=(
+        "An ISO 639-1 code (en, fr, ...): every reply must be in it (the verifier's response_language)."))
+    language_fields: list[str] = Field(default_factory=lambda: list(LANGUAGE_FIELDS), min_length=1, description=(
+        "The JSON keys whose string values are the reply's free text, the text its language is detected on."))
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, language: str | None) -> str | None:
+        return language_code(language) if language is not None else None
 
     @field_validator("json_schema")
     @classmethod

@@ -54,15 +54,20 @@ FormatChecker = Callable[[list[tuple[str, dict[str, Any], str]]], Awaitable[dict
 
 def instruction_spec(config: RecConfig, request: Request) -> dict[str, Any] | None:
     """The verifier spec of a reply's format: the schema (the request's, else the config's; ``n_items``
-    fixes the list's length) and the constraints (the config's, then the request's), as one ``multi``
-    when both. None when nothing is to be checked."""
+    fixes the list's length) and the constraints (the config's, then ``instruction.language`` as a
+    ``response_language`` constraint, then the request's), as one ``multi`` when both. A
+    ``response_language`` constraint without ``json_fields`` reads ``instruction.language_fields``.
+    None when nothing is to be checked."""
     schema = request.json_schema if request.json_schema is not None else config.instruction.json_schema
     if request.n_items is not None:
         key = config.items_key
         count = {"type": "object", "required": [key],
                  "properties": {key: {"type": "array", "minItems": request.n_items, "maxItems": request.n_items}}}
         schema = {"allOf": [schema, count]} if schema is not None else count
-    constraints = [c.model_dump(mode="json") for c in config.instruction.constraints] + list(request.constraints)
+    constraints = [c.model_dump(mode="json") for c in config.instruction.constraints]
+    if config.instruction.language is not None:
+        constraints.append({"kind": "response_language", "language": config.instruction.language})
+    constraints = [_with_fields(c, config.instruction.language_fields) for c in [*constraints, *request.constraints]]
     parts: dict[str, dict[str, Any]] = {}
     if schema is not None:
         parts["schema"] = {"type": "json_schema", "schema": schema}
@@ -73,6 +78,13 @@ def instruction_spec(config: RecConfig, request: Request) -> dict[str, Any] | No
     if len(parts) == 1:
         return next(iter(parts.values()))
     return {"type": "multi", "graders": parts}
+
+
+def _with_fields(constraint: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    """A response_language constraint naming no fields gets rec_rm's free-text fields."""
+    if constraint.get("kind") == "response_language" and constraint.get("json_fields") is None:
+        return {**constraint, "json_fields": list(fields)}
+    return constraint
 
 
 def version_key_of(items: list[Item]) -> str:
