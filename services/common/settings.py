@@ -191,6 +191,12 @@ class Settings(BaseSettings):
         "How long a sender holds a delivery it is sending; a sender that dies leaves it to another one after "
         "this. Raised to at least twice webhook_timeout_s, so a live sender never loses it mid-POST."))
 
+    # Annotation data import (services/annotation/imports.py)
+    annotation_import_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description=(
+        "Largest file (or server-side dataset) one annotation import reads, in bytes."))
+    annotation_import_max_rows: int = Field(default=10_000, ge=1, le=100_000, description=(
+        "Most rows one annotation import accepts."))
+
     # Trainer service confinement (what a run started over the API may reach)
     trainer_reward_url_allowlist: str = Field(default="", description="Comma-separated URL prefixes "
                                               "(https://rm.example.com/v1) or hosts (rm.example.com[:port]) a run's "
