@@ -255,6 +255,54 @@ def plots(runs: list[Run], names: list[str], out: Path) -> None:
     plt.close(figure)
 
 
+WIRED_ARMS: list[tuple[str, dict[str, Any] | None]] = [
+    ("none", None), ("detach", {"regime": "detach"}), ("ce", {"regime": "ce", "lambda": 0.1}),
+    ("policy_0.1", {"regime": "policy", "lambda": 0.1}), ("occ", {"regime": "occ"})]
+
+
+def wired(args: argparse.Namespace) -> None:
+    """``--wired``: the MTP regimes inside the real trainer (``GRPOTrainer`` with an ``mtp`` section, the
+    tiny model from ``model.tiny``, an in-process reward), against the same run without one (``none``):
+    CPU time per training step (median over the steps after the first, which holds the warm-up), the arms
+    alternated over ``--seeds`` rounds (order rotated per round). Prints
+    ``wired regime=<name> step_ms=<median> spread=<min..max of the rounds' medians>``, then
+    ``wired occ_vs_detach_step_time=<ratio>`` and ``wired detach_vs_none_step_time=<ratio>``."""
+    from trainer.config import parse_config
+    from trainer.grpo import GRPOTrainer
+    from trainer.rewards import CallableRewards
+
+    def letters(completion: str, _truth: Any, _item: Any) -> float:  # dense: almost every group has a spread
+        chars = [c for c in completion if not c.isspace()]
+        return sum(c.isalpha() for c in chars) / len(chars) if chars else 0.0
+
+    medians: dict[str, list[float]] = {name: [] for name, _ in WIRED_ARMS}
+    with tempfile.TemporaryDirectory() as work:
+        data = Path(work) / "prompts.jsonl"
+        data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"Say something ({i})."}],
+                                            "reward_model": {"ground_truth": "x"}}) + "\n" for i in range(64)))
+        for index in range(args.seeds):
+            order = WIRED_ARMS[index % len(WIRED_ARMS):] + WIRED_ARMS[: index % len(WIRED_ARMS)]
+            for name, section in order:
+                config = parse_config({
+                    "model": {"tiny": {"seed": args.seed, "hidden_size": args.hidden}}, "dataset": str(data),
+                    "group_size": args.group, "prompts_per_step": args.prompts, "max_steps": args.steps,
+                    "mini_batches": args.mini_batches, "learning_rate": args.lr, "max_completion_length": 8,
+                    "seed": args.seed + index, "export_hf": "none", "output_dir": str(Path(work) / f"{name}-{index}"),
+                    **({"mtp": {**section, "warmup_steps": 20, "warmup_prompts": 8}} if section else {})})
+                run = GRPOTrainer(config, rewards=CallableRewards(letters))
+                times = []
+                for _ in range(args.steps):
+                    started = time.process_time()
+                    run.train_step()
+                    times.append(time.process_time() - started)
+                medians[name].append(1000 * statistics.median(times[1:] or times))
+    for name, values in medians.items():
+        print(f"wired regime={name} step_ms={statistics.median(values):.1f} "
+              f"spread={min(values):.1f}..{max(values):.1f}", flush=True)
+    print(f"wired occ_vs_detach_step_time={statistics.median(medians['occ']) / statistics.median(medians['detach']):.3f}")
+    print(f"wired detach_vs_none_step_time={statistics.median(medians['detach']) / statistics.median(medians['none']):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
@@ -274,8 +322,13 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs and occ_runs.json")
+    parser.add_argument("--wired", action="store_true", help="step time of each regime inside GRPOTrainer "
+                        "(the mtp run setting) against no MTP head, instead of the toy comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.wired:
+        wired(args)
+        return
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.tiny_models import build_tiny_causal_lm

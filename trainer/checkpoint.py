@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save(directory: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          scheduler: torch.optim.lr_scheduler.LRScheduler, state: TrainingState,
-         save_total_limit: int | None = None) -> Path:
-    """Write ``step-N/`` atomically (temp dir + rename), point ``latest`` at it, prune to the limit."""
+         save_total_limit: int | None = None, write_extra: Callable[[Path], object] | None = None) -> Path:
+    """Write ``step-N/`` atomically (temp dir + rename), point ``latest`` at it, prune to the limit.
+    ``write_extra(folder)`` adds files of its own (the MTP head) before the folder is published."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{state.step:06d}"
     tmp = directory / f".tmp-step-{state.step:06d}"
@@ -86,6 +88,8 @@ def save(directory: Path, *, model: torch.nn.Module, optimizer: torch.optim.Opti
     torch.save(model.state_dict(), tmp / "model.pt")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
                tmp / "trainer_state.pt")
+    if write_extra is not None:
+        write_extra(tmp)
     (tmp / "state.json").write_text(json.dumps({"step": state.step, "sampler": state.sampler, "extra": state.extra}))
     _publish(directory, tmp, final, save_total_limit)
     return final

@@ -31,6 +31,7 @@ from trainer.algorithms import (
     LossType,
     RewardScaling,
 )
+from trainer.occ import LocalMtpConfig, MtpConfig
 
 _SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(RewardSpec)
 
@@ -230,6 +231,10 @@ class RunConfig(_Strict):
     num_iterations: int = Field(default=1, ge=1, le=64, description="μ: passes over each rollout batch (TRL's "
                                 "num_iterations); each pass takes the same mini_batches optimizer steps, so a rollout "
                                 "batch takes num_iterations x mini_batches steps.")
+    # OCC (issue 18): an MTP head trained with the policy; declared after mini_batches and num_iterations,
+    # which its check reads (occ needs several optimizer steps per rollout batch). See docs/occ.md.
+    mtp: MtpConfig = Field(default=None, description="A multi-token-prediction head trained jointly with RL "
+                           "(regime detach | ce | policy | occ, trainer.occ.MtpSettings); unset: none.")
     mask_truncated_completions: bool = Field(default=False, description="Leave completions that end without an EOS "
                                              "(cut at max_completion_length) out of the loss (TRL's option).")
     importance_sampling_level: ImportanceSamplingLevel = Field(default="token", description="token: one ratio per "
@@ -270,6 +275,15 @@ class RunConfig(_Strict):
                              "transformers engine samples from the trained policy itself)")
         if self.loss_type == "cispo" and self.dual_clip_c is not None:
             raise ValueError("dual_clip_c: applies to the clipped surrogate, not to loss_type cispo")
+        return self
+
+    @model_validator(mode="after")
+    def _mtp_supported(self) -> RunConfig:
+        if self.mtp is not None and self.deepspeed is not None:
+            raise ValueError("mtp: not supported with deepspeed yet (the MTP head is not part of the DeepSpeed "
+                             "engine); train it in one process")
+        if self.mtp is not None and getattr(self, "multi_turn", None) is not None:
+            raise ValueError("mtp: not supported with multi_turn yet (single-turn rollouts only)")
         return self
 
     @property
@@ -423,6 +437,8 @@ class ToolsConfig(_Strict):
     timeout_s: float = Field(default=5.0, gt=0, le=300, description="Time limit of one execution.")
     max_output_bytes: int = Field(default=4096, ge=64, le=1 << 20, description="Output kept per stream.")
     ttl_s: float = Field(default=600.0, gt=0, le=86_400, description="Session time to live (sandbox).")
+    project: str | None = Field(default=None, min_length=1, max_length=128, description="Sent to the sandbox as "
+                                "X-Rewardhub-Project (its per-project session caps). Unset: reward.project_id.")
 
 
 class IhGrpoConfig(_Strict):
@@ -456,6 +472,27 @@ class MultiTurnConfig(_Strict):
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
     ih_grpo: IhGrpoConfig = Field(default_factory=IhGrpoConfig, description="The c term; applies to "
                                   "execution: delayed only.")
+    # ZipRL (issue 16): the context is a compression memory instead of the raw history; see docs/ziprl.md.
+    ziprl: dict[str, Any] | None = Field(default=None, description="ZipRL compression memory and Hindsight "
+                                         "Response Replay (trainer.ziprl.config.ZipRLConfig); unset: raw history.")
+
+    @field_validator("ziprl")
+    @classmethod
+    def _valid_ziprl(cls, section: dict[str, Any] | None) -> dict[str, Any] | None:
+        if section is not None:
+            from trainer.ziprl.config import ZipRLConfig
+
+            ZipRLConfig.from_dict(section)  # a ValueError naming ziprl.<key>
+        return section
+
+    @property
+    def ziprl_config(self) -> Any:
+        """The parsed ``ziprl`` section (a ``ZipRLConfig``), or None."""
+        if self.ziprl is None:
+            return None
+        from trainer.ziprl.config import ZipRLConfig
+
+        return ZipRLConfig.from_dict(self.ziprl)
 
     @field_validator("execution")
     @classmethod
@@ -506,6 +543,9 @@ class LocalRunConfig(RunConfig):
     # environment come from this machine).
     multi_turn: MultiTurnConfig | None = Field(default=None, description="Multi-turn episodes with tools "
                                                "(see docs/multi_turn.md); unset: single-turn rollouts.")
+    # OCC (issue 18): a local config's mtp section may also name a folder to load the head from (init_from).
+    mtp: LocalMtpConfig = Field(default=None, description="A multi-token-prediction head trained jointly with RL "
+                                "(trainer.occ.LocalMtpSettings); unset: none.")
 
     @model_validator(mode="after")
     def _rlavr_consistent(self) -> LocalRunConfig:
@@ -513,6 +553,17 @@ class LocalRunConfig(RunConfig):
         computed once: settings that filter groups by reward or recompute advantages later contradict it."""
         if self.multi_turn is not None and self.rlavr is not None:
             raise ValueError("multi_turn: not supported with rlavr yet (its labels are per single-turn completion)")
+        if self.multi_turn is not None and self.multi_turn.ziprl is not None:
+            from trainer.algorithms import TOKEN_WEIGHTED_ESTIMATORS
+
+            # ZipRL's batch rows are turns (each under its own context): the advantages are computed once
+            # per episode and spread over its turns, so nothing may recompute them per row later.
+            if self.kl_in_reward:
+                raise ValueError("multi_turn.ziprl: not supported with kl_in_reward (advantages are per episode, "
+                                 "the batch's rows per turn)")
+            if self.scale_rewards in TOKEN_WEIGHTED_ESTIMATORS:
+                raise ValueError(f"multi_turn.ziprl: not supported with scale_rewards: {self.scale_rewards} "
+                                 f"(its token counts are per episode, the batch's rows per turn)")
         if self.multi_turn is not None and self.eval is not None:
             raise ValueError("eval: periodic evaluation samples single-turn completions; not supported with "
                              "multi_turn yet")
@@ -582,6 +633,9 @@ def load_config(path: str | Path) -> RunConfig:
     evaluation = data.get("eval")
     if isinstance(evaluation, dict) and isinstance(evaluation.get("data"), str) and not Path(evaluation["data"]).is_absolute():
         evaluation["data"] = str(base / evaluation["data"])
+    mtp = data.get("mtp")
+    if isinstance(mtp, dict) and isinstance(mtp.get("init_from"), str) and not Path(mtp["init_from"]).is_absolute():
+        mtp["init_from"] = str(base / mtp["init_from"])
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("path"), str) and not Path(model["path"]).is_absolute():
         model["path"] = str(base / model["path"])

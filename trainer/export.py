@@ -22,10 +22,22 @@ import torch
 
 HF_DIR = "hf"
 CONSOLIDATED = "model.pt"
+# Files a checkpoint may hold beside the policy that belong with it in hf/ too (the MTP head, trainer.mtp).
+# They go into hf/mtp/, not hf/ itself: vLLM's loader takes every *.safetensors at the top of a model
+# folder (without an index file) for the model's own weights.
+SIDECAR_FILES = ("mtp_head.safetensors", "mtp_head.json")
+SIDECAR_DIR = "mtp"
 
 
-def save_hf(model: Any, tokenizer: Any, out_dir: Path, *, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``model`` (with ``state_dict``'s weights when given) and ``tokenizer`` to ``out_dir`` atomically."""
+def sidecar_files(checkpoint_dir: Path) -> list[Path]:
+    """The :data:`SIDECAR_FILES` present in ``checkpoint_dir``."""
+    return [Path(checkpoint_dir) / name for name in SIDECAR_FILES if (Path(checkpoint_dir) / name).is_file()]
+
+
+def save_hf(model: Any, tokenizer: Any, out_dir: Path, *, state_dict: dict[str, torch.Tensor] | None = None,
+            extra_files: list[Path] | None = None) -> Path:
+    """Write ``model`` (with ``state_dict``'s weights when given) and ``tokenizer`` to ``out_dir`` atomically;
+    ``extra_files`` (the MTP head's) are copied into its ``mtp/`` subfolder."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".tmp-{out_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -36,6 +48,9 @@ def save_hf(model: Any, tokenizer: Any, out_dir: Path, *, state_dict: dict[str, 
     if generation_config is not None and not (tmp / "generation_config.json").exists():
         generation_config.save_pretrained(str(tmp))  # a model that cannot generate skips it in save_pretrained
     tokenizer.save_pretrained(str(tmp))
+    for extra in extra_files or []:
+        (tmp / SIDECAR_DIR).mkdir(exist_ok=True)
+        shutil.copyfile(extra, tmp / SIDECAR_DIR / extra.name)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return out_dir
@@ -50,9 +65,9 @@ def export_checkpoint(checkpoint_dir: Path, *, policy: Any, tokenizer: Any, coll
         module = policy.module
         if isinstance(policy, DeepSpeedPolicy):  # the consolidated full weights, not this rank's shards
             state = torch.load(Path(checkpoint_dir) / CONSOLIDATED, map_location="cpu", weights_only=True)
-            save_hf(module, tokenizer, out, state_dict=state)
+            save_hf(module, tokenizer, out, state_dict=state, extra_files=sidecar_files(checkpoint_dir))
         else:
-            save_hf(module, tokenizer, out)
+            save_hf(module, tokenizer, out, extra_files=sidecar_files(checkpoint_dir))
     collective.barrier()
     return out
 
@@ -77,7 +92,7 @@ def export_from_checkpoint(checkpoint_dir: Path, out_dir: Path, *, base_model: P
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype, local_files_only=True)
     model.load_state_dict(state)
     tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
-    return save_hf(model, tokenizer, Path(out_dir))
+    return save_hf(model, tokenizer, Path(out_dir), extra_files=sidecar_files(checkpoint_dir))
 
 
 def _recorded_base_model(checkpoint_dir: Path) -> Path:

@@ -49,7 +49,20 @@ from trainer.distributed import (
     init_collective,
 )
 from trainer.logprobs import completion_logprobs as completion_logprobs  # re-exported: its old home
-from trainer.policy import DeepSpeedPolicy, LocalPolicy, Policy, frozen_copy, sharded_reference
+from trainer.mtp import (
+    JointOutput,
+    MtpHead,
+    build_mtp_head,
+    has_mtp_head,
+    joint_logprobs,
+    load_mtp_head,
+    mtp_valid_mask,
+    save_mtp_head,
+    sequences,
+    warmup_mtp_head,
+)
+from trainer.occ import MtpSettings, mtp_loss
+from trainer.policy import DeepSpeedPolicy, LocalPolicy, Policy, frozen_copy, lr_lambda, sharded_reference
 from trainer.rewards import HttpRewards, RewardOutcome, RewardSource, status_counts
 from trainer.rlavr import RlavrSession
 from trainer.rollout import Rollout, RolloutEngine, SamplingSettings, TransformersEngine, eos_token_ids
@@ -57,6 +70,7 @@ from trainer.rollout import Rollout, RolloutEngine, SamplingSettings, Transforme
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+MTP_WARMUP_SALT = 0x4D5450  # "MTP": mixed into the run seed for the warm-up's prompts and sampling
 
 StepCallback = Callable[[int, dict[str, Any]], None]
 
@@ -91,6 +105,13 @@ class Batch:
     # Multi-turn batches: each episode's own truncation flag (ended by the token budget); single-turn
     # batches read truncation off the last token instead (None).
     truncated: torch.Tensor | None = None  # (B,) bool
+    # ZipRL batches (multi_turn.ziprl): one row per turn, each under the prompt it was sampled with;
+    # the episode (index into the rollouts) and turn of each row, -1 on rows that only pad the batch.
+    row_rollout: torch.Tensor | None = None  # (B,) long
+    row_turn: torch.Tensor | None = None  # (B,) long
+    # ZipRL: each row's token-level advantages (HRR-reshaped per turn; trainer.agent.credit), the
+    # advantages the update uses.
+    token_advantages: torch.Tensor | None = None  # (B, T)
 
     @property
     def counted(self) -> torch.Tensor:
@@ -114,7 +135,27 @@ def episode_metrics(rollouts: list[Rollout]) -> dict[str, float]:
             "delay_call_rate": total("delayed_call_turns") / calls if calls else 0.0,
             "tokens_per_episode": sum(len(r.completion_ids) for r in rollouts) / n,
             "observation_tokens_per_episode": total("observation_tokens") / n,
-            "turn_limit_share": total("turn_limit") / n}
+            "turn_limit_share": total("turn_limit") / n, **_ziprl_metrics(stats, n)}
+
+
+def _ziprl_metrics(stats: list[dict[str, float]], n: int) -> dict[str, float]:
+    """ZipRL episodes: per episode, the context tokens the policy read over its turns and the peak
+    context; per compression (one a turn), the memory's tokens, the raw history's, the tokens saved and
+    the saved share; policy-pass fallbacks per episode. Empty for other runs."""
+    if not any("compressions" in s or "context_tokens" in s for s in stats):
+        return {}
+
+    def total(name: str) -> float:
+        return sum(s.get(name, 0.0) for s in stats)
+
+    compressions = max(1.0, total("compressions"))
+    return {"context_tokens_per_episode": total("context_tokens") / n,
+            "peak_context_tokens_mean": total("peak_context_tokens") / n,
+            "memory_tokens_per_turn": total("memory_tokens") / compressions,
+            "raw_history_tokens_per_turn": total("raw_history_tokens") / compressions,
+            "saved_tokens_per_turn": total("saved_tokens") / compressions,
+            "saved_fraction_per_turn": total("saved_fraction") / compressions,
+            "compression_fallbacks_per_episode": total("compression_fallbacks") / n}
 
 
 def model_source(config: RunConfig, work_dir: Path, collective: Collective) -> Path:
@@ -169,7 +210,12 @@ def _zero3(config: RunConfig) -> bool:
     return config.deepspeed is not None and config.deepspeed.zero_stage == 3
 
 
-def collate(rollouts: list[Rollout], pad_id: int) -> Batch:
+def collate(rollouts: list[Rollout], pad_id: int, *, row_multiple: int = 1) -> Batch:
+    """The rollouts as one batch; ZipRL episodes (``turn_prompts`` set) become one row per turn (the
+    turn's prompt, then its sampled tokens), padded with empty rows to a multiple of ``row_multiple``
+    (the update's mini-batches x micro-batches, so its even split drops no turn)."""
+    if any(r.turn_prompts is not None for r in rollouts):
+        return _collate_turns(rollouts, pad_id, row_multiple)
     p_max = max(len(r.prompt_ids) for r in rollouts)
     t_max = max(1, max(len(r.completion_ids) for r in rollouts))
     input_ids = torch.full((len(rollouts), p_max + t_max), pad_id, dtype=torch.long)
@@ -195,6 +241,33 @@ def collate(rollouts: list[Rollout], pad_id: int) -> Batch:
                  _rollout_logprobs(rollouts, t_max), loss_mask, truncated)
 
 
+def _collate_turns(rollouts: list[Rollout], pad_id: int, row_multiple: int) -> Batch:
+    """ZipRL: row (i, t) = turn t of episode i, ``turn_prompts[t]`` + its tokens (loss mask 1)."""
+    rows: list[Rollout] = []
+    owners: list[tuple[int, int]] = []
+    with_logprobs = all(r.rollout_logprobs is not None for r in rollouts)
+    for index, rollout in enumerate(rollouts):
+        bounds, prompts = rollout.turn_bounds or [], rollout.turn_prompts
+        if prompts is None or len(prompts) != len(bounds):
+            raise ValueError(f"rollout {index}: ZipRL rows need one turn prompt per turn "
+                             f"({0 if prompts is None else len(prompts)} for {len(bounds)} turns)")
+        for turn, ((start, end), prompt) in enumerate(zip(bounds, prompts, strict=True)):
+            tokens = rollout.completion_ids[start:end]
+            logprobs = rollout.rollout_logprobs[start:end] if with_logprobs and rollout.rollout_logprobs else None
+            rows.append(Rollout(prompt_index=rollout.prompt_index, prompt_ids=list(prompt) or [pad_id],
+                                completion_ids=list(tokens), text="", truncated=rollout.truncated,
+                                rollout_logprobs=logprobs if with_logprobs else None, loss_mask=[1] * len(tokens)))
+            owners.append((index, turn))
+    while len(rows) % max(1, row_multiple):
+        rows.append(Rollout(prompt_index=-1, prompt_ids=[pad_id], completion_ids=[], text="", truncated=False,
+                            rollout_logprobs=[] if with_logprobs else None, loss_mask=[]))
+        owners.append((-1, -1))
+    batch = collate(rows, pad_id)
+    batch.row_rollout = torch.tensor([i for i, _ in owners], dtype=torch.long)
+    batch.row_turn = torch.tensor([t for _, t in owners], dtype=torch.long)
+    return batch
+
+
 def _rollout_logprobs(rollouts: list[Rollout], t_max: int) -> torch.Tensor | None:
     """(B, T) of the engine's per-token log-probs, NaN-padded; None unless every rollout has them."""
     if not rollouts or any(r.rollout_logprobs is None for r in rollouts):
@@ -214,7 +287,8 @@ def _slice(batch: Batch, rows: torch.Tensor) -> Batch:
 
     return Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.position_ids[rows],
                  batch.completion_mask[rows], batch.completion_ids[rows], pick(batch.rollout_logprobs),
-                 pick(batch.loss_mask), pick(batch.truncated))
+                 pick(batch.loss_mask), pick(batch.truncated), pick(batch.row_rollout), pick(batch.row_turn),
+                 pick(batch.token_advantages))
 
 
 class GRPOTrainer:
@@ -258,6 +332,10 @@ class GRPOTrainer:
             fresh, _ = load_model(config, source, device=self.device, sharded=True)
             self.reference = sharded_reference(fresh, self.policy)
         self.model = self.policy.module
+        # OCC (issue 18): an MTP head trained with the policy, its parameters in the optimizer.
+        self.mtp: MtpSettings | None = config.mtp
+        self.mtp_head: MtpHead | None = self._mtp_head(self.mtp) if self.mtp is not None else None
+        self.mtp_warmed_up = False  # the warm-up runs before the first RL step (recorded in checkpoints)
         self.scheduler = self.policy.scheduler
         self.engine = engine or self._engine(sampler_copy)
         if sampler_copy is not None:
@@ -281,6 +359,55 @@ class GRPOTrainer:
                                    world_size=self.collective.world_size) if rlavr is not None else None)
 
     # ---------------------------------------------------------------- setup
+
+    def _mtp_head(self, settings: MtpSettings) -> MtpHead:
+        """The MTP head: loaded from ``mtp.init_from`` (local configs), else new from ``mtp.seed`` (a
+        resumed run then loads its checkpoint's head into it). Its parameters join the optimizer as a
+        group of their own (lr ``mtp.learning_rate``, else the run's; weight decay the run's), and the
+        schedule is rebuilt over both groups, as if the optimizer had been made with them."""
+        init_from = getattr(settings, "init_from", None)
+        head = load_mtp_head(Path(init_from), self.model) if init_from else build_mtp_head(self.model, seed=settings.seed)
+        head.train()
+        if not isinstance(self.policy, LocalPolicy):  # the config refuses mtp with deepspeed
+            raise ValueError("mtp: not supported with deepspeed yet")
+        optimizer = self.policy.optimizer
+        optimizer.add_param_group({"params": [p for p in head.parameters() if p.requires_grad],
+                                   "lr": settings.learning_rate or self.config.learning_rate})
+        # Each group keeps its initial_lr; LambdaLR(λ) applies the one schedule to every group.
+        self.policy.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.config))
+        return head
+
+    def _mtp_warmup(self) -> dict[str, float]:
+        """MTP warm-up, once, before the first RL step: the policy's own rollouts (group_size each, the
+        run's sampling, no rewards) of ``mtp.warmup_prompts`` training prompts drawn in a seeded order
+        apart from the prompt sampler, then ``mtp.warmup_steps`` cross-entropy steps on t+2 over those
+        whole sequences (prompt + completion), head only, micro_batch_size sequences a step
+        (trainer.mtp.warmup_mtp_head). Every RNG is restored after it, so the RL steps draw as they would
+        without it. Once per run: a no-op after that (and after a resume)."""
+        settings, head, config = self.mtp, self.mtp_head, self.config
+        if self.mtp_warmed_up or settings is None or head is None or settings.warmup_steps == 0 or self.step > 0:
+            self.mtp_warmed_up = True
+            return {}
+        self.mtp_warmed_up = True
+        sampling = SamplingSettings(group_size=config.group_size, max_new_tokens=config.max_completion_length,
+                                    temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                                    min_p=config.min_p, repetition_penalty=config.repetition_penalty)
+        salt = checkpoint.derive_seed(config.seed, MTP_WARMUP_SALT)
+        count = min(settings.warmup_prompts, len(self.rows))
+        chosen = torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(salt))[:count].tolist()
+        tokens: list[list[int]] = []
+        with torch.random.fork_rng(devices=[]):
+            for offset in range(0, count, config.prompts_per_step):
+                prompts = [self.encode_prompt(i) for i in chosen[offset: offset + config.prompts_per_step]]
+                for rollout in self.engine.generate(prompts, sampling, seed=checkpoint.derive_seed(salt, offset)):
+                    tokens.append(list(rollout.prompt_ids) + list(rollout.completion_ids))
+            batches = sequences(tokens, self.tokenizer.pad_token_id, config.micro_batch_size)
+            history = warmup_mtp_head(self.model, head, batches, steps=settings.warmup_steps,
+                                      learning_rate=settings.warmup_learning_rate, max_grad_norm=config.max_grad_norm)
+        logger.info("MTP warm-up: %d steps on %d sequences, CE %.3f -> %.3f, acceptance %.3f", len(history),
+                    len(tokens), history[0]["mtp_loss"], history[-1]["mtp_loss"], history[-1]["mtp_acceptance"])
+        return {"mtp_warmup_sequences": float(len(tokens)), "mtp_warmup_ce_first": history[0]["mtp_loss"],
+                "mtp_warmup_ce": history[-1]["mtp_loss"], "mtp_warmup_acceptance": history[-1]["mtp_acceptance"]}
 
     def _engine(self, sampler_copy: Any = None) -> RolloutEngine:
         if self.config.engine == "vllm":
@@ -322,7 +449,14 @@ class GRPOTrainer:
         ``<checkpoint>/hf/`` in Hugging Face format."""
         state = checkpoint.TrainingState(step=self.step, sampler=self.sampler.state_dict(),
                                          extra={"base_model": str(Path(self.base_model).resolve())})
-        path = self.policy.save(self.output_dir / CHECKPOINTS, state)
+        head = self.mtp_head
+        if head is not None and isinstance(self.policy, LocalPolicy):
+            # The head's files go into the checkpoint folder before it is published (trainer.mtp).
+            state.extra["mtp_warmed_up"] = self.mtp_warmed_up
+            path = self.policy.save(self.output_dir / CHECKPOINTS, state,
+                                    write_extra=lambda folder: save_mtp_head(head, folder))
+        else:
+            path = self.policy.save(self.output_dir / CHECKPOINTS, state)
         if self.config.export_hf == "checkpoints" or (self.config.export_hf == "final" and final):
             export.export_checkpoint(path, policy=self.policy, tokenizer=self.tokenizer, collective=self.collective)
         return path
@@ -332,7 +466,12 @@ class GRPOTrainer:
         path = path or checkpoint.latest(self.output_dir / CHECKPOINTS)
         if path is None:
             return False
+        if self.mtp_head is not None:  # into the head the optimizer holds, before the optimizer's state
+            load_mtp_head(path, self.model, into=self.mtp_head)
+        elif has_mtp_head(path):
+            raise ValueError(f"{path} holds an MTP head (a run with an mtp section); resume it with that section")
         state = self.policy.load(path)
+        self.mtp_warmed_up = bool(state.extra.get("mtp_warmed_up", True))
         self.step = state.step
         self.sampler.load_state_dict(state.sampler)
         if self.collective.is_main:
@@ -500,9 +639,13 @@ class GRPOTrainer:
         forward = self.policy.forward_model
         # No-grad passes, logprob_micro_batch_size rollouts at a time: memory flat in the batch size.
         chunk = config.logprob_micro_batch_size or config.micro_batch_size
+        old_logp: torch.Tensor | None
         with torch.no_grad():
-            old_logp = (None if on_policy else completion_logprobs(
-                forward, batch, config.temperature, device=self.device, micro_batch_size=chunk)[0])
+            if self.mtp_head is not None and not on_policy:  # over the update's own micro-batches (see _mtp_old_logp)
+                old_logp = self._mtp_old_logp(batch, seed)
+            else:
+                old_logp = (None if on_policy else completion_logprobs(
+                    forward, batch, config.temperature, device=self.device, micro_batch_size=chunk)[0])
             ref_logp = (completion_logprobs(self.reference, batch, config.temperature, device=self.device,
                                             micro_batch_size=chunk)[0] if self.reference is not None else None)
         device = torch.device(self.device)
@@ -537,16 +680,28 @@ class GRPOTrainer:
         loss_total, grad_norm_total, n_micro = 0.0, 0.0, 0
         global_token_mean = LOSS_AGGREGATIONS.get(config.loss_type).global_token_mean
         beta = 0.0 if config.kl_in_reward else config.beta  # the KL is either in the reward or in the loss
+        mtp_valid = mtp_valid_mask(batch).to(device) if self.mtp_head is not None else None
+        mtp_grad_total = 0.0
         # μ passes, each over the same mini-batch split (as TRL's num_iterations and veRL's ppo_epochs).
         for _ in range(config.num_iterations):
             for mini in range(config.mini_batches):
                 rows = order[mini * per_optimizer_step:(mini + 1) * per_optimizer_step]
                 tokens_in_mini = self._tokens_per_rank(mask[rows].sum()) if global_token_mean else None
+                # The MTP term's dapo normaliser: the mini-batch's counted tokens that have an MTP prediction.
+                mtp_tokens = (self._tokens_per_rank((mask[rows] * mtp_valid[rows]).sum())
+                              if global_token_mean and mtp_valid is not None else None)
                 for micro in range(config.gradient_accumulation):
                     part = rows[micro * per_micro:(micro + 1) * per_micro]
                     micro_batch = _slice(batch, part)
                     tool_terms = None
-                    if self.tool_token_id is not None:  # IH-GRPO: the same forward also gives z_tool, log p_tool
+                    joint: JointOutput | None = None
+                    if self.mtp_head is not None:  # OCC: one trunk forward, the main head and the MTP head
+                        assert self.mtp is not None
+                        joint = joint_logprobs(self.model, self.mtp_head, micro_batch, config.temperature,
+                                               detach_trunk=self.mtp.detach_trunk, device=self.device,
+                                               with_entropy=True, entropy_grad=config.entropy_coef != 0.0)
+                        logp, entropy = joint.logp, joint.entropy
+                    elif self.tool_token_id is not None:  # IH-GRPO: the same forward also gives z_tool, log p_tool
                         from trainer.agent.setup import logprobs_with_tool_terms
 
                         logp, entropy, *tool_terms = logprobs_with_tool_terms(
@@ -572,6 +727,9 @@ class GRPOTrainer:
                     loss = out.loss if global_token_mean else out.loss / config.gradient_accumulation
                     if tool_terms is not None:
                         loss = loss + self._c_term(tool_terms, micro_batch, out.per_token_loss, mask[part], sums)
+                    if joint is not None:
+                        loss = loss + self._mtp_term(joint, micro_batch, old, advantages[part], mask[part],
+                                                     mtp_tokens, sums)
                     self.policy.backward(loss)
                     loss_total += float(loss.detach())
                     for name, value in out.metrics.items():
@@ -579,6 +737,8 @@ class GRPOTrainer:
                     if entropy is not None:
                         sums["entropy"] = sums.get("entropy", 0.0) + float(masked_mean(entropy.detach(), mask[part]))
                     n_micro += 1
+                    if self.mtp_head is not None and micro == config.gradient_accumulation - 1:
+                        mtp_grad_total += self._clip_mtp_head()
                     grad_norm = self.policy.micro_step(boundary=micro == config.gradient_accumulation - 1)
                     grad_norm_total += grad_norm or 0.0
         metrics = {name: value / n_micro for name, value in sums.items()}
@@ -587,7 +747,56 @@ class GRPOTrainer:
         steps = config.optimizer_steps_per_rollout_batch
         metrics["loss"] = loss_total / steps
         metrics["grad_norm"] = grad_norm_total / steps
+        if self.mtp_head is not None:
+            metrics["mtp_grad_norm"] = mtp_grad_total / steps
         return self.collective.mean_metrics(metrics)
+
+    def _mtp_old_logp(self, batch: Batch, seed: int) -> torch.Tensor:
+        """π_old with an MTP head: the main head's log-probs from :func:`trainer.mtp.joint_logprobs`, without
+        gradient, over the very micro-batches the update then takes (same rows, same shapes), so that on
+        the first mini-batch (θ = θ_old) δ_RL is exactly 0 and OCC's λ_t too, not float noise."""
+        assert self.mtp_head is not None
+        config = self.config
+        size = batch.completion_ids.shape[0]
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))  # as _update's
+        per_micro = size // (config.mini_batches * config.gradient_accumulation)
+        pieces = [(rows, joint_logprobs(self.model, self.mtp_head, _slice(batch, rows), config.temperature,
+                                        device=self.device).logp) for rows in torch.split(order, per_micro)]
+        old = pieces[0][1].new_empty(tuple(batch.completion_ids.shape))
+        for rows, logp in pieces:
+            old[rows.to(old.device)] = logp
+        return old
+
+    def _mtp_term(self, joint: JointOutput, micro_batch: Batch, old: torch.Tensor, advantages: torch.Tensor,
+                  mask: torch.Tensor, mtp_tokens: torch.Tensor | None, sums: dict[str, float]) -> torch.Tensor:
+        """The MTP term of ``mtp.regime`` for one micro-batch (trainer.occ.mtp_loss), over its counted tokens
+        that have an MTP prediction, reduced as the RL loss (loss_type; a per-micro mean is divided by the
+        accumulation steps); its metrics (mtp_lambda, mtp_inner, mtp_norm_sq, mtp_acceptance…) into ``sums``."""
+        assert self.mtp is not None
+        config = self.config
+        out = mtp_loss(self.mtp, logp=joint.logp, old_logp=old, mtp_logp=joint.mtp_logp, advantages=advantages,
+                       mask=mask * joint.mtp_mask, mtp_top1=joint.mtp_top1,
+                       targets=micro_batch.completion_ids.to(mask.device), loss_type=config.loss_type,
+                       eps_low=config.epsilon_low, eps_high=config.epsilon_high, dual_clip_c=config.dual_clip_c,
+                       max_completion_length=config.max_completion_length, num_items_in_batch=mtp_tokens,
+                       log_ratio_clamp=config.log_ratio_clamp)
+        for name, value in out.metrics.items():
+            sums[name] = sums.get(name, 0.0) + value
+        if LOSS_AGGREGATIONS.get(config.loss_type).global_token_mean:
+            return out.loss
+        scaled: torch.Tensor = out.loss / config.gradient_accumulation
+        return scaled
+
+    def _clip_mtp_head(self) -> float:
+        """Clip the head's gradients on their own (max_grad_norm), before the optimizer step; the policy
+        clips the trunk's. So the head's gradient never rescales the trunk's update (``detach``: the trunk
+        takes exactly the RL update). Returns the head's gradient norm."""
+        assert self.mtp_head is not None
+        parameters = [p for p in self.mtp_head.parameters() if p.requires_grad]
+        if self.config.max_grad_norm is None:
+            grads = [p.grad.detach().norm() for p in parameters if p.grad is not None]
+            return float(torch.stack(grads).norm()) if grads else 0.0
+        return float(torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm))
 
     def _c_term(self, tool_terms: list[torch.Tensor], micro_batch: Batch, per_token_loss: torch.Tensor,
                 mask: torch.Tensor, sums: dict[str, float]) -> torch.Tensor:
@@ -614,7 +823,9 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, Any]:
         started = time.perf_counter()
         seed = checkpoint.derive_seed(self.config.seed, self.step)
+        warmup = self._mtp_warmup() if self.mtp_head is not None else {}
         rollouts, rewards, metrics = self._collect(seed)
+        metrics.update(warmup)
         if self.agent is not None:
             metrics.update(episode_metrics(rollouts))
         rlavr_step = None
@@ -626,12 +837,24 @@ class GRPOTrainer:
         advantages, metrics["informative_group_share"] = self._advantages(rewards)
         if rlavr_step is not None:
             advantages = rlavr_step.weighted(advantages, self.config.group_size)  # A_j × w_i
+        turn_batch: Batch | None = None
+        if any(r.turn_prompts is not None for r in rollouts):  # ZipRL: rows per turn, HRR per turn
+            from trainer.agent.credit import episode_turn_advantages, hrr_metrics, token_advantages
+
+            turn_batch = collate(rollouts, self.tokenizer.pad_token_id,
+                                 row_multiple=self.config.mini_batches * self.config.gradient_accumulation)
+            ziprl = self.multi_turn.ziprl_config if self.multi_turn is not None else None
+            hrr = ziprl.hrr if ziprl is not None and ziprl.hrr_enabled else None
+            outcome = advantages.tolist()
+            shaped = episode_turn_advantages(outcome, rollouts, self.config.group_size, hrr)
+            metrics.update(hrr_metrics(outcome, shaped, rollouts))
+            advantages = turn_batch.token_advantages = token_advantages(turn_batch, shaped)
         # With beta > 0 the KL term still pulls towards the reference even when every advantage is 0.
         # The decision is the same on every rank: each computed advantages over all of them.
         # So does an entropy bonus: its gradient does not depend on the advantages.
         if (self.collective.any(bool((advantages != 0).any())) or self.config.beta > 0
                 or self.config.entropy_coef != 0):
-            batch = collate(rollouts, self.tokenizer.pad_token_id)
+            batch = turn_batch if turn_batch is not None else collate(rollouts, self.tokenizer.pad_token_id)
             metrics.update(self._update(batch, advantages, seed))
         else:
             # Every group's rewards are equal: no gradient to take; the step still counts, and the

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from trainer.algorithms import LOSS_AGGREGATIONS, grpo_policy_loss
-from trainer.logprobs import CompletionBatch, chunked_token_logprobs
+from trainer.logprobs import CompletionBatch, chunked_entropy, chunked_token_logprobs
 from trainer.occ import MtpSettings, check_schedule, mtp_loss
 
 WEIGHTS_FILE = "mtp_head.safetensors"
@@ -184,6 +184,7 @@ class JointOutput:
     mtp_logp: torch.Tensor  # MTP head: log q(y_t | x, y_<t−1), from h_{t−2} and E(y_{t−1})
     mtp_mask: torch.Tensor  # float, 1 where the MTP head had real inputs for y_t
     mtp_top1: torch.Tensor  # the MTP head's argmax at each position (no gradient)
+    entropy: torch.Tensor | None = None  # main head's entropy per token (``with_entropy``)
 
 
 def _pad_left(batch: CompletionBatch, columns: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -196,13 +197,16 @@ def _pad_left(batch: CompletionBatch, columns: int) -> tuple[torch.Tensor, torch
 
 
 def joint_logprobs(model: Any, head: MtpHead, batch: CompletionBatch, temperature: float = 1.0, *,
-                   detach_trunk: bool = False, device: torch.device | str | None = None) -> JointOutput:
+                   detach_trunk: bool = False, device: torch.device | str | None = None,
+                   with_entropy: bool = False, entropy_grad: bool = False) -> JointOutput:
     """Main-head and MTP-head log-probs of the completion tokens from one trunk forward.
 
     ``batch`` is a rollout batch as ``trainer.grpo.Batch`` (left-padded prompts, right-padded
     completions, every completion starting at column P = L − T). The main head's log-probs are
     ``lm_head(h)`` at columns P−1 … L−2, the same values as :func:`trainer.logprobs.completion_logprobs`;
-    the MTP head's for y_s (column P+s) come from index P+s−2 of :func:`mtp_hidden`.
+    the MTP head's for y_s (column P+s) come from index P+s−2 of :func:`mtp_hidden`. ``with_entropy``:
+    also the main head's entropies (``chunked_entropy``, a gradient only with ``entropy_grad``), as
+    :func:`trainer.logprobs.completion_logprobs` gives them.
     """
     device = device or next(model.parameters()).device
     completion = batch.completion_ids.to(device)
@@ -213,6 +217,8 @@ def joint_logprobs(model: Any, head: MtpHead, batch: CompletionBatch, temperatur
     hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
     main_logits = _output_layer(model)(hidden[:, length - t_max - 1:])  # T + 1 columns, the last unused
     logp = chunked_token_logprobs(main_logits, completion, temperature)
+    entropy = (chunked_entropy(main_logits if entropy_grad else main_logits.detach(), t_max, temperature)
+               if with_entropy else None)
     del main_logits
     out, valid = mtp_hidden(model, head, hidden, ids, mask, pos, detach_trunk=detach_trunk)
     selected = out[:, length - t_max - 2: length - 2]
@@ -220,7 +226,7 @@ def joint_logprobs(model: Any, head: MtpHead, batch: CompletionBatch, temperatur
     mtp_logp = chunked_token_logprobs(mtp_logits, completion, temperature)
     top1 = mtp_logits.detach().argmax(-1)
     mtp_mask = valid[:, length - t_max - 2: length - 2].to(logp.dtype)
-    return JointOutput(logp=logp, mtp_logp=mtp_logp, mtp_mask=mtp_mask, mtp_top1=top1)
+    return JointOutput(logp=logp, mtp_logp=mtp_logp, mtp_mask=mtp_mask, mtp_top1=top1, entropy=entropy)
 
 
 # ---------------------------------------------------------------- warm-up
@@ -282,6 +288,7 @@ def warmup_mtp_head(model: Any, head: MtpHead, batches: Iterable[tuple[torch.Ten
             torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
         optimizer.step()
         history.append({"mtp_loss": float(out.loss.detach()), "mtp_acceptance": out.acceptance})
+    optimizer.zero_grad(set_to_none=True)  # no warm-up gradient left for the RL update to add to
     return history
 
 
@@ -302,16 +309,27 @@ def save_mtp_head(head: MtpHead, directory: Path) -> Path:
     return directory / WEIGHTS_FILE
 
 
+EXPORT_SUBDIR = "mtp"  # where trainer.export puts the head in an hf/ folder (kept out of vLLM's weight glob)
+
+
 def has_mtp_head(directory: Path) -> bool:
     return (Path(directory) / WEIGHTS_FILE).is_file()
 
 
-def load_mtp_head(directory: Path, model: Any) -> MtpHead:
+def head_folder(directory: Path) -> Path:
+    """``directory`` if it holds a head, else its ``mtp/`` subfolder if that does (an hf/ export)."""
+    directory = Path(directory)
+    return directory / EXPORT_SUBDIR if not has_mtp_head(directory) and has_mtp_head(directory / EXPORT_SUBDIR) \
+        else directory
+
+
+def load_mtp_head(directory: Path, model: Any, *, into: MtpHead | None = None) -> MtpHead:
     """The head saved in ``directory`` for ``model`` (its device and dtype); a clear error if it was
-    saved for another trunk (model type, hidden size or vocabulary) or is incomplete."""
+    saved for another trunk (model type, hidden size or vocabulary) or is incomplete. ``into``: load
+    the weights into that head in place (an optimizer holding its parameters keeps them)."""
     from safetensors.torch import load_file
 
-    directory = Path(directory)
+    directory = head_folder(directory)
     if not has_mtp_head(directory) or not (directory / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{directory}: no MTP head ({WEIGHTS_FILE} and {CONFIG_FILE}) in this folder")
     meta = json.loads((directory / CONFIG_FILE).read_text())
@@ -324,10 +342,27 @@ def load_mtp_head(directory: Path, model: Any) -> MtpHead:
     if wrong:
         detail = ", ".join(f"{key}: saved {old!r}, model {new!r}" for key, (old, new) in wrong.items())
         raise ValueError(f"{directory / CONFIG_FILE}: this MTP head was saved for another model ({detail})")
-    head = build_mtp_head(model)
+    head = into if into is not None else build_mtp_head(model)
     state = load_file(str(directory / WEIGHTS_FILE), device=str(next(model.parameters()).device))
     head.load_state_dict(state, strict=True)
     return head
+
+
+def sequences(token_lists: Iterable[list[int]], pad_id: int, rows_per_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Right-padded ``(input_ids, attention_mask)`` batches of ``rows_per_batch`` sequences each (the
+    last may be smaller), for :func:`warmup_mtp_head`; sequences shorter than 3 tokens are left out."""
+    rows = [list(tokens) for tokens in token_lists if len(tokens) >= 3]
+    batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for start in range(0, len(rows), max(1, rows_per_batch)):
+        part = rows[start: start + max(1, rows_per_batch)]
+        width = max(len(tokens) for tokens in part)
+        ids = torch.full((len(part), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(part), width), dtype=torch.long)
+        for row, tokens in enumerate(part):
+            ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, :len(tokens)] = 1
+        batches.append((ids, mask))
+    return batches
 
 
 # ---------------------------------------------------------------- one rollout batch's update, with the MTP term
@@ -428,6 +463,15 @@ def update_with_mtp(model: Any, head: MtpHead, optimizer: torch.optim.Optimizer,
             optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return history
+
+
+def mtp_valid_mask(batch: CompletionBatch) -> torch.Tensor:
+    """``JointOutput.mtp_mask`` of every row of ``batch`` ``(B, T)`` without a forward (float32)."""
+    t_max = batch.completion_ids.shape[1]
+    _, mask, _ = _pad_left(batch, 2 - (batch.input_ids.shape[1] - t_max))
+    length = mask.shape[1]
+    both = mask[:, :-1] * mask[:, 1:]
+    return both[:, length - t_max - 2: length - 2].to(torch.float32)
 
 
 def _mtp_valid(batch: RolloutBatch, rows: torch.Tensor, device: torch.device) -> torch.Tensor:

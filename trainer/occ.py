@@ -63,7 +63,13 @@ class MtpSettings(BaseModel):
     warmup_steps: int = Field(default=0, ge=0, description="Cross-entropy steps on t+2 that train the head "
                               "alone (trunk frozen) before RL starts.")
     warmup_learning_rate: float = Field(default=1e-3, gt=0, le=1)
+    warmup_prompts: int = Field(default=16, ge=1, le=4096, description="The warm-up trains on the policy's own "
+                                "rollouts (group_size each, no rewards) of this many training prompts, drawn in a "
+                                "seeded order apart from the run's prompt sampler.")
     seed: int = Field(default=0, ge=0, description="Seed of a new head's random initial weights.")
+    learning_rate: float | None = Field(default=None, gt=0, le=1, description="The head's own learning rate "
+                                        "during RL (its own optimizer parameter group, on the run's schedule); "
+                                        "unset: the run's learning_rate.")
 
     @property
     def detach_trunk(self) -> bool:
@@ -93,6 +99,22 @@ def _schedule_after(value: MtpSettings | None, info: ValidationInfo) -> MtpSetti
 MtpConfig = Annotated[MtpSettings | None, AfterValidator(_schedule_after)]
 """The run-config field, checked against the fields declared before it: in ``RunConfig``,
 ``mtp: MtpConfig = None`` (after ``mini_batches`` and ``num_iterations``)."""
+
+
+class LocalMtpSettings(MtpSettings):
+    """``mtp`` in a config the machine's owner writes: it may also name a folder to load the head from.
+
+    A config that arrives over the trainer service's API has no such field (as it has no
+    ``reward.api_key_env``): a tenant cannot make the server read a file of its choosing.
+    """
+
+    init_from: str | None = Field(default=None, min_length=1, description="A folder holding mtp_head.safetensors "
+                                  "and mtp_head.json (a checkpoint, or its hf/ export) to start the head from; "
+                                  "unset: a new head (seed). A resumed run always loads its checkpoint's head.")
+
+
+LocalMtpConfig = Annotated[LocalMtpSettings | None, AfterValidator(_schedule_after)]
+"""``LocalRunConfig.mtp``: :data:`MtpConfig` with ``init_from``."""
 
 
 # ---------------------------------------------------------------- the estimator

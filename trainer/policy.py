@@ -77,9 +77,10 @@ class LocalPolicy:
     def forward_model(self) -> Any:
         return self.module
 
-    def save(self, directory: Path, state: checkpoint.TrainingState) -> Path:
+    def save(self, directory: Path, state: checkpoint.TrainingState, *,
+             write_extra: Callable[[Path], object] | None = None) -> Path:
         return checkpoint.save(directory, model=self.module, optimizer=self.optimizer, scheduler=self.scheduler,
-                               state=state, save_total_limit=self.config.save_total_limit)
+                               state=state, save_total_limit=self.config.save_total_limit, write_extra=write_extra)
 
     def load(self, path: Path) -> checkpoint.TrainingState:
         return checkpoint.load(path, model=self.module, optimizer=self.optimizer, scheduler=self.scheduler)

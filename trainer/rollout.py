@@ -35,6 +35,12 @@ class Rollout:
     turn_bounds: list[tuple[int, int]] | None = None
     # Multi-turn episodes: per-episode counters (tool calls, delayed calls, tool errors, turns…).
     episode_stats: dict[str, float] | None = None
+    # ZipRL episodes (multi_turn.ziprl): the context each turn was sampled with (question + memory +
+    # latest observation), one per turn_bounds entry; the loss scores turn t's tokens under
+    # turn_prompts[t]. None: every turn continues one sequence (prompt_ids + completion_ids).
+    turn_prompts: list[list[int]] | None = None
+    # ZipRL episodes: Hindsight Response Replay's h_t of each turn (trainer.ziprl.hrr).
+    turn_h: list[float] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The trainer's GPU path, on a machine with CUDA: bf16 + gradient checkpointing (+ flash-attn when
-installed), the vLLM rollout engine with its weight push, and DeepSpeed ZeRO-3 over NCCL through
-the `deepspeed` launcher. Skipped where there is no CUDA device (CI has none); on a GPU machine:
+installed), the vLLM rollout engine with its weight push, multi-turn agent rollouts (IH-GRPO's
+delayed tool execution) on vLLM, and DeepSpeed ZeRO-3 over NCCL through the `deepspeed` launcher. Skipped where there is no CUDA device (CI has none); on a GPU machine:
 
     pip install -e '.[dev,gpu]' && python -m pytest tests/e2e/test_gpu_path.py -v
 """
@@ -76,3 +76,24 @@ def test_deepspeed_zero3_over_nccl(live_server: LiveServer, tmp_path: Path) -> N
     logged = [json.loads(line) for line in (tmp_path / "z3" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in logged] == [1, 2]
     assert logged[-1]["kl"] >= 0 and all(math.isfinite(m["loss"]) for m in logged)
+
+
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (the gpu extra)")
+def test_multi_turn_delayed_run_on_vllm(tmp_path: Path) -> None:
+    from trainer.agent.toy import build_tool_model, problems, score, warm_up
+    from trainer.config import parse_config
+
+    model = build_tool_model(tmp_path / "model", seed=0, hidden_size=128, num_layers=2)
+    warm_up(model, "delayed", steps=100, seed=0, tool_share=1.0)
+    dataset = tmp_path / "data.jsonl"
+    dataset.write_text("".join(json.dumps({"prompt": p.prompt, "reward_model": {"ground_truth": str(p.value)}}) + "\n"
+                               for p in problems(16, seed=1)))
+    config = parse_config({"model": {"path": str(model), "dtype": "bfloat16"}, "dataset": str(dataset),
+                           "engine": "vllm", "device": "cuda", "group_size": 4, "prompts_per_step": 4, "max_steps": 2,
+                           "max_completion_length": 96, "output_dir": str(tmp_path / "run"), "export_hf": "none",
+                           "multi_turn": {"tools": {"backend": "local"}}}, local=True)
+    trainer = GRPOTrainer(config, rewards=CallableRewards(score))
+    outcome = trainer.train()
+    assert outcome.status == "succeeded"
+    assert all(math.isfinite(m["loss"]) for m in outcome.history)
+    assert all("turns_mean" in m for m in outcome.history)

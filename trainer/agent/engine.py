@@ -9,13 +9,31 @@ loss mask 0. The episode ends when the environment says done (a final answer), a
 
 The generated tokens are kept as sampled (never re-tokenised from text), so the loss scores exactly
 the tokens the policy drew; only observations are tokenised.
+
+**ZipRL** (``ziprl``: a :class:`trainer.ziprl.config.ZipRLConfig`): the context is not the growing
+trajectory but a compression memory. After each turn the observation goes into the episode's memory
+(one item per retrieved passage, ``info["passages"]``, else one item for the text), the memory
+re-levels and rewrites every retained item (``compress``), and the next turn's prompt is rebuilt:
+the prompt (with the environment's opening), ``Memory:`` and the items of earlier turns as the memory
+holds them, then ``Observation:`` and the latest observation as it came (cut to
+``max_observation_tokens``). The policy's own earlier actions are not in it (the memory holds
+observations). Each turn's prompt is kept (``Rollout.turn_prompts``) so the loss scores the turn's
+tokens under the context they were sampled with; ``completion_ids`` are the sampled tokens only and
+the episode's token budget counts them only (the memory's budget bounds the context). The memory
+counts tokens with the policy's tokenizer. After the episode, h_t of each turn (Hindsight Response
+Replay, ``trainer.ziprl.hrr``) is taken from the memory after that turn (the last turn, which adds no
+observation: the memory it was sampled with) against the environment's ``needed_units()`` (else the
+ground truth alone).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -24,6 +42,10 @@ from trainer.agent.environment import EnvironmentFactory, close_environment
 from trainer.checkpoint import derive_seed
 from trainer.data import PromptRow
 from trainer.rollout import Rollout, RolloutEngine, SamplingSettings
+from trainer.ziprl.config import ZipRLConfig, build_memory
+from trainer.ziprl.env import question_of
+from trainer.ziprl.hrr import hindsight_scores
+from trainer.ziprl.memory import Memory
 
 
 @dataclass(frozen=True)
@@ -47,12 +69,28 @@ class _Episode:
     stats: dict[str, float] = field(default_factory=dict)
     done: bool = False
     truncated: bool = False
+    # ZipRL: the memory, the next turn's prompt, each turn's prompt, the memory after each turn.
+    memory: Memory | None = None
+    context: list[int] = field(default_factory=list)
+    turn_prompts: list[list[int]] = field(default_factory=list)
+    renders: list[str] = field(default_factory=list)
+    needed: list[list[str]] = field(default_factory=list)
 
     @property
     def remaining(self) -> int:
         return self.max_tokens - len(self.ids)
 
     max_tokens: int = 0
+
+
+def needed_units(env: Any, row: PromptRow) -> list[list[str]]:
+    """What the final answer needs (HRR's N): the environment's ``needed_units()`` where it has one,
+    else the ground truth alone (nothing when there is none)."""
+    units = getattr(env, "needed_units", None)
+    if callable(units):
+        return [list(unit) for unit in units()]
+    truth = row.ground_truth
+    return [[str(truth)]] if truth not in (None, "") else []
 
 
 def cut_turn(tokens: list[int], decode: Any, eos: set[int], markers: tuple[str, ...],
@@ -81,12 +119,36 @@ class AgentRolloutEngine:
     :class:`~trainer.rollout.TransformersEngine` or :class:`~trainer.rollout.VLLMEngine`)."""
 
     def __init__(self, engine: RolloutEngine, tokenizer: Any, make_env: EnvironmentFactory,
-                 settings: AgentSettings) -> None:
+                 settings: AgentSettings, ziprl: ZipRLConfig | None = None) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.make_env = make_env
         self.settings = settings
-        self.timings = {"generation_s": 0.0, "environment_s": 0.0}
+        self.ziprl = ziprl
+        self.timings = {"generation_s": 0.0, "environment_s": 0.0, "compression_s": 0.0}
+
+        @lru_cache(maxsize=1 << 16)
+        def count(text: str) -> int:
+            return len(self._encode(text))
+        self._count: Callable[[str], int] = count
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def _policy_text(self, sampling: SamplingSettings, seed: int) -> Callable[[str], str]:
+        """The policy as ``generate(prompt) -> text`` for the policy-prompted coarse and fine passes: one
+        sample at the run's temperature, at most ``ziprl.rewrite_max_tokens`` tokens, a seed per call.
+        These tokens are not trained on (they are not in any turn)."""
+        calls = itertools.count()
+        limit = self.ziprl.rewrite_max_tokens if self.ziprl is not None else 64
+
+        def generate(prompt: str) -> str:
+            settings = replace(sampling, group_size=1, max_new_tokens=limit, stop_strings=())
+            started = time.perf_counter()
+            output = self.engine.generate([self._encode(prompt)], settings, derive_seed(seed, 7_919, next(calls)))
+            self.timings["generation_s"] += time.perf_counter() - started
+            return self._decode(output[0].completion_ids)
+        return generate
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         self.engine.sync_weights(model)
@@ -114,7 +176,14 @@ class AgentRolloutEngine:
                 opening = env.reset(row)
                 self.timings["environment_s"] += time.perf_counter() - started
                 extra = self.tokenizer(opening, add_special_tokens=False)["input_ids"] if opening else []
-                episodes.append(_Episode(index, list(ids) + list(extra), env, max_tokens=s.max_episode_tokens))
+                episode = _Episode(index, list(ids) + list(extra), env, max_tokens=s.max_episode_tokens)
+                if self.ziprl is not None:
+                    question, _, _ = question_of(row)
+                    episode.memory = build_memory(self.ziprl, question, generate=self._policy_text(sampling, seed),
+                                                  count=self._count)
+                    episode.context = list(episode.prompt_ids)
+                    episode.needed = needed_units(env, row)
+                episodes.append(episode)
         try:
             for turn in range(s.max_turns):
                 active = [e for e in episodes if not e.done]
@@ -133,9 +202,15 @@ class AgentRolloutEngine:
         limit = min(longest, s.max_turn_tokens) if s.max_turn_tokens else longest
         turn_sampling = replace(sampling, group_size=1, max_new_tokens=max(1, limit), stop_strings=s.stop_markers)
         started = time.perf_counter()
-        outputs = self.engine.generate([e.prompt_ids + e.ids for e in active], turn_sampling, seed)
+        contexts = [list(e.context) if self.ziprl is not None else e.prompt_ids + e.ids for e in active]
+        outputs = self.engine.generate(contexts, turn_sampling, seed)
         self.timings["generation_s"] += time.perf_counter() - started
-        for episode, output in zip(active, outputs, strict=True):
+        for episode, output, context in zip(active, outputs, contexts, strict=True):
+            if self.ziprl is not None:
+                episode.turn_prompts.append(context)
+                episode.stats["context_tokens"] = episode.stats.get("context_tokens", 0.0) + len(context)
+                episode.stats["peak_context_tokens"] = max(episode.stats.get("peak_context_tokens", 0.0),
+                                                           float(len(context)))
             budget = min(episode.remaining, s.max_turn_tokens or episode.remaining)
             kept, reason = cut_turn(output.completion_ids, self._decode, eos, s.stop_markers, budget)
             start = len(episode.ids)
@@ -152,7 +227,8 @@ class AgentRolloutEngine:
             result = episode.env.step(self._decode(kept))
             self.timings["environment_s"] += time.perf_counter() - started
             for name, value in result.info.items():
-                episode.stats[name] = episode.stats.get(name, 0.0) + float(value)
+                if isinstance(value, int | float):  # numbers (and flags) are counted; lists and texts are not
+                    episode.stats[name] = episode.stats.get(name, 0.0) + float(value)
             if result.done or reason == "eos":
                 episode.done = True
                 continue
@@ -162,6 +238,9 @@ class AgentRolloutEngine:
             if last:
                 episode.done = True
                 episode.stats["turn_limit"] = 1.0
+                continue
+            if self.ziprl is not None:
+                self._remember(episode, result, int(episode.stats["turns"]) - 1)
                 continue
             observation = (self.tokenizer(result.observation, add_special_tokens=False)["input_ids"]
                            if result.observation else [])
@@ -173,11 +252,49 @@ class AgentRolloutEngine:
             if episode.remaining <= 0:  # the observation spent the budget: no room for another turn
                 episode.done, episode.truncated = True, True
 
+    def _remember(self, episode: _Episode, result: Any, turn: int) -> None:
+        """ZipRL: the observation into the memory, the memory compressed, the next turn's prompt built."""
+        assert episode.memory is not None
+        started = time.perf_counter()
+        memory = episode.memory
+        tokens = self._encode(result.observation)
+        cap = self.settings.max_observation_tokens
+        latest = self._decode(tokens[:cap]) if len(tokens) > cap else result.observation
+        passages = result.info.get("passages")
+        if isinstance(passages, list) and passages:
+            for passage in passages:
+                memory.observe(turn, str(passage.get("text", "")), item_id=str(passage.get("id") or "") or None,
+                               title=str(passage.get("title", "")))
+        elif latest.strip():
+            memory.observe(turn, latest)
+        record = memory.compress(turn)
+        episode.renders.append(memory.render())
+        for name, value in (("memory_tokens", record.memory_tokens), ("raw_history_tokens", record.raw_tokens),
+                            ("saved_tokens", record.saved_tokens), ("compressions", 1),
+                            ("compression_fallbacks", record.fallbacks)):
+            episode.stats[name] = episode.stats.get(name, 0.0) + float(value)
+        if record.raw_tokens:
+            episode.stats["saved_fraction"] = (episode.stats.get("saved_fraction", 0.0)
+                                               + record.saved_tokens / record.raw_tokens)
+        older = "\n".join(item.line() for item in getattr(memory, "items", []) if item.turn < turn)
+        text = (f"\nMemory:\n{older}\n" if older else "") + (f"\nObservation:\n{latest}\n" if latest.strip() else "")
+        episode.context = list(episode.prompt_ids) + self._encode(text)
+        self.timings["compression_s"] += time.perf_counter() - started
+
     def _rollout(self, e: _Episode) -> Rollout:
         logprobs = e.logprobs if e.logprobs is not None and len(e.logprobs) == len(e.ids) and e.ids else None
         stats = dict(e.stats)
         stats["observation_tokens"] = float(len(e.mask) - sum(e.mask))
         stats["sampled_tokens"] = float(sum(e.mask))
+        turn_prompts, turn_h = None, None
+        if self.ziprl is not None and e.memory is not None:
+            renders = list(e.renders)
+            while len(renders) < len(e.bounds):  # the last turn adds no observation: the memory it was sampled with
+                renders.append(e.memory.render())
+            turn_h = hindsight_scores(renders[:len(e.bounds)], e.needed)
+            turn_prompts = [list(p) for p in e.turn_prompts]
+            stats["hrr_h_sum"] = float(sum(turn_h))
         return Rollout(prompt_index=e.prompt_index, prompt_ids=e.prompt_ids, completion_ids=list(e.ids),
                        text=self._decode(e.ids), truncated=e.truncated, rollout_logprobs=logprobs,
-                       loss_mask=list(e.mask), turn_bounds=list(e.bounds), episode_stats=stats)
+                       loss_mask=list(e.mask), turn_bounds=list(e.bounds), episode_stats=stats,
+                       turn_prompts=turn_prompts, turn_h=turn_h)

@@ -18,15 +18,19 @@ from trainer.logprobs import chunked_entropy, chunked_token_logprobs
 from trainer.rollout import RolloutEngine
 
 
-def tool_backend(multi_turn: Any) -> ToolBackend:
+def tool_backend(multi_turn: Any, project: str | None = None) -> ToolBackend:
+    """The config's tool backend; the sandbox's ``X-Rewardhub-Project`` is ``tools.project``, else
+    ``project`` (the run's reward project, :func:`agent_engine` passes ``reward.project_id``)."""
     tools = multi_turn.tools
     if tools.backend == "local":
         return LocalPythonTool(timeout_s=tools.timeout_s, max_output_bytes=tools.max_output_bytes)
     return SandboxSessionTool(tools.url, os.environ.get(tools.api_key_env, ""), ttl_s=tools.ttl_s,
-                              timeout_s=tools.timeout_s, max_output_bytes=tools.max_output_bytes)
+                              timeout_s=tools.timeout_s, max_output_bytes=tools.max_output_bytes,
+                              project=getattr(tools, "project", None) or project)
 
 
-def environment_factory(multi_turn: Any, tools: ToolBackend | None = None) -> EnvironmentFactory:
+def environment_factory(multi_turn: Any, tools: ToolBackend | None = None,
+                        project: str | None = None) -> EnvironmentFactory:
     """``code``: a :class:`CodeToolEnvironment` per episode; ``module:factory``: that callable."""
     if multi_turn.environment != "code":
         module, _, name = multi_turn.environment.partition(":")
@@ -35,7 +39,7 @@ def environment_factory(multi_turn: Any, tools: ToolBackend | None = None) -> En
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"multi_turn.environment: cannot load {multi_turn.environment!r}: {exc}") from None
         return factory
-    backend = tools if tools is not None else tool_backend(multi_turn)
+    backend = tools if tools is not None else tool_backend(multi_turn, project)
 
     def make(row: PromptRow) -> CodeToolEnvironment:
         return CodeToolEnvironment(backend, multi_turn.execution,
@@ -45,13 +49,16 @@ def environment_factory(multi_turn: Any, tools: ToolBackend | None = None) -> En
 
 def agent_engine(config: Any, engine: RolloutEngine, tokenizer: Any,
                  tools: ToolBackend | None = None) -> AgentRolloutEngine:
-    """The engine of a config with a ``multi_turn`` section; the token budget is ``max_completion_length``."""
+    """The engine of a config with a ``multi_turn`` section; the token budget is ``max_completion_length``;
+    ``multi_turn.ziprl`` makes the context a compression memory (docs/ziprl.md)."""
     multi = config.multi_turn
+    project = getattr(getattr(config, "reward", None), "project_id", None)
     settings = AgentSettings(stop_markers=multi.markers, max_turns=multi.max_turns,
                              max_episode_tokens=config.max_completion_length,
                              max_turn_tokens=multi.max_turn_tokens,
                              max_observation_tokens=multi.max_observation_tokens)
-    return AgentRolloutEngine(engine, tokenizer, environment_factory(multi, tools), settings)
+    return AgentRolloutEngine(engine, tokenizer, environment_factory(multi, tools, project), settings,
+                              ziprl=multi.ziprl_config)
 
 
 def marker_token_id(tokenizer: Any, marker: str) -> int:

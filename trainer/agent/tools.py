@@ -246,14 +246,21 @@ class SandboxSession:
         self.session_id = None
 
 
+PROJECT_HEADER = "X-Rewardhub-Project"  # the sandbox's per-project session caps and ownership key on it
+
+
 class SandboxSessionTool:
     """Sessions of the sandbox service over HTTP (``Authorization: Bearer <api_key>``), one per
-    trajectory, all through one pooled client."""
+    trajectory, all through one pooled client. ``project`` is sent as ``X-Rewardhub-Project`` on
+    every request: the sandbox counts its per-project session cap and session ownership by it (without
+    it every run shares the one anonymous bucket)."""
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, ttl_s: float = 600.0,
                  timeout_s: float = 5.0, max_output_bytes: int = 4096, request_timeout_s: float = 60.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, project: str | None = None) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        if project:
+            headers[PROJECT_HEADER] = project
         self.client = httpx.Client(base_url=sandbox_base_url(base_url), headers=headers,
                                    timeout=request_timeout_s, transport=transport)
         self.ttl_s, self.timeout_s, self.max_output_bytes = ttl_s, timeout_s, max_output_bytes

@@ -12,6 +12,7 @@ as ``generate(prompt) -> text`` when ``rewriter: policy``. Defaults::
       rounds: 3                 # chain relevance propagation rounds
       rewriter: rule            # rule | policy (fine pass by the policy, rule fallback)
       coarse: threshold         # threshold | policy (coarse pass by the policy, threshold fallback)
+      rewrite_max_tokens: 64    # tokens the policy may write per coarse/fine prompt (policy passes)
       hrr: {enabled: true, beta: 0.5, group_mean: per_turn, floor: 0.0, shape_zero_advantage: false}
 """
 
@@ -55,13 +56,15 @@ class ZipRLConfig:
     rounds: int = DEFAULT_ROUNDS
     rewriter: str = "rule"
     coarse: str = "threshold"
+    rewrite_max_tokens: int = 64
     hrr_enabled: bool = True
     hrr: HRRConfig = field(default_factory=HRRConfig)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> ZipRLConfig:
         raw = dict(raw or {})
-        known = {"memory", "budget_tokens", "thresholds", "gamma", "rounds", "rewriter", "coarse", "hrr"}
+        known = {"memory", "budget_tokens", "thresholds", "gamma", "rounds", "rewriter", "coarse", "hrr",
+                 "rewrite_max_tokens"}
         for key in raw:
             if key not in known:
                 raise ValueError(f"ziprl.{key}: unknown key (known: {', '.join(sorted(known))})")
@@ -83,7 +86,14 @@ class ZipRLConfig:
             raise ValueError(f"ziprl.rewriter: {rewriter!r} is not rule or policy")
         if coarse not in ("threshold", "policy"):
             raise ValueError(f"ziprl.coarse: {coarse!r} is not threshold or policy")
-        hrr_raw = dict(raw.get("hrr") or {})
+        rewrite_max_tokens = raw.get("rewrite_max_tokens", 64)
+        if not isinstance(rewrite_max_tokens, int) or isinstance(rewrite_max_tokens, bool) \
+                or not 1 <= rewrite_max_tokens <= 4096:
+            raise ValueError("ziprl.rewrite_max_tokens: must be a whole number within [1, 4096]")
+        hrr_raw = raw.get("hrr") or {}
+        if not isinstance(hrr_raw, Mapping):
+            raise ValueError("ziprl.hrr: must be a mapping (enabled, beta, group_mean, floor, shape_zero_advantage)")
+        hrr_raw = dict(hrr_raw)
         enabled = hrr_raw.pop("enabled", True)
         allowed = {f.name for f in fields(HRRConfig)}
         for key in hrr_raw:
@@ -94,7 +104,7 @@ class ZipRLConfig:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"ziprl.hrr: {exc}") from exc
         return cls(memory=memory, budget_tokens=budget, thresholds=thresholds, gamma=float(gamma), rounds=rounds,
-                   rewriter=rewriter, coarse=coarse, hrr_enabled=bool(enabled), hrr=hrr)
+                   rewriter=rewriter, coarse=coarse, rewrite_max_tokens=rewrite_max_tokens, hrr_enabled=bool(enabled), hrr=hrr)
 
 
 def _thresholds(raw: Any) -> tuple[tuple[Level, float], ...]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
 from trainer.ziprl.bm25 import BM25Index, Passage
@@ -130,6 +131,14 @@ class MultiHopSearchEnv:
         self.turn, self.done = 0, False
         return f"{INSTRUCTIONS}\nQuestion: {self.question}"
 
+    def needed_units(self) -> list[list[str]]:
+        """What the answer needs (Hindsight Response Replay's N): the chain's facts as (subject,
+        relation, object) from ``extra_info.chain``; without a chain, the answer alone."""
+        chain = self.extra.get("chain")
+        if isinstance(chain, list) and chain:
+            return [[str(part) for part in fact] for fact in chain]
+        return [[self.answer]] if self.answer else []
+
     def step(self, action_text: str) -> StepResult:
         if self.done:
             raise RuntimeError("the episode is over: call reset first")
@@ -162,3 +171,22 @@ class MultiHopSearchEnv:
                           {"status": "ok", "query": argument,
                            "passages": [{"id": h.id, "title": h.title, "text": h.text, "score": h.score}
                                         for h in hits]})
+
+
+@lru_cache(maxsize=8)
+def _world_search(seed: int) -> InProcessSearch:
+    from trainer.ziprl.multihop import generate_world
+
+    return InProcessSearch(generate_world(seed=seed).documents)
+
+
+def synthetic_env(prompt_row: Any) -> MultiHopSearchEnv:
+    """``multi_turn.environment: trainer.ziprl.env:synthetic_env`` — the synthetic multi-hop task's
+    environment for a row of ``multihop.generate_questions`` (its world from ``extra_info.world_seed``,
+    default 0; the index is built once per world), ``k`` = 3, at most 256 steps (the engine's
+    ``max_turns`` ends it first)."""
+    _, _, extra = question_of(prompt_row)
+    seed = extra.get("world_seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError("extra_info.world_seed: must be a whole number")
+    return MultiHopSearchEnv(_world_search(seed), k=3, max_turns=256)
