@@ -13,11 +13,11 @@ $(BIN)/python:
 
 # torch==2.13.0 is pinned in pyproject.toml: pip takes the CPU wheel from the machine's wheelhouse.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[server,train]'
+	$(BIN)/pip install --quiet -e '.[server,train,rec]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml tests/integration/framework-requirements.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[server,train,dev]'
+	$(BIN)/pip install --quiet -e '.[server,train,rec,dev]'
 	# veRL's and OpenRLHF's own reward code for the adapter tests, without their (GPU) dependencies,
 	# in a folder of its own so their top-level `tests` packages cannot shadow ours.
 	$(BIN)/pip install --quiet --no-deps --target $(VENV)/frameworks -r tests/integration/framework-requirements.txt

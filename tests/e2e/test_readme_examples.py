@@ -19,17 +19,25 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_embedded_up import free_port, wait_until_ready
-from tests.unit.deploy.readme_commands import section
+from tests.unit.deploy.readme_commands import README
 
 pytestmark = pytest.mark.slow
 
-# The README sections whose examples are driven here (others have tests of their own).
+# The README sections (## or ###) whose examples are driven here (others have tests of their own).
 DRIVEN_SECTIONS = (
     "Recommendation reward model (RecRM)",
+    "Annotation data: import, browse, export",
     "Agent tools: sandbox sessions and search",
     "Self-distillation teachers (AMR-SD, π-Play)",
 )
 SHELL_PRELUDE = 'set -euo pipefail\ncurl() { command curl --fail-with-body --max-time 60 "$@"; echo; }\n'
+
+
+def heading_text(heading: str) -> str:
+    """The README's text under the ``##`` or ``###`` ``heading``, up to the next heading of any level."""
+    match = re.search(rf"^#{{2,3}} {re.escape(heading)}\n(.*?)(?=^#{{2,3}} |\Z)", README, re.DOTALL | re.MULTILINE)
+    assert match, f"the README has no section {heading!r}"
+    return match.group(1)
 
 
 def bash_blocks(text: str) -> list[str]:
@@ -66,7 +74,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, s
 @pytest.mark.parametrize("heading", DRIVEN_SECTIONS)
 def test_the_sections_examples_run_as_written(heading: str, embedded: tuple[str, dict[str, str], Path]) -> None:
     address, env, cwd = embedded
-    blocks = bash_blocks(section(heading))
+    blocks = bash_blocks(heading_text(heading))
     assert blocks, f"the README's {heading!r} section has no bash example"
     for block in blocks:
         script = SHELL_PRELUDE + block.replace("localhost:8000", address)
