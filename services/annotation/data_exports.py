@@ -238,14 +238,26 @@ def stream_jsonl(batches: Iterator[list[Record]]) -> Iterator[bytes]:
         yield "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in batch).encode()
 
 
-def stream_csv(batches: Iterator[list[Record]], columns: list[FlatColumn], base: list[str]) -> Iterator[bytes]:
+# A cell a spreadsheet would run as a formula (OWASP's CSV injection list: = + - @, tab, carriage return).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """``value`` with a leading ``'`` when it is text a spreadsheet would evaluate (``=HYPERLINK(...)``);
+    numbers and other values are unchanged. Only for CSVs meant for spreadsheets: it alters the text."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) else value
+
+
+def stream_csv(batches: Iterator[list[Record]], columns: list[FlatColumn], base: list[str], *,
+               spreadsheet: bool = False) -> Iterator[bytes]:
     header = base + [c.name for c in columns]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
     writer.writeheader()
     for batch in batches:
         for record in batch:
-            writer.writerow(flatten(record, columns, base))
+            row = flatten(record, columns, base)
+            writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()} if spreadsheet else row)
         yield buffer.getvalue().encode()
         buffer.seek(0)
         buffer.truncate()

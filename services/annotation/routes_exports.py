@@ -73,6 +73,9 @@ def export_labels(annotation_project_id: ProjectPath, principal: Trainer, sessio
                       "datasets: the Parquet file, which datasets.Dataset.from_parquet loads."))] = "jsonl",
                   kind: Annotated[Literal["final", "raw"], Query(description=(
                       "final: one row per labelled task; raw: every annotation, then every adjudication."))] = "final",
+                  csv_safe: Annotated[bool, Query(description=(
+                      "csv: prefix text cells starting with = + - @ (a spreadsheet would run them as formulas) "
+                      "with ' . Off by default: it changes the text, and the exports are data for training."))] = False,
                   ) -> StreamingResponse:
     """Labels and adjudications of the tasks the filters keep (the browser's filters), streamed page by page.
     CSV and Parquet flatten `values` one column per question (docs/annotation_data.md)."""
@@ -85,7 +88,7 @@ def export_labels(annotation_project_id: ProjectPath, principal: Trainer, sessio
     if format == "jsonl":
         body = data_exports.stream_jsonl(batches)
     elif format == "csv":
-        body = data_exports.stream_csv(batches, columns, base)
+        body = data_exports.stream_csv(batches, columns, base, spreadsheet=csv_safe)
     else:
         body = data_exports.stream_flat_parquet(batches, columns, base)
     return _download(body, format, f"labels-{kind}-{project.id}")

@@ -123,6 +123,18 @@ def test_csv_and_parquet_streams() -> None:
         {"task_id": "a", "values.r": 3.0}, {"task_id": "a", "values.r": 3.0}]
 
 
+def test_spreadsheet_safe_csv_defuses_formulas_only_when_asked() -> None:
+    columns = data_exports.flat_columns(LabelSchema.model_validate({"questions": [
+        {"id": "note", "type": "free_text"}, {"id": "r", "type": "rating", "min": -3, "max": 3}]}))
+    rows = [{"task_id": '=HYPERLINK("http://x","y")', "values": {"note": "@SUM(A1)", "r": -2}},
+            {"task_id": "+1", "values": {"note": "plain - text", "r": 1}}]
+    exact = b"".join(data_exports.stream_csv(iter([rows]), columns, ["task_id"])).decode()
+    assert exact.splitlines()[1] == '"=HYPERLINK(""http://x"",""y"")",@SUM(A1),-2.0'  # the data as stored
+    safe = b"".join(data_exports.stream_csv(iter([rows]), columns, ["task_id"], spreadsheet=True)).decode()
+    # Text starting with = + - @ gains a leading '; numbers (-2.0) and other text stay as they are.
+    assert safe.splitlines()[1:] == ['"\'=HYPERLINK(""http://x"",""y"")",\'@SUM(A1),-2.0', "'+1,plain - text,1.0"]
+
+
 def test_verl_rows() -> None:
     record = {"prompt": "What is 2+2?", "prompt_id": "p", "task_id": "t", "label_kind": "answer", "label": "4",
               "values": {"topic": "algebra", "pref": {"choice": "B", "rationale": None}}}
