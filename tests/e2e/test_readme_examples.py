@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 # The README sections (## or ###) whose examples are driven here (others have tests of their own).
 DRIVEN_SECTIONS = (
     "Recommendation reward model (RecRM)",
+    "Question types (label schemas)",
     "Annotation data: import, browse, export",
     "Agent tools: sandbox sessions and search",
     "Self-distillation teachers (AMR-SD, π-Play)",
