@@ -170,6 +170,9 @@ def test_annotator_labels_by_keyboard_and_admin_sees_the_counts(live_server: Liv
     expect(card.locator('[data-field="budget-spent"]')).to_have_text("4")
     # q0 and q1 were labelled with the majority answer; q2 (ambiguous) does not count.
     expect(card.locator('[data-field="pseudo-accuracy"]')).to_have_text("100.0%")
+    # Chart.js draws once its script has run: wait for every canvas's chart, not for a clock.
+    admin.wait_for_function("window.Chart !== undefined && Array.from(document.querySelectorAll('canvas.chart'))"
+                            ".every(c => window.Chart.getChart(c))")
     charts = admin.evaluate("Array.from(document.querySelectorAll('canvas.chart'))"
                             ".map(c => window.Chart.getChart(c) ? window.Chart.getChart(c).data.datasets[0].data : null)")
     assert charts == [[4, 0], [1, 0, 3], [3]], charts
@@ -180,6 +183,8 @@ def test_annotator_labels_by_keyboard_and_admin_sees_the_counts(live_server: Liv
 
 def fits(page: Any, width: int) -> None:
     """Nothing on the page is wider than the viewport (no sideways scrolling)."""
+    # Measured once the stylesheets have loaded: an unstyled table is wider (a loaded machine showed 456 px).
+    page.wait_for_load_state("load")
     scroll = page.evaluate("document.documentElement.scrollWidth")
     assert scroll <= width, f"{page.url}: the page is {scroll} px wide in a {width} px viewport"
 
