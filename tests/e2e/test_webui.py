@@ -69,7 +69,10 @@ def watch_errors(page: Any) -> list[str]:
     errors: list[str] = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("requestfailed", lambda request: errors.append(f"failed: {request.url}"))
+    # A request the browser abandons because the page navigated on (a keyboard submit while a script
+    # still loads) fails with net::ERR_ABORTED: not an error of the page. Any other failure counts.
+    page.on("requestfailed", lambda request: errors.append(f"failed: {request.url} ({request.failure})")
+            if request.failure != "net::ERR_ABORTED" else None)
     page.on("response", lambda response: errors.append(f"{response.status}: {response.url}")
             if response.status >= 400 else None)
     return errors
