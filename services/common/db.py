@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import Depends
-from sqlalchemy import DateTime, Dialect, Engine, MetaData, create_engine, event, make_url
+from sqlalchemy import Connection, DateTime, Dialect, Engine, MetaData, create_engine, event, make_url
 from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool, StaticPool
@@ -70,6 +70,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_begin_before_savepoint(connection: Connection, _name: str | None) -> None:
+    """Open the real transaction before a SAVEPOINT that would otherwise start one.
+
+    pysqlite (legacy transaction control) emits its implicit BEGIN only before INSERT, UPDATE, DELETE
+    or REPLACE. When a transaction's first write sits in ``session.begin_nested()``, the SAVEPOINT
+    itself starts SQLite's transaction and its RELEASE commits it: the savepoint's rows outlive a
+    rollback of the enclosing transaction (an idempotency claim stayed "pending" after the request's
+    work was rolled back). A BEGIN first makes the SAVEPOINT nested, as on PostgreSQL.
+    """
+    dbapi_connection = connection.connection.dbapi_connection
+    if dbapi_connection is not None and not dbapi_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN")
+
+
 def make_engine(url: str) -> Engine:
     """Create an engine for SQLite (embedded default) or Postgres through psycopg 3."""
     if url.startswith("sqlite"):
@@ -78,6 +92,7 @@ def make_engine(url: str) -> Engine:
             kwargs["poolclass"] = StaticPool
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "savepoint", _sqlite_begin_before_savepoint)
         return engine
     return create_engine(url, pool_pre_ping=True, **postgres_pool_args(get_settings()))
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.common import idempotency
@@ -236,12 +236,14 @@ def test_replay_claims_then_remember_stores_and_a_retry_replays(sqlite_tenant: T
 
 
 def test_a_retry_after_a_rolled_back_transaction_runs_the_work_again(sqlite_tenant: Tenant) -> None:
-    # On PostgreSQL the claim rolls back with the work; pysqlite commits the SAVEPOINT of the claim
-    # when it opened the transaction, leaving a pending "transaction" row. Either way the retry runs.
+    # The claim rolls back with the work: no pending row survives (on SQLite too, where the SAVEPOINT
+    # of the claim once opened, and at its RELEASE committed, the transaction: services/common/db.py).
     project = sqlite_tenant.project_a
     with pytest.raises(RuntimeError), session_scope() as session:
         assert idempotency.replay(session, project, ENDPOINT, "k", "h1") is None
         raise RuntimeError("the work failed")
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(IdempotencyRecord)) == 0
     with session_scope() as session:
         assert idempotency.replay(session, project, ENDPOINT, "k", "h1") is None
         idempotency.remember(session, project, ENDPOINT, "k", "h1", 200, "second try")
