@@ -33,7 +33,6 @@ import os
 import resource
 import select
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -43,8 +42,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # -I leaves the script's folder off sys.path
 
 import supervisor as sup  # noqa: E402  (the one-shot supervisor's primitives)
+from frames import HEADER, read_frame, write_frame  # noqa: E402
 
-HEADER = struct.Struct(">I")
 REPL = os.path.join(HERE, "repl.py")
 READY_TIMEOUT_S = 20.0
 # Idle sessions wake once a second to check memory and the interpreter: a thousand idle sessions
@@ -58,34 +57,6 @@ DRAIN_S = 1.0  # after the end: reading what the killed processes left in the pi
 # when the session ended between requests.
 EXIT_CODES = {"closed": 0, "timeout": 70, "memory_exceeded": 71, "cpu_limit": 72, "exited": 73,
               "protocol_error": 74}
-
-
-def read_frame(fd: int) -> dict[str, Any] | None:
-    """One frame from the service (trusted, so read blocking); None at end of input."""
-    head = _read_exactly(fd, HEADER.size)
-    if head is None:
-        return None
-    body = _read_exactly(fd, HEADER.unpack(head)[0])
-    if body is None:
-        return None
-    message: dict[str, Any] = json.loads(body)
-    return message
-
-
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    chunks = []
-    while size:
-        chunk = os.read(fd, min(size, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-def write_frame(fd: int, message: dict[str, Any]) -> None:
-    data = json.dumps(message).encode("utf-8")
-    sup._write_all(fd, HEADER.pack(len(data)) + data)
 
 
 class Capture:

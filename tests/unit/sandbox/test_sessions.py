@@ -87,6 +87,17 @@ def test_namespace_imports_functions_and_files_persist_across_executes(client: T
     assert (info["state"], info["ended_reason"], info["execution_count"]) == ("live", None, 5)
 
 
+def test_the_codes_modules_never_resolve_to_the_sandboxs_own(client: TestClient) -> None:
+    # The interpreter imports its frame codec from the sandbox's folder; the code's own `frames`,
+    # `session` and `supervisor` modules in its working directory are the ones it gets.
+    sid = create(client)
+    execute(client, sid, "for name in ('frames', 'session', 'supervisor'):\n"
+                         "    open(name + '.py', 'w').write(f'WHO = {name!r}')")
+    found = execute(client, sid, "import frames, session, supervisor\n"
+                                 "print(frames.WHO, session.WHO, supervisor.WHO)")
+    assert (found["status"], found["stdout"]) == ("success", "frames session supervisor\n")
+
+
 def test_runtime_error_has_the_traceback_and_the_session_goes_on(client: TestClient) -> None:
     sid = create(client)
     execute(client, sid, "y = 5")
