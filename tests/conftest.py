@@ -106,19 +106,108 @@ def postgres_server() -> str:
 @pytest.fixture
 def postgres_url(postgres_server: str) -> Iterator[str]:
     """A fresh, empty database on the real PostgreSQL server, dropped after the test."""
+    name = _create_database(postgres_server)
+    yield _database_url(postgres_server, name)
+    _drop_database(postgres_server, name)
+
+
+def _create_database(admin_url: str, template: str | None = None) -> str:
     import psycopg
     from psycopg import sql
 
     name = f"rewardhub_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    base, _, _ = postgres_server.rpartition("/")
-    yield _sqlalchemy_url(f"{base}/{name}")
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(statement)
+    return name
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
     from services.common.db import dispose_engines
 
     dispose_engines()
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _database_url(admin_url: str, name: str) -> str:
+    base, _, _ = admin_url.rpartition("/")
+    return _sqlalchemy_url(f"{base}/{name}")
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server: str) -> Iterator[str]:
+    """A database migrated to head once per session, that :func:`migrated_postgres_url` copies.
+
+    Nothing connects to it after the migration (``CREATE DATABASE … TEMPLATE`` needs that).
+    """
+    from services.common.migrate import upgrade
+
+    name = _create_database(postgres_server)
+    try:
+        upgrade(_database_url(postgres_server, name))
+        yield name
+    finally:
+        _drop_database(postgres_server, name)
+
+
+@pytest.fixture
+def migrated_postgres_url(postgres_server: str, postgres_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database at the migrations' head (a copy of the session's template: the
+    same as migrating it, in a fraction of the time), dropped after the test."""
+    name = _create_database(postgres_server, template=postgres_template)
+    yield _database_url(postgres_server, name)
+    _drop_database(postgres_server, name)
+
+
+_SQLITE_TEMPLATE: list[Path] = []
+
+
+def _sqlite_template() -> Path:
+    """A SQLite file migrated to head once per test process (removed at exit)."""
+    if not _SQLITE_TEMPLATE:
+        import atexit
+        import shutil
+        import tempfile
+
+        from services.common.migrate import upgrade
+
+        folder = Path(tempfile.mkdtemp(prefix="rewardhub-sqlite-template-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        upgrade(f"sqlite:///{folder / 'template.db'}")
+        _SQLITE_TEMPLATE.append(folder / "template.db")
+    return _SQLITE_TEMPLATE[0]
+
+
+def migrate_to_head() -> None:
+    """What ``services.common.migrate.upgrade()`` does to the configured database, faster where it can.
+
+    A SQLite file that does not exist yet starts as a copy of one migrated earlier in the session:
+    migrating anew took most of many tests' time (each DDL statement commits, and syncs, on its own).
+    Any other database (an existing file, PostgreSQL) is migrated for real. The migrations themselves
+    are tested step by step in tests/integration/test_migrations.py.
+    """
+    import shutil
+
+    from sqlalchemy import make_url
+
+    from services.common.db import prepare_sqlite_storage
+    from services.common.migrate import upgrade
+    from services.common.settings import get_settings
+
+    settings = get_settings()
+    url = settings.effective_database_url
+    target = make_url(url).database if url.startswith("sqlite") else None
+    if not target or target == ":memory:" or target.startswith("file:") or Path(target).exists():
+        upgrade()
+        return
+    prepare_sqlite_storage(url, settings.data_dir)  # the file created owner-only, as upgrade() would
+    shutil.copyfile(_sqlite_template(), target)  # into the existing file: its 0600 mode is kept
 
 
 @contextlib.contextmanager
@@ -158,10 +247,9 @@ class Tenant:
 def make_tenant() -> Tenant:
     from services.common.auth import create_api_key
     from services.common.db import session_scope
-    from services.common.migrate import upgrade
     from services.common.models import Project, Role
 
-    upgrade()
+    migrate_to_head()
     with session_scope() as session:
         a, b = Project(name="project-a"), Project(name="project-b")
         session.add_all([a, b])
@@ -179,8 +267,8 @@ def sqlite_tenant(isolated_env: Path) -> Tenant:
 
 
 @pytest.fixture
-def postgres_tenant(isolated_env: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Tenant:
-    monkeypatch.setenv("DATABASE_URL", postgres_url)
+def postgres_tenant(isolated_env: Path, migrated_postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Tenant:
+    monkeypatch.setenv("DATABASE_URL", migrated_postgres_url)
     _reset_state()
     return make_tenant()
 
@@ -213,14 +301,14 @@ def database(request: pytest.FixtureRequest, isolated_env: Path, monkeypatch: py
     """The database a test's server runs on: ``sqlite`` (the embedded default) or ``postgres`` (as in production).
 
     Every test that uses it runs on both (``pytest_generate_tests``). ``postgres`` is a fresh database
-    on the real server (``postgres_url``): it skips with the reason where none is reachable and fails
+    on the real server, already at the migrations' head (``migrated_postgres_url``): it skips with the reason where none is reachable and fails
     under REWARDHUB_REQUIRE_SERVICES=1. A test that only reads narrows it with ``@SQLITE_ONLY``.
     """
     backend = str(getattr(request, "param", "sqlite"))  # asked for dynamically: the embedded default
     if backend not in DATABASE_BACKENDS:
         raise ValueError(f"database: {backend!r} is not one of {', '.join(DATABASE_BACKENDS)}")
     if backend == "postgres":
-        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("postgres_url"))
+        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("migrated_postgres_url"))
         _reset_state()
     return backend
 
