@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from rewardhub.eval_cli import eval_app
+from rewardhub.evaluations_cli import evaluations_app
 from rewardhub.train_cli import config_error, demo, train
 from services.common.models import Role
 
@@ -28,6 +29,7 @@ projects_app = typer.Typer(help="Manage projects.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(projects_app, name="projects")
 app.add_typer(eval_app, name="eval")
+app.add_typer(evaluations_app, name="evaluations")
 app.command()(train)
 app.command()(demo)
 console = Console(stderr=True, soft_wrap=True)
@@ -204,7 +206,8 @@ def serve(
 
 @app.command()
 def worker(
-    queues: Annotated[str, typer.Option(help="Comma-separated Celery queues.")] = "celery",
+    queues: Annotated[str, typer.Option(help="Comma-separated Celery queues (one per job kind: celery, "
+                                              "annotation, rec_rm, rubric_rm); empty: all of them.")] = "",
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo, threads.")] = "prefork",
 ) -> None:
@@ -221,7 +224,8 @@ def worker(
     configure_logging("worker", settings.log_level, settings.log_json)
     # With JSON logs, no start-up banner (celery's --quiet): every line the worker writes is JSON.
     quiet = ["--quiet"] if settings.log_json else []
-    celery_app.worker_main([*quiet, "worker", f"--queues={queues}", f"--concurrency={concurrency}",
+    chosen = [f"--queues={queues}"] if queues.strip() else []
+    celery_app.worker_main([*quiet, "worker", *chosen, f"--concurrency={concurrency}",
                             f"--pool={pool}", f"--loglevel={settings.log_level}"])
 
 

@@ -6,4 +6,5 @@ SERVICE = ServiceSpec(name="annotation",
                       app="services.annotation.app:create_app",
                       summary="CARE active annotation: queues, labels, the labeling web UI",
                       models="services.annotation.models",
-                      tasks=("services.annotation.tasks",))
+                      tasks=("services.annotation.tasks",),
+                      job_queue="annotation")

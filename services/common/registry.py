@@ -55,6 +55,10 @@ class ServiceSpec:
     summary: str  # what it serves, in a few words: its line in the docs index
     models: str | None = None  # the module defining its SQLAlchemy models
     tasks: tuple[str, ...] = ()  # modules defining its Celery tasks (and registering its sweepers)
+    # The Celery queue its tasks go to (tasks named "<name>.*"): one queue per job kind, so each can
+    # have workers of its own and scale on its own depth (the chart's worker pools, KEDA). None: its
+    # task modules only register sweepers.
+    job_queue: str | None = None
 
     def __post_init__(self) -> None:
         module, _, factory = self.app.partition(":")
@@ -116,6 +120,19 @@ def model_modules() -> list[str]:
 def task_modules() -> list[str]:
     """The modules that define Celery tasks: services.common's, then each service's."""
     return [COMMON_TASKS, *_service_task_modules()]
+
+
+DEFAULT_QUEUE = "celery"  # services.common's own tasks (the ping probe), Celery's default name
+
+
+def job_queues() -> dict[str, str]:
+    """Celery task-name pattern → queue: ``"<service>.*"`` to each service's ``job_queue``."""
+    return {f"{spec.name}.*": spec.job_queue for spec in services().values() if spec.job_queue}
+
+
+def queue_names() -> list[str]:
+    """Every queue a worker may consume: the default one, then each job kind's."""
+    return [DEFAULT_QUEUE, *dict.fromkeys(job_queues().values())]
 
 
 def _service_task_modules() -> Iterator[str]:

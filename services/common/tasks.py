@@ -36,6 +36,7 @@ from typing import Any
 from celery import Celery, Task, signals
 from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer
+from kombu.entity import Exchange, Queue
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -43,7 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.common.errors import UpstreamUnavailable
 from services.common.logging import configure_logging, request_id_var, valid_request_id
 from services.common.metrics import CELERY_TASKS
-from services.common.registry import task_modules
+from services.common.registry import DEFAULT_QUEUE, job_queues, queue_names, task_modules
 from services.common.settings import Settings, get_settings
 
 # Every module with Celery tasks: this one and each service's own (declared once, services.common.registry).
@@ -143,6 +144,12 @@ def make_celery(redis_url: str | None) -> Celery:
         task_track_started=True,
         result_expires=7 * 24 * 3600,
         imports=TASK_MODULES,
+        # One queue per job kind (services.common.registry.job_queues): a worker started without
+        # --queues consumes them all; `rewardhub worker --queues rubric_rm` only one kind.
+        task_default_queue=DEFAULT_QUEUE,
+        task_queues=[Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
+                     for name in queue_names()],
+        task_routes={pattern: {"queue": queue} for pattern, queue in job_queues().items()},
         # A lost broker is retried forever, with backoff (2 s, 4 s, ... capped by kombu), at start-up
         # and after a connection loss: a worker never gives up on Redis coming back.
         broker_connection_retry_on_startup=True,

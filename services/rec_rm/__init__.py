@@ -6,4 +6,5 @@ SERVICE = ServiceSpec(name="rec_rm",
                       app="services.rec_rm.app:create_app",
                       summary="recommendation reward model: format, grounding, relevance and behaviour",
                       models="services.rec_rm.models",
-                      tasks=("services.rec_rm.tasks",))
+                      tasks=("services.rec_rm.tasks",),
+                      job_queue="rec_rm")

@@ -12,4 +12,5 @@ SERVICE = ServiceSpec(name="rubric_rm",
                       app="services.rubric_rm.app:create_app",
                       summary="CDRRM rubric reward model: rubric generation and judging",
                       models="services.rubric_rm.models",
-                      tasks=("services.rubric_rm.tasks",))
+                      tasks=("services.rubric_rm.tasks",),
+                      job_queue="rubric_rm")

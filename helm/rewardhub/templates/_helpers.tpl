@@ -202,3 +202,8 @@ preStop:
   exec:
     command: ["sleep", {{ .Values.shutdown.preStopSleepSeconds | quote }}]
 {{- end -}}
+
+{{/* The Celery queues, one per job kind (services.common.registry.queue_names; a test keeps them equal). */}}
+{{- define "rewardhub.jobQueues" -}}
+celery,annotation,rubric_rm,rec_rm
+{{- end -}}

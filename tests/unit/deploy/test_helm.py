@@ -245,10 +245,75 @@ def test_worker_runs_the_celery_worker_command(docs: list[dict[str, Any]], value
     worker = by_kind(docs, "Deployment")[component("worker")]
     (container,) = worker["spec"]["template"]["spec"]["containers"]
     params = cli_params(container["args"])
-    assert params == {"queues": values["worker"]["queues"], "concurrency": values["worker"]["concurrency"],
-                      "pool": values["worker"]["pool"]}
+    # No --queues by default: the worker consumes every job kind's queue.
+    assert "--queues" not in container["args"] and values["worker"]["queues"] == ""
+    assert params == {"queues": "", "concurrency": values["worker"]["concurrency"], "pool": values["worker"]["pool"]}
     probe = container["livenessProbe"]["exec"]["command"]
     compile(probe[2], "<worker probe>", "exec")
+    chosen = by_kind(render({"worker": {"queues": "rubric_rm,rec_rm"}}), "Deployment")[component("worker")]
+    assert cli_params(chosen["spec"]["template"]["spec"]["containers"][0]["args"])["queues"] == "rubric_rm,rec_rm"
+
+
+def test_the_charts_job_queues_are_the_codes() -> None:
+    from services.common.registry import queue_names
+
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    block = helpers[helpers.index('define "rewardhub.jobQueues"'):]
+    listed = block.split("-}}", 1)[1].split("{{", 1)[0].strip()
+    assert listed.split(",") == queue_names()
+
+
+KEDA = {"enabled": True, "redis": {"address": "redis.cache:6379", "databaseIndex": 2}}
+
+
+def test_no_keda_objects_by_default(docs: list[dict[str, Any]]) -> None:
+    assert not [doc for doc in docs if doc["apiVersion"].startswith("keda.sh/")]
+    assert by_kind(docs, "Deployment")[component("worker")]["spec"]["replicas"] == 1
+
+
+def test_keda_scales_the_worker_on_each_queue_it_consumes() -> None:
+    docs = render({"worker": {"keda": KEDA}})
+    worker = by_kind(docs, "Deployment")[component("worker")]
+    assert "replicas" not in worker["spec"]  # KEDA's HPA owns the count; an upgrade must not reset it
+    (scaled,) = [doc for doc in docs if doc["kind"] == "ScaledObject"]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": component("worker")}
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"], spec["cooldownPeriod"]) == (1, 8, 300)
+    from services.common.registry import queue_names
+
+    assert [t["metadata"]["listName"] for t in spec["triggers"]] == queue_names()
+    # KEDA reads trigger metadata as strings only.
+    assert spec["triggers"][0] == {"type": "redis", "metadata": {
+        "address": "redis.cache:6379", "listName": "celery", "listLength": "5", "activationListLength": "0",
+        "databaseIndex": "2", "enableTLS": "false"}}
+    assert not [doc for doc in docs if doc["kind"] == "TriggerAuthentication"]
+
+
+def test_keda_follows_the_workers_queues_and_reads_the_password_from_a_secret() -> None:
+    keda = {**KEDA, "redis": {**KEDA["redis"], "passwordSecret": {"name": "broker", "key": "password"}}}
+    docs = render({"worker": {"queues": "rubric_rm", "keda": keda}})
+    (scaled,) = [doc for doc in docs if doc["kind"] == "ScaledObject"]
+    (auth,) = [doc for doc in docs if doc["kind"] == "TriggerAuthentication"]
+    assert auth["spec"] == {"secretTargetRef": [{"parameter": "password", "name": "broker", "key": "password"}]}
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["metadata"]["listName"] == "rubric_rm"
+    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+
+
+def test_the_readmes_keda_values_render_a_scaled_worker() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("**Job queues and scaling the worker.**"):]
+    block = section[section.index("```yaml\n") + len("```yaml\n"):]
+    docs = render(yaml.safe_load(block[:block.index("```")]))
+    (scaled,) = [doc for doc in docs if doc["kind"] == "ScaledObject"]
+    assert scaled["spec"]["maxReplicaCount"] == 8
+    assert {t["authenticationRef"]["name"] for t in scaled["spec"]["triggers"]} == {component("worker")}
+
+
+def test_keda_without_the_brokers_address_fails_the_render_naming_the_value() -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"worker\.keda\.redis\.address is required"):
+        render({"worker": {"keda": {"enabled": True}}})
 
 
 def test_pods_run_as_the_image_user_without_privilege_escalation(docs: list[dict[str, Any]]) -> None:
