@@ -263,7 +263,8 @@ def test_the_charts_job_queues_are_the_codes() -> None:
     assert listed.split(",") == queue_names()
 
 
-KEDA = {"enabled": True, "redis": {"address": "redis.cache:6379", "databaseIndex": 2}}
+KEDA_REDIS: dict[str, Any] = {"address": "redis.cache:6379", "databaseIndex": 2}
+KEDA: dict[str, Any] = {"enabled": True, "redis": KEDA_REDIS}
 
 
 def test_no_keda_objects_by_default(docs: list[dict[str, Any]]) -> None:
@@ -291,7 +292,7 @@ def test_keda_scales_the_worker_on_each_queue_it_consumes() -> None:
 
 
 def test_keda_follows_the_workers_queues_and_reads_the_password_from_a_secret() -> None:
-    keda = {**KEDA, "redis": {**KEDA["redis"], "passwordSecret": {"name": "broker", "key": "password"}}}
+    keda = {**KEDA, "redis": {**KEDA_REDIS, "passwordSecret": {"name": "broker", "key": "password"}}}
     docs = render({"worker": {"queues": "rubric_rm", "keda": keda}})
     (scaled,) = [doc for doc in docs if doc["kind"] == "ScaledObject"]
     (auth,) = [doc for doc in docs if doc["kind"] == "TriggerAuthentication"]
