@@ -9,7 +9,12 @@ annotator got there first), so every annotator contends for the same row. Both a
 The two sides alternate over ``--rounds`` rounds (each round on fresh queues, the side that goes
 first rotating), and the ratio is printed as the median over the rounds with its spread [min-max].
 
-Run: `python benchmarks/annotation_queue_bench.py [--annotators 50] [--tasks 2000] [--rounds 3]`
+``--http`` measures the same SKIP LOCKED queue through the HTTP API as deployed: the annotation
+service in its own processes (``rewardhub serve annotation --workers W``) and one async SDK client
+(``rewardhub.client.AsyncAnnotationClient``) per annotator, each with its own API key; the anchor is
+the in-process run of the same size, alternated with it round by round.
+
+Run: `python benchmarks/annotation_queue_bench.py [--annotators 50] [--tasks 2000] [--rounds 3] [--http]`
 (needs PostgreSQL at REWARDHUB_TEST_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test;
 without it the benchmark exits with status 2: a required service is missing, nothing was measured).
 """
@@ -17,13 +22,14 @@ without it the benchmark exits with status 2: a required service is missing, not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -215,6 +221,108 @@ def describe(result: LoadResult) -> str:
             f"done exactly once {result.tasks_done_exactly_once}/{result.tasks}, errors {len(result.errors)}")
 
 
+def seed_key_annotators(factory: sessionmaker[Session], tenancy_project_id: str, annotators: int) -> list[str]:
+    """One annotator API key per client on the tenancy project (its account is made on first use)."""
+    from services.common.auth import create_api_key
+    from services.common.models import Role
+
+    with factory() as session, session.begin():
+        tenancy = session.get(Project, tenancy_project_id)
+        assert tenancy is not None
+        return [create_api_key(session, role=Role.annotator, projects=[tenancy], name=f"bench-{i}")[1]
+                for i in range(annotators)]
+
+
+@contextlib.contextmanager
+def annotation_service(database_url: str, workers: int) -> Iterator[str]:
+    """``rewardhub serve annotation`` on a loopback port, in processes of its own, until the block ends."""
+    import socket
+    import subprocess
+    import tempfile
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    data_dir = tempfile.mkdtemp(prefix="queue-bench-")
+    env = {**os.environ, "DATABASE_URL": database_url, "REWARDHUB_DATA_DIR": data_dir,
+           "REWARDHUB_DB_POOL_SIZE": "10", "REWARDHUB_DB_MAX_OVERFLOW": "10", "REWARDHUB_LOG_LEVEL": "WARNING"}
+    env.pop("REDIS_URL", None)
+    rewardhub = str(Path(sys.executable).with_name("rewardhub"))
+    server = subprocess.Popen([rewardhub, "serve", "annotation", "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", str(workers)], env=env, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"rewardhub serve annotation exited with {server.returncode}")
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("rewardhub serve annotation did not become ready in 120 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def run_http_load(factory: sessionmaker[Session], url: str, annotation_project_id: str, keys: list[str],
+                  tasks: int) -> LoadResult:
+    """Every client pulls and submits through the API until nothing is left; ops = pulls + submits."""
+    import asyncio
+
+    from rewardhub.client import AsyncAnnotationClient
+
+    acknowledged: list[str] = []
+    errors: list[str] = []
+    ops = [0]
+
+    async def annotate(client: AsyncAnnotationClient, start: asyncio.Event) -> None:
+        await start.wait()
+        try:
+            while True:
+                task = await client.next_task(annotation_project_id)
+                ops[0] += 1
+                if task is None:
+                    return
+                out = await client.submit(annotation_project_id, task["assignment_id"], answer="2",
+                                          idempotency_key=uuid.uuid4().hex)
+                ops[0] += 1
+                acknowledged.append(out["id"])
+        except Exception as exc:  # reported in the result, never swallowed
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    async def everyone() -> float:
+        clients = [AsyncAnnotationClient(url, key, annotation_url=url, timeout_s=120) for key in keys]
+        try:
+            # Each key's first call makes its account: done before the clock starts, as in-process.
+            await asyncio.gather(*(client.current_task(annotation_project_id) for client in clients))
+            start = asyncio.Event()
+            runners = [asyncio.create_task(annotate(client, start)) for client in clients]
+            began = time.perf_counter()
+            start.set()
+            await asyncio.gather(*runners)
+            return time.perf_counter() - began
+        finally:
+            await asyncio.gather(*(client.aclose() for client in clients))
+
+    seconds = asyncio.run(everyone())
+    result = LoadResult(mode="http", annotators=len(keys), tasks=tasks, seconds=seconds, ops=ops[0],
+                        acknowledged=acknowledged, errors=errors)
+    audit(factory, annotation_project_id, result)
+    return result
+
+
 def _temporary_database(admin_url: str) -> tuple[str, Callable[[], None]]:
     import psycopg
     from psycopg import sql
@@ -240,6 +348,8 @@ def main() -> int:
     parser.add_argument("--annotators", type=int, default=50)
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--http", action="store_true", help="Measure through the HTTP API against in-process.")
+    parser.add_argument("--workers", type=int, default=2, help="--http: uvicorn worker processes of the service.")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds: must be at least 1")
@@ -252,6 +362,8 @@ def main() -> int:
         return EXIT_SERVICE_MISSING
     from services.common.migrate import upgrade
 
+    if args.http:
+        return _main_http(args, url, drop)
     modes = ["naive", "skip_locked"]
     results: dict[str, list[LoadResult]] = {mode: [] for mode in modes}
     try:
@@ -274,6 +386,45 @@ def main() -> int:
         drop()
     ratios = [s.ops_per_s / n.ops_per_s for s, n in zip(results["skip_locked"], results["naive"], strict=True)]
     print(f"SKIP LOCKED / naive SELECT-then-UPDATE throughput over {args.rounds} rounds: "
+          f"median {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]")
+    return 0 if all(r.correct for side in results.values() for r in side) else 1
+
+
+def _main_http(args: argparse.Namespace, url: str, drop: Callable[[], None]) -> int:
+    from services.common.migrate import upgrade
+
+    modes = ["skip_locked", "http"]
+    results: dict[str, list[LoadResult]] = {mode: [] for mode in modes}
+    try:
+        upgrade(url)
+        engine = queue_engine(url, args.annotators)
+        factory = sessionmaker(bind=engine, expire_on_commit=False)
+        with factory() as session, session.begin():
+            tenancy = Project(name="queue-bench")
+            session.add(tenancy)
+            session.flush()
+            tenancy_id = tenancy.id
+        keys = seed_key_annotators(factory, tenancy_id, args.annotators)
+        with annotation_service(url, args.workers) as service_url:
+            for r in range(args.rounds):
+                for mode in modes[r % 2:] + modes[:r % 2]:  # the side that goes first alternates
+                    project_id, people = seed_queue(factory, tenancy_id, tasks=args.tasks,
+                                                    annotators=0 if mode == "http" else args.annotators,
+                                                    name=f"bench-{mode}-{r}")
+                    if mode == "http":
+                        result = run_http_load(factory, service_url, project_id, keys, args.tasks)
+                    else:
+                        result = run_load(factory, project_id, people, args.tasks, mode=mode)
+                    results[mode].append(result)
+                    print(f"round {r + 1} " + describe(result))
+        engine.dispose()
+    finally:
+        drop()
+    ratios = [h.ops_per_s / s.ops_per_s for h, s in zip(results["http"], results["skip_locked"], strict=True)]
+    for mode in modes:
+        rates = [r.ops_per_s for r in results[mode]]
+        print(f"{mode}: median {statistics.median(rates):,.0f} ops/s [{min(rates):,.0f}-{max(rates):,.0f}]")
+    print(f"HTTP API ({args.workers} service processes) / in-process throughput over {args.rounds} rounds: "
           f"median {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]")
     return 0 if all(r.correct for side in results.values() for r in side) else 1
 

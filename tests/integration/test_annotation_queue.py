@@ -9,7 +9,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from benchmarks.annotation_queue_bench import describe, queue_engine, run_load, seed_queue
+from benchmarks.annotation_queue_bench import (
+    annotation_service,
+    describe,
+    queue_engine,
+    run_http_load,
+    run_load,
+    seed_key_annotators,
+    seed_queue,
+)
 from services.annotation import ingestion, locking, projects, purchases, queue
 from services.annotation.models import Annotation, AnnotationProject, Assignment, Policy, Purchase, Task
 from services.annotation.schemas import PurchaseIn, RolloutGroupIn, StepIn, Submission
@@ -37,6 +45,26 @@ def test_fifty_annotators_pull_and_submit_two_thousand_tasks(postgres_tenant: Te
     assert result.lost_submissions == 0 and len(result.acknowledged) == 2000
     assert result.tasks_done == 2000 and result.tasks_done_exactly_once == 2000
     assert result.ops == 2000 * 2 + 50  # one pull and one submit per task, one empty pull per annotator
+
+
+def test_concurrent_sdk_clients_through_the_served_api_take_each_task_once(postgres_tenant: Tenant) -> None:
+    # The benchmark's --http path at a small size: the service in processes of its own (two uvicorn
+    # workers), ten async SDK clients with a key each, every task leased and submitted exactly once.
+    url = get_settings().effective_database_url
+    engine = queue_engine(url, 4)
+    factory = sessionmaker(bind=engine, expire_on_commit=False)
+    try:
+        project_id, _ = seed_queue(factory, postgres_tenant.project_a, tasks=60, annotators=0, name="http")
+        keys = seed_key_annotators(factory, postgres_tenant.project_a, 10)
+        with annotation_service(url, workers=2) as service_url:
+            result = run_http_load(factory, service_url, project_id, keys, 60)
+    finally:
+        engine.dispose()
+    print("\n" + describe(result))
+    assert result.errors == []
+    assert (result.double_assignments, result.lost_submissions, len(result.acknowledged)) == (0, 0, 60)
+    assert result.tasks_done == result.tasks_done_exactly_once == 60
+    assert result.ops == 60 * 2 + 10  # one pull and one submit per task, one empty pull per client
 
 
 def _queue_project(tenant: Tenant, *, budget: int, lease: int = 60) -> str:
