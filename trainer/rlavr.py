@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import httpx
 import torch
 
+from rewardhub.boxed import last_boxed
 from trainer.data import PromptRow
 from trainer.logprobs import CompletionBatch, chunked_token_logprobs
 from trainer.rewards import local_api_key
@@ -47,7 +48,6 @@ DEFAULT_PLATFORM_URL = "http://127.0.0.1:8000"
 MAX_TEXT = 20_000  # the service's limit on a stored answer / completion text
 RETRIED_STATUSES = frozenset({502, 503, 504})
 _DOLLARS = re.compile(r"^\$+|\$+$")
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
 class RlavrError(RuntimeError):
@@ -59,14 +59,8 @@ class RlavrError(RuntimeError):
 
 def extract_boxed(text: str) -> str | None:
     """The inside of the last ``\\boxed{…}`` or ``\\fbox{…}`` whose braces balance (the math verifier's
-    convention, ``services/verifier/graders/extract.py``), stripped; None when there is none or it is empty."""
-    for opener in reversed(list(_BOXED.finditer(text))):
-        depth = 1
-        for position in range(opener.end(), len(text)):
-            depth += {"{": 1, "}": -1}.get(text[position], 0)
-            if depth == 0:
-                return text[opener.end(): position].strip() or None
-    return None  # every box left open
+    convention, :func:`rewardhub.boxed.last_boxed`), stripped; None when there is none or it is empty."""
+    return last_boxed(text) or None
 
 
 def extract_answer(text: str, extractor: str) -> str | None:

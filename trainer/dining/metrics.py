@@ -15,24 +15,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rewardhub.boxed import last_boxed
+
 NUTRIENTS = ("calories", "protein", "carbohydrates", "fat")
 # The authors' Chinese keys (their data and prompts use both languages).
 NUTRIENT_ALIASES = {"卡路里": "calories", "蛋白质": "protein", "碳水化合物": "carbohydrates", "脂肪": "fat"}
 
 _THINK_END = "</think>"
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-_BOXED = re.compile(r"\\boxed\s*\{")
-
-
-def _last_boxed(text: str) -> str | None:
-    for match in reversed(list(_BOXED.finditer(text))):
-        depth, i = 1, match.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            return text[match.end():i - 1]
-    return None
 
 
 def clean_prediction(text: str) -> str:
@@ -44,7 +34,7 @@ def clean_prediction(text: str) -> str:
     answer = _ANSWER.search(text)
     if answer:
         text = answer.group(1)
-    boxed = _last_boxed(text)
+    boxed = last_boxed(text, fbox=False)  # the authors' scripts read \boxed only
     if boxed is not None:
         text = boxed
     return text.strip()

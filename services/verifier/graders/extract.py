@@ -6,45 +6,11 @@ import json
 import re
 from typing import Any
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+from rewardhub.boxed import all_boxed, last_boxed
+
+__all__ = ["all_boxed", "json_candidates", "last_boxed", "parse_json_lenient"]
+
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` with balanced braces, or None."""
-    starts = [m.end() for m in _BOXED.finditer(text)]
-    for start in reversed(starts):
-        depth, i = 1, start
-        while i < len(text) and depth:
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-            i += 1
-        if depth == 0:
-            return text[start:i - 1].strip()
-    return None
-
-
-def all_boxed(text: str) -> list[str]:
-    """Contents of every top-level ``\\boxed{...}`` with balanced braces, in order (a box nested in
-    another is part of its content, an unclosed one is skipped)."""
-    contents: list[str] = []
-    position = 0
-    while (opener := _BOXED.search(text, position)) is not None:
-        depth, i = 1, opener.end()
-        while i < len(text) and depth:
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-            i += 1
-        if depth:
-            position = opener.end()
-            continue
-        contents.append(text[opener.end():i - 1].strip())
-        position = i
-    return contents
 
 
 def json_candidates(text: str) -> list[str]:
