@@ -645,7 +645,7 @@ def test_a_disruption_budget_and_spread_per_component(docs: list[dict[str, Any]]
 # constraint checkers), the trainer's rewards through the gateway (services/trainer/worker.py), and
 # agent runs' tools: sandbox sessions, retrieval search and the teacher (trainer/agent, trainer/ziprl).
 CALLS = {"gateway": {"verifier"}, "verifier": {"sandbox", "rubric_rm", "rec_rm"}, "rec_rm": {"verifier"},
-         "trainer": {"gateway", "sandbox", "retrieval", "teacher"}}
+         "trainer": {"gateway", "annotation", "sandbox", "retrieval", "teacher"}}
 PUBLIC = {"gateway", "annotation", "rubric_rm", "trainer", "rec_rm", "retrieval", "teacher"}  # user-facing APIs
 
 
