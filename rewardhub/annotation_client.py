@@ -177,6 +177,8 @@ class AnnotationProject(TypedDict):
     guidelines: str
     guidelines_version: int
     guidelines_required: bool
+    label_edit_window_s: int
+    honeypot_rate: NotRequired[float]
     created_at: str
     webhook_secret: NotRequired[str]  # only in the answer to create
 
@@ -301,6 +303,74 @@ class Adjudication(TypedDict):
     created_at: str
 
 
+class Review(TypedDict):
+    """A reviewer's accept or reject of one label."""
+
+    id: str
+    annotation_id: str
+    task_id: str
+    reviewer_id: str
+    reviewer: str
+    decision: Literal["accepted", "rejected"]
+    comment: str | None
+    created_at: str
+    task_status: str
+    label_retracted: bool
+    replayed: bool
+
+
+class LabelValue(TypedDict):
+    kind: str
+    answer: str | None
+    candidate_index: int | None
+    rationale: str | None
+    values: dict[str, Any] | None
+
+
+class HistoryEvent(TypedDict):
+    type: Literal["label", "edit", "undo", "review", "adjudication"]
+    at: str
+    actor_id: str
+    actor: str
+    annotation_id: str | None
+    label: LabelValue | None
+    previous: LabelValue | None
+    decision: Literal["accepted", "rejected"] | None
+    comment: str | None
+
+
+class TaskHistory(TypedDict):
+    task_id: str
+    prompt_id: str
+    prompt_text: str
+    status: str
+    overlap_k: int
+    agreement: float | None
+    final: LabelValue | None
+    events: list[HistoryEvent]
+
+
+class MyLabel(TypedDict):
+    annotation_id: str
+    task_id: str
+    prompt_id: str
+    prompt_text: str
+    label: LabelValue
+    created_at: str
+    edited_at: str | None
+    edits: int
+    review: Literal["accepted", "rejected"] | None
+    review_comment: str | None
+    task_status: str
+    editable: bool
+    editable_until: str | None
+    not_editable_because: str | None
+
+
+class Membership(Annotator):
+    added: bool
+
+
 class Label(TypedDict):
     """One entry of the label feed; ``seq`` is its position (pass the last one back as ``cursor``)."""
 
@@ -398,6 +468,8 @@ class AnnotatorQuality(TypedDict):
     gold_n: int
     adjudicated_accuracy: float | None
     adjudicated_n: int
+    honeypot_accuracy: NotRequired[float | None]
+    honeypot_n: NotRequired[int]
 
 
 class QuestionAgreement(TypedDict):
@@ -414,6 +486,7 @@ class Quality(TypedDict):
     fleiss_kappa: AgreementFigure
     annotators: list[AnnotatorQuality]
     questions: list[QuestionAgreement]
+    honeypots: NotRequired[int]
 
 
 class PreferencePair(TypedDict):
@@ -574,6 +647,7 @@ class Calls:
                        policy: str = "care", care_params: Mapping[str, Any] | None = None,
                        answer_source: Literal["human", "answer_key"] = "human", webhook_url: str | None = None,
                        guidelines: str = "", guidelines_required: bool = False,
+                       label_edit_window_s: int | None = None,
                        idempotency_key: str | None = None) -> Call[AnnotationProject]:
         """Create an annotation project in tenancy project ``project_id`` (admin). The answer carries the
         ``webhook_secret``, shown only here. ``policy``: ``care``, ``random``, ``low_consensus``, ``entropy``,
@@ -583,7 +657,7 @@ class Calls:
                 "overlap_k": overlap_k, "lease_seconds": lease_seconds, "rollouts_per_prompt": rollouts_per_prompt,
                 "policy": policy, "care_params": dict(care_params or {}), "answer_source": answer_source,
                 "guidelines": guidelines, "guidelines_required": guidelines_required,
-                **_given(label_schema=label_schema, webhook_url=webhook_url)}
+                **_given(label_schema=label_schema, webhook_url=webhook_url, label_edit_window_s=label_edit_window_s)}
         return Call("POST", "/v1/annotation/projects", body, idempotency_key=idempotency_key)
 
 
@@ -599,13 +673,15 @@ class Calls:
                        lease_seconds: int | None = None, policy: str | None = None,
                        care_params: Mapping[str, Any] | None = None, webhook_url: str | None = None,
                        clear_webhook: bool = False, guidelines: str | None = None,
-                       guidelines_required: bool | None = None) -> Call[AnnotationProject]:
+                       guidelines_required: bool | None = None,
+                       label_edit_window_s: int | None = None) -> Call[AnnotationProject]:
         """Change what is given (admin; None leaves a field as it is). ``overlap_k`` applies to new tasks; a
         changed ``guidelines`` text is a new version; ``label_schema`` replaces the questions."""
         body = _given(description=description, label_budget=label_budget, label_schema=label_schema,
                       overlap_k=overlap_k, lease_seconds=lease_seconds, policy=policy,
                       care_params=None if care_params is None else dict(care_params), webhook_url=webhook_url,
-                      guidelines=guidelines, guidelines_required=guidelines_required)
+                      guidelines=guidelines, guidelines_required=guidelines_required,
+                      label_edit_window_s=label_edit_window_s)
         if clear_webhook:
             body["clear_webhook"] = True
         return Call("PATCH", _project(annotation_project_id), body, replay_safe=True)
@@ -870,6 +946,203 @@ class Calls:
         if ambiguous:
             body["kind"] = "ambiguous"
         return Call("POST", f"{_project(annotation_project_id)}/tasks/{task_id}/adjudication", body)
+
+
+    @staticmethod
+    def review_label(annotation_project_id: str, annotation_id: str, decision: Literal["accept", "reject"], *,
+                     comment: str | None = None) -> Call[Review]:
+        """Accept or reject one label (reviewer or admin; never your own). A rejected label stops counting and
+        its task goes back to the queue when it has fewer than k labels. The same decision again is a no-op, so
+        it is retried; another decision on a reviewed label is 409 ``already_reviewed``."""
+        return Call("POST", f"{_project(annotation_project_id)}/annotations/{annotation_id}/review",
+                    {"decision": decision, **_given(comment=comment)}, replay_safe=True)
+
+
+    @staticmethod
+    def accept(annotation_project_id: str, annotation_id: str, *, comment: str | None = None) -> Call[Review]:
+        """``review_label(..., "accept")``."""
+        return Calls.review_label(annotation_project_id, annotation_id, "accept", comment=comment)
+
+
+    @staticmethod
+    def reject(annotation_project_id: str, annotation_id: str, *, comment: str | None = None) -> Call[Review]:
+        """``review_label(..., "reject")``."""
+        return Calls.review_label(annotation_project_id, annotation_id, "reject", comment=comment)
+
+
+    @staticmethod
+    def task_history(annotation_project_id: str, task_id: str) -> Call[TaskHistory]:
+        """A task's labels, edits, undos, reviews and adjudication, oldest first (reviewer or admin)."""
+        return Call("GET", f"{_project(annotation_project_id)}/tasks/{task_id}/history", replay_safe=True)
+
+
+    # Annotator: one's own past labels --------------------------------------------------------------------
+
+    @staticmethod
+    def my_labels(annotation_project_id: str, *, cursor: str | None = None,
+                  limit: int | None = None) -> Call[Page[MyLabel]]:
+        """One page of your labels in the project, newest first, each saying whether you may still edit it."""
+        return Call("GET", f"{_project(annotation_project_id)}/my-labels", params=_params(cursor=cursor, limit=limit),
+                    replay_safe=True)
+
+
+    @staticmethod
+    def my_label(annotation_project_id: str, annotation_id: str) -> Call[MyLabel]:
+        """One of your labels."""
+        return Call("GET", f"{_project(annotation_project_id)}/my-labels/{annotation_id}", replay_safe=True)
+
+
+    @staticmethod
+    def edit_label(annotation_project_id: str, annotation_id: str, values: Mapping[str, Any] | None = None, *,
+                   answer: str | None = None, candidate: int | None = None, ambiguous: bool = False,
+                   rationale: str | None = None) -> Call[Annotation]:
+        """Replace your label's value (as in ``submit``) while the project's ``label_edit_window_s`` allows and no
+        review or adjudication settled it (else 409 ``not_editable``). The old value stays in the task's history;
+        sending the same value again changes nothing, so it is retried."""
+        body: dict[str, Any] = _given(answer=answer, candidate=candidate, rationale=rationale,
+                                      values=None if values is None else dict(values))
+        if ambiguous:
+            body["kind"] = "ambiguous"
+        return Call("PUT", f"{_project(annotation_project_id)}/my-labels/{annotation_id}", body, replay_safe=True)
+
+
+    # Admin: existing accounts in more projects -------------------------------------------------------------
+
+    @staticmethod
+    def add_member(annotation_project_id: str, *, username: str | None = None,
+                   annotator_id: str | None = None) -> Call[Membership]:
+        """Add an existing login account (by username or id) to this project (admin). Your key must see the
+        account (a member of a project in its scope). Adding a member again is a no-op (``added: false``)."""
+        return Call("POST", f"{_project(annotation_project_id)}/members",
+                    _given(username=username, annotator_id=annotator_id), replay_safe=True)
+
+
+    @staticmethod
+    def remove_member(annotation_project_id: str, annotator_id: str) -> Call[None]:
+        """Take an account out of this project (admin); its labels stay. Removing a non-member is a no-op."""
+        return Call("DELETE", f"{_project(annotation_project_id)}/members/{annotator_id}", parse=_none,
+                    replay_safe=True)
+
+
+# ----------------------------------------------------- quality: honeypots and per-question guidelines
+
+
+class HoneypotItem(TypedDict):
+    """One gold task to add: a prompt with its rollouts (as a step's group) and its hidden answer."""
+
+    prompt_id: str
+    prompt_text: str
+    answers: list[str | None]
+    gold: dict[str, Any]
+    completions: NotRequired[list[str]]
+
+
+class HoneypotStatus(TypedDict):
+    index: int
+    prompt_id: str
+    status: Literal["ok", "invalid_input", "conflict"]
+    task_id: str | None
+    field: str | None
+    message: str | None
+
+
+class HoneypotsAdded(TypedDict):
+    created: int
+    rejected: int
+    step: int | None
+    items: list[HoneypotStatus]
+
+
+class Honeypot(TypedDict):
+    task_id: str
+    prompt_id: str
+    created_at: str
+    served: int
+    labelled: int
+    correct: int
+
+
+class Honeypots(TypedDict):
+    honeypot_rate: float
+    data: list[Honeypot]
+
+
+class GuidelinesVersion(TypedDict):
+    version: int
+    text: str
+    created_at: str
+
+
+class QuestionGuidelines(TypedDict):
+    question_id: str
+    version: int
+    guidelines: str
+    versions: list[GuidelinesVersion]
+
+
+class QuestionGuidelinesState(TypedDict):
+    question_id: str
+    version: int
+    guidelines: str
+    confirmed_version: int | None
+
+
+class GuidelinesState(TypedDict):
+    guidelines_required: bool
+    needs_confirmation: bool
+    guidelines: str
+    version: int
+    confirmed_version: int | None
+    questions: list[QuestionGuidelinesState]
+
+
+class QualityCalls:
+    """Builders for the honeypot and per-question guidelines endpoints (both clients have a method of each
+    name; ``client.send(QualityCalls.list_honeypots(id))`` works too)."""
+
+    @staticmethod
+    def set_honeypot_rate(annotation_project_id: str, rate: float) -> Call[AnnotationProject]:
+        """The share (0 to 1) of annotators' leases that serve a honeypot (admin)."""
+        return Call("PATCH", _project(annotation_project_id), {"honeypot_rate": rate}, replay_safe=True)
+
+    @staticmethod
+    def add_honeypots(annotation_project_id: str, items: Iterable[HoneypotItem], *,
+                      step: int | None = None) -> Call[HoneypotsAdded]:
+        """Add gold tasks with hidden answers (admin); each item gets a status, the good ones are stored. Not
+        retried once sent: a repeat would answer ``conflict`` for every item already stored."""
+        return Call("POST", f"{_project(annotation_project_id)}/honeypots",
+                    {"items": list(items), **_given(step=step)})
+
+    @staticmethod
+    def list_honeypots(annotation_project_id: str) -> Call[Honeypots]:
+        """Every honeypot with how often it was served, labelled and answered right (admin; never the answers)."""
+        return Call("GET", f"{_project(annotation_project_id)}/honeypots", replay_safe=True)
+
+    @staticmethod
+    def question_guidelines(annotation_project_id: str, question_id: str) -> Call[QuestionGuidelines]:
+        """A question's current guidelines and every earlier version, newest first."""
+        return Call("GET", f"{_project(annotation_project_id)}/questions/{question_id}/guidelines", replay_safe=True)
+
+    @staticmethod
+    def set_question_guidelines(annotation_project_id: str, question_id: str,
+                                guidelines: str) -> Call[QuestionGuidelines]:
+        """Replace one question's guidelines (admin); a changed text is a new version, the old one is kept."""
+        return Call("PUT", f"{_project(annotation_project_id)}/questions/{question_id}/guidelines",
+                    {"guidelines": guidelines}, replay_safe=True)
+
+    @staticmethod
+    def guidelines(annotation_project_id: str) -> Call[GuidelinesState]:
+        """What the "read before labelling" gate asks of you: the project's and each question's guidelines,
+        their versions and the versions you confirmed."""
+        return Call("GET", f"{_project(annotation_project_id)}/guidelines", replay_safe=True)
+
+    @staticmethod
+    def confirm_question_guidelines(annotation_project_id: str, questions: Mapping[str, int], *,
+                                    version: int | None = None) -> Call[None]:
+        """Say you read these questions' guidelines at these versions (and the project's at ``version``)."""
+        return Call("POST", f"{_project(annotation_project_id)}/guidelines/confirm",
+                    {"questions": dict(questions), **_given(version=version)}, parse=_none, replay_safe=True)
+
 
 
 # --------------------------------------------------------------------------------------- sending
@@ -1184,6 +1457,23 @@ class AnnotationClient(_Endpoints):
     adjudications = _sync(Calls.adjudications)
     iter_adjudications = _pages(Calls.adjudications)
     adjudicate = _sync(Calls.adjudicate)
+    review_label = _sync(Calls.review_label)
+    accept = _sync(Calls.accept)
+    reject = _sync(Calls.reject)
+    task_history = _sync(Calls.task_history)
+    my_labels = _sync(Calls.my_labels)
+    iter_my_labels = _pages(Calls.my_labels)
+    my_label = _sync(Calls.my_label)
+    edit_label = _sync(Calls.edit_label)
+    add_member = _sync(Calls.add_member)
+    remove_member = _sync(Calls.remove_member)
+    set_honeypot_rate = _sync(QualityCalls.set_honeypot_rate)
+    add_honeypots = _sync(QualityCalls.add_honeypots)
+    list_honeypots = _sync(QualityCalls.list_honeypots)
+    question_guidelines = _sync(QualityCalls.question_guidelines)
+    set_question_guidelines = _sync(QualityCalls.set_question_guidelines)
+    guidelines = _sync(QualityCalls.guidelines)
+    confirm_question_guidelines = _sync(QualityCalls.confirm_question_guidelines)
 
     def close(self) -> None:
         self._http.close()
@@ -1327,6 +1617,23 @@ class AsyncAnnotationClient(_Endpoints):
     adjudications = _async(Calls.adjudications)
     iter_adjudications = _async_pages(Calls.adjudications)
     adjudicate = _async(Calls.adjudicate)
+    review_label = _async(Calls.review_label)
+    accept = _async(Calls.accept)
+    reject = _async(Calls.reject)
+    task_history = _async(Calls.task_history)
+    my_labels = _async(Calls.my_labels)
+    iter_my_labels = _async_pages(Calls.my_labels)
+    my_label = _async(Calls.my_label)
+    edit_label = _async(Calls.edit_label)
+    add_member = _async(Calls.add_member)
+    remove_member = _async(Calls.remove_member)
+    set_honeypot_rate = _async(QualityCalls.set_honeypot_rate)
+    add_honeypots = _async(QualityCalls.add_honeypots)
+    list_honeypots = _async(QualityCalls.list_honeypots)
+    question_guidelines = _async(QualityCalls.question_guidelines)
+    set_question_guidelines = _async(QualityCalls.set_question_guidelines)
+    guidelines = _async(QualityCalls.guidelines)
+    confirm_question_guidelines = _async(QualityCalls.confirm_question_guidelines)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -1336,3 +1643,4 @@ class AsyncAnnotationClient(_Endpoints):
 
     async def __aexit__(self, *_: object) -> None:
         await self.aclose()
+

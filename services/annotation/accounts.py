@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from services.annotation.models import AnnotationProject, Annotator, AnnotatorMembership, AnnotatorRole
 from services.common.auth import Principal, hash_key
 from services.common.db import utcnow
-from services.common.errors import Conflict, Forbidden, InvalidInput
+from services.common.errors import Conflict, Forbidden, InvalidInput, NotFound
 from services.common.models import ApiKey, Role
 from services.common.pagination import keyset_page
 
@@ -159,3 +159,54 @@ def members_page(session: Session, annotation_project_id: str, cursor: str | Non
 def admin_key(session: Session, clear_key: str) -> ApiKey | None:
     """The API key behind a clear key typed into the login page (revoked ones included)."""
     return session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(clear_key)))
+
+
+def visible_account(session: Session, principal: Principal, *, username: str | None = None,
+                    annotator_id: str | None = None) -> Annotator:
+    """A login account an admin key may hand to another project: one that is already a member of some
+    annotation project in the key's scope (any account for an all-projects key). Others are reported
+    absent, so a key scoped to one project cannot find accounts of another tenancy by name."""
+    field = "username" if username is not None else "annotator_id"
+    query = select(Annotator).where(Annotator.username == username if username is not None
+                                    else Annotator.id == annotator_id)
+    annotator = session.scalar(query)
+    if annotator is not None and not principal.all_projects:
+        shared = session.scalar(
+            select(AnnotationProject.id).join(AnnotatorMembership,
+                                              AnnotatorMembership.annotation_project_id == AnnotationProject.id)
+            .where(AnnotatorMembership.annotator_id == annotator.id,
+                   AnnotationProject.project_id.in_(principal.project_ids)).limit(1))
+        if shared is None:
+            annotator = None
+    if annotator is None:
+        raise NotFound(f"no account {username or annotator_id!r} that your key can see", field=field)
+    if annotator.api_key_id is not None:
+        raise InvalidInput("this account stands for an API key: its projects follow the key's scope",
+                           field=field)
+    if annotator.disabled_at is not None:
+        raise Conflict("this account is disabled", field=field, code="account_disabled")
+    return annotator
+
+
+def add_existing_member(session: Session, principal: Principal, annotation_project_id: str, *,
+                        username: str | None = None, annotator_id: str | None = None) -> tuple[Annotator, bool]:
+    """Add an existing login account (annotator, reviewer or admin) to one more project; (account, added)."""
+    annotator = visible_account(session, principal, username=username, annotator_id=annotator_id)
+    if is_member(session, annotator.id, annotation_project_id):
+        return annotator, False
+    try:
+        with session.begin_nested():  # a concurrent add of the same member is a no-op, not a 500
+            add_membership(session, annotator.id, annotation_project_id)
+    except IntegrityError:
+        return annotator, False
+    return annotator, True
+
+
+def remove_member(session: Session, annotation_project_id: str, annotator_id: str) -> bool:
+    """Take an account out of a project (its labels stay); whether it was a member."""
+    membership = session.get(AnnotatorMembership, (annotator_id, annotation_project_id))
+    if membership is None:
+        return False
+    session.delete(membership)
+    session.flush()
+    return True

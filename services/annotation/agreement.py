@@ -20,14 +20,16 @@ from typing import Literal, TypeVar
 
 import krippendorff
 import numpy as np
-from sqlalchemy import and_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, exists, select
+from sqlalchemy.orm import Session, aliased
 
+from services.annotation import honeypots
 from services.annotation.equivalence import normalise
 from services.annotation.label_schema import (
     LabelSchema,
     MathAnswerQuestion,
     Question,
+    RankingQuestion,
     RatingQuestion,
     agreement_key,
     comparable,
@@ -251,8 +253,14 @@ def fleiss_figure(items: Sequence[Sequence[Rating]]) -> AgreementFigure:
 # ------------------------------------------------------------------------------ from the database
 
 
+_GOLD_TASK = aliased(Task)
+
+
 def _live(annotation_project_id: str):  # type: ignore[no-untyped-def]
-    return and_(Annotation.annotation_project_id == annotation_project_id, Annotation.undone_at.is_(None))
+    # Labels on honeypots (gold tasks, honeypots.py) are graded apart and never count as agreement.
+    return and_(Annotation.annotation_project_id == annotation_project_id, Annotation.undone_at.is_(None),
+                Annotation.rejected_at.is_(None),  # a label a reviewer rejected no longer counts
+                ~exists().where(_GOLD_TASK.id == Annotation.task_id, _GOLD_TASK.honeypot.is_(True)))
 
 
 def load_items(session: Session, annotation_project_id: str) -> tuple[list[list[Rating]], Counter[str]]:
@@ -317,15 +325,18 @@ def _share(tally: tuple[int, int] | None) -> float | None:
 
 
 NO_MATH = "the label schema has no math_answer question: see each question's figure under `questions`"
-NOT_COMPARED = {"free_text": "free text is not compared", "ranking": "rankings are not compared (yet)"}
+NOT_COMPARED = {"free_text": "free text is not compared"}
 
 
 def question_level(question: Question) -> str | None:
-    """The level of measurement agreement uses for a question: ordinal/interval for ratings, nominal for
-    the other comparable types (a multi-label answer is one nominal value: the set), none otherwise."""
+    """The level of measurement agreement uses for a question: ordinal/interval for ratings, ordinal rank
+    positions for rankings (:func:`ranking_alpha`), nominal for the other comparable types (a multi-label
+    answer is one nominal value: the set), none otherwise."""
     if isinstance(question, RatingQuestion):
         return question.level
-    return "nominal" if comparable(question) and question.type != "ranking" else None
+    if isinstance(question, RankingQuestion):
+        return "ordinal"
+    return "nominal" if comparable(question) else None
 
 
 def question_units(question: Question, labelled: Sequence[Sequence[dict[str, object] | None]]) -> list[Counts[object]]:
@@ -335,6 +346,48 @@ def question_units(question: Question, labelled: Sequence[Sequence[dict[str, obj
         keys = [agreement_key(question, (values or {}).get(question.id)) for values in task_labels]
         units.append(Counter(k for k in keys if k is not None))
     return units
+
+
+def rank_units(tasks: Sequence[Sequence[Sequence[int]]]) -> list[Counts[float]]:
+    """Per (task, item): how many rankings put the item at each rank. A ranking lists item indexes best
+    first, so item i's rank is its position + 1 (1 = best). Tasks with fewer than two rankings give nothing."""
+    units: list[Counts[float]] = []
+    for rankings in tasks:
+        if len(rankings) < 2:
+            continue
+        for item in sorted({i for ranking in rankings for i in ranking}):
+            units.append(Counter(float(list(r).index(item) + 1) for r in rankings if item in r))
+    return units
+
+
+def ranking_alpha(tasks: Sequence[Sequence[Sequence[int]]]) -> float | None:
+    """Krippendorff's alpha for rankings: ordinal alpha over rank positions, one unit per (task, item).
+
+    Each item of a task is a unit whose values are the ranks the annotators gave it (:func:`rank_units`);
+    α = 1 − D_o / D_e with the ordinal metric δ²_ck = (Σ_{g=c..k} n_g − (n_c + n_k) / 2)² over the pooled
+    rank counts n_g (:func:`scaled_alpha`, the ``krippendorff`` package). Why this and not a Kendall-tau
+    distance between whole rankings: the package computes it as is (no custom metric over m! orderings),
+    it gives partial credit (swapping two neighbours moves each by one rank), it pools tasks whose item
+    counts differ (rank 1 is "best" in every task), and it reduces to the familiar ordinal alpha. What it
+    ignores: the ranks within one task are not independent (they are a permutation), so it treats a
+    ranking as m separate ordinal ratings. None when no task has two rankings or every rank is the same.
+    """
+    return scaled_alpha(rank_units(tasks), "ordinal")
+
+
+def ranking_figure(question: RankingQuestion,
+                   labelled: Sequence[Sequence[dict[str, object] | None]]) -> AgreementFigure:
+    tasks: list[list[list[int]]] = []
+    for task_labels in labelled:
+        rankings = [list(v) for v in ((values or {}).get(question.id) for values in task_labels)
+                    if isinstance(v, list) and v]
+        if len(rankings) >= 2:
+            tasks.append(rankings)
+    if not tasks:
+        return AgreementFigure(value=None, items=0, labels=0, note=NO_ITEMS)
+    value = ranking_alpha(tasks)
+    return AgreementFigure(value=value, items=len(tasks), labels=sum(len(t) for t in tasks),
+                           note=None if value is not None else ONE_VALUE)
 
 
 def question_figure(question: Question, units: Sequence[Counts[object]]) -> AgreementFigure:
@@ -366,6 +419,8 @@ def question_agreement(session: Session, annotation_project_id: str, schema: Lab
     for question in schema.questions:
         if isinstance(question, MathAnswerQuestion):
             figure = math_figure
+        elif isinstance(question, RankingQuestion):
+            figure = ranking_figure(question, labelled)
         else:
             figure = question_figure(question, question_units(question, labelled))
         out.append(QuestionAgreement(question_id=question.id, type=question.type, level=question_level(question),
@@ -382,17 +437,24 @@ def project_quality(session: Session, annotation_project_id: str) -> ProjectQual
     # compare against (None and gold_n 0, never a 0.0 from comparing empty answer columns).
     gold = accuracy(gold_results(session, annotation_project_id)) if schema.math is not None else {}
     adjudicated = accuracy(adjudication_results(session, annotation_project_id, schema))
+    gold_tasks = accuracy((annotator_id, right) for _task, annotator_id, right
+                          in honeypots.results(session, annotation_project_id, schema))
+    # Someone who so far labelled only honeypots is listed too, with 0 real labels.
+    counts = {**label_counts, **{a: 0 for a in gold_tasks if a not in label_counts}}
     names = dict(session.execute(select(Annotator.id, Annotator.username)
-                                 .where(Annotator.id.in_(list(label_counts)))).all()) if label_counts else {}
+                                 .where(Annotator.id.in_(list(counts)))).all()) if counts else {}
     annotators = [AnnotatorQuality(
         annotator_id=annotator_id, username=names.get(annotator_id, annotator_id), labels=count,
         gold_accuracy=_share(gold.get(annotator_id)), gold_n=gold.get(annotator_id, (0, 0))[1],
         adjudicated_accuracy=_share(adjudicated.get(annotator_id)),
-        adjudicated_n=adjudicated.get(annotator_id, (0, 0))[1]) for annotator_id, count in label_counts.items()]
+        adjudicated_n=adjudicated.get(annotator_id, (0, 0))[1],
+        honeypot_accuracy=_share(gold_tasks.get(annotator_id)), honeypot_n=gold_tasks.get(annotator_id, (0, 0))[1])
+        for annotator_id, count in counts.items()]
     alpha, cohen, fleiss = alpha_figure(items), cohen_figure(items), fleiss_figure(items)
     if schema.math is None:  # no answer to compare: each question has its own figure
         alpha = cohen = fleiss = AgreementFigure(value=None, items=0, labels=0, note=NO_MATH)
     return ProjectQuality(annotation_project_id=annotation_project_id, krippendorff_alpha=alpha,
                           cohen_kappa=cohen, fleiss_kappa=fleiss,
                           annotators=sorted(annotators, key=lambda a: a.username),
-                          questions=question_agreement(session, annotation_project_id, schema, alpha))
+                          questions=question_agreement(session, annotation_project_id, schema, alpha),
+                          honeypots=honeypots.count(session, annotation_project_id))

@@ -11,12 +11,14 @@ from services.annotation.deps import (
 )
 from services.annotation.routes_browse import router as browse_router
 from services.annotation.routes_exports import router as exports_router
+from services.annotation.routes_honeypots import router as honeypots_router
 from services.annotation.routes_imports import router as imports_router
 from services.annotation.routes_labels import router as labels_router
 from services.annotation.routes_projects import router as projects_router
 from services.annotation.routes_quality import router as quality_router
 from services.annotation.routes_quality import ui_router as quality_ui_router
 from services.annotation.routes_queue import router as queue_router
+from services.annotation.routes_review import router as review_router
 from services.annotation.routes_steps import router as steps_router
 from services.annotation.webui_routes import router as webui_router
 from services.common import metrics
@@ -35,8 +37,8 @@ def create_app() -> FastAPI:
         ["kind", "state"], _queue_depth))
     return create_service_app(
         # The quality UI read goes before the web UI, whose last route answers every other /ui path.
-        "annotation", [projects_router, quality_router, steps_router, labels_router, queue_router,
-                       exports_router, imports_router, browse_router, quality_ui_router, webui_router],
+        "annotation", [projects_router, quality_router, steps_router, labels_router, queue_router, review_router,
+                       exports_router, imports_router, browse_router, honeypots_router, quality_ui_router, webui_router],
         title="rewardhub annotation",
         description="CARE active annotation: pseudo-labels from rollout groups, budgeted label purchases, "
                     "the annotator queue, and labels back to trainers. Every endpoint except health and "

@@ -106,7 +106,8 @@ def _value_clause(schema: LabelSchema, question_id: str, value: str) -> ColumnEl
 
 def filtered(session: Session, annotation_project_id: str, schema: LabelSchema, filters: Filters) -> Select[Any]:
     """``select(Task)`` of the project's tasks that pass every filter given."""
-    query = select(Task).where(Task.annotation_project_id == annotation_project_id)
+    # Honeypots (gold tasks) are not the project's data: never browsed or exported.
+    query = select(Task).where(Task.annotation_project_id == annotation_project_id, Task.honeypot.is_(False))
     if filters.q:
         query = query.where(exists().where(Prompt.id == Task.prompt_id,
                                            func.lower(Prompt.text).like(_like_escaped(filters.q.lower()),
@@ -167,7 +168,7 @@ def rows_out(session: Session, tasks: list[Task]) -> list[BrowseRow]:
             task_id=task.id, prompt_id=prompt.external_id, prompt=prompt.text[:PROMPT_PREVIEW],
             status=task_status(task, task.id in settled, task.id in skippers),
             agreement=task.agreement, annotators=labellers.get(task.id, []), skipped_by=skippers.get(task.id, []),
-            final_values=finals.get(task.purchase_id) if task.status is TaskStatus.done else None,
+            final_values=finals.get(task.purchase_id or "") if task.status is TaskStatus.done else None,
             metadata=prompt.meta, created_at=task.created_at))
     return out
 

@@ -116,7 +116,7 @@ def raw_batch(session: Session, annotation_project_id: str, tasks: Select[Any], 
             .join(Task, Task.id == Annotation.task_id).join(Prompt, Prompt.id == Task.prompt_id)
             .join(Annotator, Annotator.id == Annotation.annotator_id)
             .where(Annotation.annotation_project_id == annotation_project_id, Annotation.undone_at.is_(None),
-                   Annotation.id > last, Annotation.task_id.in_(task_ids))
+                   Annotation.rejected_at.is_(None), Annotation.id > last, Annotation.task_id.in_(task_ids))
             .order_by(Annotation.id).limit(limit)).all()
         out = [{"source": "annotation", "id": a.id, "task_id": a.task_id, "prompt_id": prompt.external_id,
                 "prompt": prompt.text, "annotator": name, "kind": a.kind.value, "answer": a.answer,

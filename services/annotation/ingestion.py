@@ -11,13 +11,20 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from services.annotation import answer_key
 from services.annotation.equivalence import cluster_answers
 from services.annotation.locking import lock_project
-from services.annotation.models import AnnotationProject, AnswerSource, Prompt, PseudoLabel, RolloutGroup
+from services.annotation.models import (
+    AnnotationProject,
+    AnswerSource,
+    Prompt,
+    PseudoLabel,
+    RolloutGroup,
+    Task,
+)
 from services.annotation.schemas import PromptIn, PromptsOut, RolloutGroupIn, StepIn
 from services.common.errors import Conflict, InvalidInput
 
@@ -162,11 +169,17 @@ class StoredStep:
     key: dict[str, str]  # answer-key entries of these prompts (answer-key or oracle projects only)
 
 
-def store_step(session: Session, project: AnnotationProject, body: StepIn, now: datetime) -> StoredStep:
-    """Validate a step and store its prompts, rollout groups and pseudo-labels (no selection)."""
+def store_step(session: Session, project: AnnotationProject, body: StepIn, now: datetime, *,
+               join_posted: bool = False) -> StoredStep:
+    """Validate a step and store its prompts, rollout groups and pseudo-labels (no selection).
+
+    A step already posted is refused, unless ``join_posted`` (honeypots join the newest step, so that their
+    tasks look like its tasks); honeypot groups never count as posting a step."""
     width = _check_group_shapes(project, body.groups)
-    if session.scalar(select(RolloutGroup.id).where(RolloutGroup.annotation_project_id == project.id,
-                                                    RolloutGroup.step == body.step).limit(1)) is not None:
+    gold = exists().where(Task.rollout_group_id == RolloutGroup.id, Task.honeypot.is_(True))
+    if not join_posted and session.scalar(select(RolloutGroup.id).where(
+            RolloutGroup.annotation_project_id == project.id, RolloutGroup.step == body.step, ~gold)
+            .limit(1)) is not None:
         raise Conflict(f"step {body.step} was already posted to this project", field="step",
                        code="step_already_posted")
     _check_feature_width(session, project, width)

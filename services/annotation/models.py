@@ -82,6 +82,9 @@ class AssignmentState(enum.StrEnum):
     active = "active"
     submitted = "submitted"
     skipped = "skipped"
+    # A reviewer rejected the submission: it holds no slot (the task may go back to the queue) and
+    # its annotator is not offered the task again.
+    rejected = "rejected"
 
 
 class LabelKind(enum.StrEnum):
@@ -122,6 +125,13 @@ class AnnotationProject(Base):
     guidelines: Mapped[str] = mapped_column(Text, default="")
     guidelines_version: Mapped[int] = mapped_column(Integer, default=0)
     guidelines_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Share of leases (0..1) that serve a honeypot (gold task, services/annotation/honeypots.py), chosen
+    # per lease by a hash of this secret seed; the seed is made on first use and never shown to annotators.
+    honeypot_rate: Mapped[float] = mapped_column(Float, default=0.0)
+    honeypot_seed: Mapped[str | None] = mapped_column(String(64), default=None)
+    # How long after submitting an annotator may still edit their label (0: never); a reviewed label, or
+    # one on an adjudicated task, is never edited (review.edit_refusal).
+    label_edit_window_s: Mapped[int] = mapped_column(Integer, default=86400)
     # Bumped each time a label changes; the new value orders the label feed (see labels.deliver_label).
     label_seq: Mapped[int] = mapped_column(Integer, default=0)
     last_step: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -296,7 +306,9 @@ class Task(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=ordered_id)
     annotation_project_id: Mapped[str] = mapped_column(ForeignKey("annotation_projects.id", ondelete="CASCADE"))
-    purchase_id: Mapped[str] = mapped_column(ForeignKey("annotation_purchases.id", ondelete="CASCADE"), unique=True)
+    # None for a honeypot: a gold task is not bought, spends no budget and delivers no label.
+    purchase_id: Mapped[str | None] = mapped_column(
+        ForeignKey("annotation_purchases.id", ondelete="CASCADE"), unique=True, default=None)
     prompt_id: Mapped[str] = mapped_column(ForeignKey("annotation_prompts.id", ondelete="CASCADE"))
     rollout_group_id: Mapped[str] = mapped_column(ForeignKey("annotation_rollout_groups.id", ondelete="CASCADE"))
     # The selection score: higher is served first.
@@ -310,6 +322,9 @@ class Task(Base):
     final_answer: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A gold task (HoneypotKey holds its hidden answer): served to every annotator once, never done,
+    # never adjudicated, left out of agreement, stats, the browser and exports.
+    honeypot: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Assignment(Base):
@@ -347,6 +362,47 @@ class GuidelinesConfirmation(Base):
     confirmed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class HoneypotKey(Base):
+    """The hidden answer of a honeypot task: label values by question id, as ``check_values`` returns them.
+
+    Read only to grade honeypot labels (agreement.honeypot_results); no endpoint returns it."""
+
+    __tablename__ = "annotation_honeypot_keys"
+
+    task_id: Mapped[str] = mapped_column(ForeignKey("annotation_tasks.id", ondelete="CASCADE"), primary_key=True)
+    annotation_project_id: Mapped[str] = mapped_column(
+        ForeignKey("annotation_projects.id", ondelete="CASCADE"), index=True)
+    values: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class QuestionGuidelines(Base):
+    """One version of one question's guidelines (Markdown). Every change adds a row; none is overwritten."""
+
+    __tablename__ = "annotation_question_guidelines"
+
+    annotation_project_id: Mapped[str] = mapped_column(
+        ForeignKey("annotation_projects.id", ondelete="CASCADE"), primary_key=True)
+    question_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class QuestionGuidelinesConfirmation(Base):
+    """An annotator confirmed reading one version of one question's guidelines."""
+
+    __tablename__ = "annotation_question_guidelines_confirmations"
+
+    annotator_id: Mapped[str] = mapped_column(
+        ForeignKey("annotation_annotators.id", ondelete="CASCADE"), primary_key=True)
+    annotation_project_id: Mapped[str] = mapped_column(
+        ForeignKey("annotation_projects.id", ondelete="CASCADE"), primary_key=True)
+    question_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    confirmed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Annotation(Base):
     """One annotator's answer to a task. ``submission_id`` makes a retried submit a no-op."""
 
@@ -370,6 +426,10 @@ class Annotation(Base):
     duration_s: Mapped[float | None] = mapped_column(Float, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     undone_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Set when a reviewer rejects it: like an undone label it no longer counts anywhere.
+    rejected_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The last edit by its annotator (every old value is kept in LabelEdit).
+    edited_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Adjudication(Base):
@@ -385,6 +445,43 @@ class Adjudication(Base):
     candidate_index: Mapped[int | None] = mapped_column(Integer, default=None)
     rationale: Mapped[str | None] = mapped_column(Text, default=None)
     label_values: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReviewDecision(enum.StrEnum):
+    accepted = "accepted"
+    rejected = "rejected"
+
+
+class Review(Base):
+    """A reviewer's accept or reject of one submission: who, when, an optional comment. One per label."""
+
+    __tablename__ = "annotation_reviews"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=ordered_id)
+    annotation_id: Mapped[str] = mapped_column(
+        ForeignKey("annotation_annotations.id", ondelete="CASCADE"), unique=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("annotation_tasks.id", ondelete="CASCADE"), index=True)
+    annotation_project_id: Mapped[str] = mapped_column(ForeignKey("annotation_projects.id", ondelete="CASCADE"))
+    reviewer_id: Mapped[str] = mapped_column(ForeignKey("annotation_annotators.id", ondelete="CASCADE"))
+    decision: Mapped[ReviewDecision] = mapped_column(_enum(ReviewDecision))
+    comment: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LabelEdit(Base):
+    """An annotator changed their own label: the value before and after (review.snapshot), kept for the history."""
+
+    __tablename__ = "annotation_label_edits"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=ordered_id)
+    annotation_id: Mapped[str] = mapped_column(
+        ForeignKey("annotation_annotations.id", ondelete="CASCADE"), index=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("annotation_tasks.id", ondelete="CASCADE"), index=True)
+    annotation_project_id: Mapped[str] = mapped_column(ForeignKey("annotation_projects.id", ondelete="CASCADE"))
+    annotator_id: Mapped[str] = mapped_column(ForeignKey("annotation_annotators.id", ondelete="CASCADE"))
+    old: Mapped[dict[str, Any]] = mapped_column(JSON)
+    new: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

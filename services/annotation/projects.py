@@ -14,7 +14,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.annotation import answer_key, notifications
+from services.annotation import answer_key, notifications, question_guidelines
 from services.annotation.care import validate_care_params
 from services.annotation.label_schema import LabelSchema
 from services.annotation.locking import lock_project, project_not_found
@@ -27,6 +27,7 @@ from services.annotation.schemas import (
     Budget,
 )
 from services.common.auth import Principal, get_accessible_project
+from services.common.db import utcnow
 from services.common.errors import Conflict, InvalidInput
 from services.common.pagination import Page, keyset_page
 
@@ -66,7 +67,8 @@ def project_out(session: Session, project: AnnotationProject) -> AnnotationProje
         answer_source=project.answer_source, answer_key_entries=answer_key.size(session, project.id),
         webhook_url=project.webhook_url, last_step=project.last_step, label_cursor=project.label_seq,
         guidelines=project.guidelines, guidelines_version=project.guidelines_version,
-        guidelines_required=project.guidelines_required, created_at=project.created_at)
+        guidelines_required=project.guidelines_required, label_edit_window_s=project.label_edit_window_s,
+        honeypot_rate=project.honeypot_rate, created_at=project.created_at)
 
 
 def in_scope(all_projects: bool, project_ids: frozenset[str]) -> Select[AnnotationProject]:
@@ -142,12 +144,14 @@ def create(session: Session, principal: Principal, body: AnnotationProjectCreate
         care_params=checked_care_params(body.care_params), answer_source=body.answer_source,
         webhook_url=checked_webhook(body.webhook_url), webhook_secret=new_webhook_secret(),
         guidelines=body.guidelines, guidelines_version=1 if body.guidelines.strip() else 0,
-        guidelines_required=body.guidelines_required)
+        guidelines_required=body.guidelines_required, label_edit_window_s=body.label_edit_window_s,
+        honeypot_rate=body.honeypot_rate)
     session.add(project)
     try:
         session.flush()
     except IntegrityError as exc:  # a concurrent create of the same name won the unique index
         raise _name_taken(body.name) from exc
+    question_guidelines.record_versions(session, project, utcnow())
     return AnnotationProjectCreated(**project_out(session, project).model_dump(),
                                     webhook_secret=project.webhook_secret)
 
@@ -160,7 +164,7 @@ def change(session: Session, annotation_project_id: str, body: AnnotationProject
             raise Conflict(f"{project.labels_bought} labels were already bought; the budget cannot go below that",
                            field="label_budget", code="budget_below_spent")
         project.label_budget = body.label_budget
-    for name in ("description", "overlap_k", "lease_seconds"):
+    for name in ("description", "overlap_k", "lease_seconds", "label_edit_window_s", "honeypot_rate"):
         value = getattr(body, name)
         if value is not None:
             setattr(project, name, value)
@@ -173,6 +177,8 @@ def change(session: Session, annotation_project_id: str, body: AnnotationProject
     if body.care_params is not None:
         project.care_params = checked_care_params(body.care_params)
     check_schema_fits(LabelSchema.model_validate(project.label_schema), project.policy, project.answer_source)
+    if body.label_schema is not None:
+        question_guidelines.record_versions(session, project, utcnow())
     if body.guidelines is not None:
         set_guidelines(project, body.guidelines)
     if body.guidelines_required is not None:
@@ -204,8 +210,17 @@ def set_guidelines(project: AnnotationProject, text: str) -> None:
 
 
 def needs_confirmation(session: Session, project: AnnotationProject, annotator_id: str) -> bool:
-    """The gate is on, there are guidelines, and this annotator has not confirmed their current version."""
-    if not project.guidelines_required or not project.guidelines.strip():
+    """The gate is on and this annotator has not confirmed the current version of the project's guidelines
+    (when there are any) or of some question's guidelines (question_guidelines.unconfirmed)."""
+    if not project.guidelines_required:
+        return False
+    return project_unconfirmed(session, project, annotator_id) or bool(
+        question_guidelines.unconfirmed(session, project, annotator_id))
+
+
+def project_unconfirmed(session: Session, project: AnnotationProject, annotator_id: str) -> bool:
+    """There are project guidelines and this annotator has not confirmed their current version."""
+    if not project.guidelines.strip():
         return False
     key = (annotator_id, project.id, project.guidelines_version)
     return session.get(GuidelinesConfirmation, key) is None

@@ -116,6 +116,9 @@ def buy_prompts(session: Session, annotation_project_id: str, body: PurchaseIn, 
         if prompt is None or group is None:
             raise InvalidInput(f"unknown prompt {external_id!r} at step {body.step}: post the step's rollout "
                                "groups first", field=f"prompt_ids[{index}]")
+        if session.scalar(select(Task.id).where(Task.prompt_id == prompt.id, Task.honeypot.is_(True))) is not None:
+            raise Conflict(f"prompt {external_id!r} is a honeypot of this project and cannot be bought",
+                           field=f"prompt_ids[{index}]", code="honeypot")
         if session.scalar(select(Purchase.id).where(Purchase.annotation_project_id == project.id,
                                                     Purchase.prompt_id == prompt.id)) is not None:
             raise Conflict(f"prompt {external_id!r} was already bought", field=f"prompt_ids[{index}]",

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, or_, select, tuple_
 from sqlalchemy.orm import Session
 
-from services.annotation import idempotency
+from services.annotation import honeypots, idempotency
 from services.annotation.accounts import require_adjudicator
 from services.annotation.equivalence import answers_equivalent
 from services.annotation.label_schema import (
@@ -51,6 +51,7 @@ from services.annotation.models import (
     PseudoLabel,
     Purchase,
     PurchaseStatus,
+    Review,
     RolloutGroup,
     Task,
     TaskStatus,
@@ -88,9 +89,10 @@ def slot_holders(now: datetime):  # type: ignore[no-untyped-def]
 
 
 def blocks_annotator(annotator_id: str, now: datetime):  # type: ignore[no-untyped-def]
-    """The annotator already answered, skipped or holds a live lease on the task."""
+    """The annotator already answered (even if a reviewer rejected it), skipped or holds a live lease on the task."""
     return and_(Assignment.annotator_id == annotator_id,
-                or_(Assignment.state.in_([AssignmentState.submitted, AssignmentState.skipped]),
+                or_(Assignment.state.in_([AssignmentState.submitted, AssignmentState.skipped,
+                                          AssignmentState.rejected]),
                     Assignment.expires_at > now))
 
 
@@ -165,8 +167,9 @@ def current_task(session: Session, annotation_project_id: str, annotator_id: str
 # ------------------------------------------------------------------------------------ next task
 
 
-def _pick_query(session: Session, annotation_project_id: str, annotator_id: str, now: datetime,
-                exclude: set[str], *, deferred_too: bool = False) -> Select[Task]:
+def _pickable(annotation_project_id: str, annotator_id: str, now: datetime, exclude: set[str], *,
+              deferred_too: bool = False) -> Select[Task]:
+    """The next real (not honeypot) open task with a free slot this annotator has not had; no lock."""
     taken = (select(func.count(Assignment.id)).where(Assignment.task_id == Task.id, slot_holders(now))
              .correlate(Task).scalar_subquery())
     blocks = blocks_annotator(annotator_id, now)
@@ -175,12 +178,41 @@ def _pick_query(session: Session, annotation_project_id: str, annotator_id: str,
     mine = exists().where(Assignment.task_id == Task.id, blocks)
     query = (select(Task)
              .where(Task.annotation_project_id == annotation_project_id, Task.status == TaskStatus.open,
-                    taken < Task.overlap_k, ~mine)
+                    Task.honeypot.is_(False), taken < Task.overlap_k, ~mine)
              .order_by(Task.priority.desc(), Task.created_at, Task.id).limit(1))
     if exclude:
         query = query.where(Task.id.not_in(exclude))
+    return query
+
+
+def _pick_query(session: Session, annotation_project_id: str, annotator_id: str, now: datetime,
+                exclude: set[str], *, deferred_too: bool = False) -> Select[Task]:
+    query = _pickable(annotation_project_id, annotator_id, now, exclude, deferred_too=deferred_too)
     # SKIP LOCKED: each annotator locks a different open task instead of queueing behind one row.
     return for_update(session, query, skip_locked=True, of=Task)
+
+
+def _lease_honeypot(session: Session, project: AnnotationProject, annotator_id: str,
+                    now: datetime) -> TaskView | None:
+    """On a honeypot turn (honeypots.honeypot_turn), lease the oldest honeypot this annotator has not had,
+    but only while a real task is waiting for them too; None: serve a real task (or nothing) instead."""
+    k = honeypots.lease_number(session, project.id, annotator_id)
+    if not honeypots.honeypot_turn(honeypots.seed_of(project), annotator_id, k, project.honeypot_rate):
+        return None
+    if session.scalar(_pickable(project.id, annotator_id, now, set(), deferred_too=True)) is None:
+        return None  # nothing real left: a honeypot alone would give itself away
+    # Not SKIP LOCKED: a honeypot has no slot limit, so annotators may lease it at the same time; the
+    # row lock only orders one annotator's concurrent calls (one assignment per task and annotator).
+    task = session.scalar(for_update(session, honeypots.unseen_honeypots(project.id, annotator_id), of=Task)
+                          .execution_options(populate_existing=True))
+    if task is None:
+        return None
+    assignment = Assignment(task_id=task.id, annotation_project_id=project.id, annotator_id=annotator_id,
+                            leased_at=now, expires_at=now + timedelta(seconds=project.lease_seconds))
+    session.add(assignment)
+    task.version += 1
+    session.flush()
+    return task_view(session, assignment, resumed=False)
 
 
 def next_task(session: Session, annotation_project_id: str, annotator_id: str, *,
@@ -196,6 +228,10 @@ def next_task(session: Session, annotation_project_id: str, annotator_id: str, *
     resumed = current_task(session, annotation_project_id, annotator_id, now=now)
     if resumed is not None:
         return resumed
+    if project.honeypot_rate > 0:
+        gold = _lease_honeypot(session, project, annotator_id, now)
+        if gold is not None:
+            return gold
     exclude: set[str] = set()
     deferred_too = False
     for _ in range(MAX_PICK_ATTEMPTS):
@@ -425,8 +461,10 @@ def label_clusters(labels: list[tuple[LabelKind, str | None]]) -> list[list[int]
 
 
 def _live_annotations(session: Session, task_id: str) -> list[Annotation]:
+    """The task's labels that count: neither undone nor rejected by a reviewer."""
     return list(session.scalars(select(Annotation).where(Annotation.task_id == task_id,
-                                                         Annotation.undone_at.is_(None))
+                                                         Annotation.undone_at.is_(None),
+                                                         Annotation.rejected_at.is_(None))
                                 .order_by(Annotation.created_at, Annotation.id)))
 
 
@@ -444,6 +482,8 @@ def _complete_if_ready(session: Session, task: Task, now: datetime, schema: Labe
     """With k answers in: unanimous (by equivalence) → the label is final; otherwise → adjudication.
     With a math_answer question only its answer decides (as before 0014); without one, every
     comparable question's value (``value_clusters``)."""
+    if task.honeypot:  # a gold task is graded against its hidden answer, never completed or adjudicated
+        return
     # With overlap 1 the new annotation is the only live one (the slot count guarantees it).
     annotations = [just_added] if just_added is not None and task.overlap_k == 1 else \
         _live_annotations(session, task.id)
@@ -516,7 +556,7 @@ def has_undoable(session: Session, annotation_project_id: str, annotator_id: str
     """The annotator has a submission in the project that undo could take back (the UI hides Undo otherwise)."""
     return session.scalar(select(Annotation.id).where(
         Annotation.annotation_project_id == annotation_project_id, Annotation.annotator_id == annotator_id,
-        Annotation.undone_at.is_(None)).limit(1)) is not None
+        Annotation.undone_at.is_(None), Annotation.rejected_at.is_(None)).limit(1)) is not None
 
 
 def undo_last(session: Session, annotation_project_id: str, annotator_id: str, *,
@@ -525,13 +565,14 @@ def undo_last(session: Session, annotation_project_id: str, annotator_id: str, *
 
     If that submission had made the label final, the label is retracted: the purchase goes back to
     pending and the label feed carries a ``retracted`` event. A label settled by adjudication
-    cannot be undone by an annotator.
+    cannot be undone by an annotator, nor one a reviewer accepted or rejected.
     """
     _require_annotator(session, annotator_id)
     serialise_on_sqlite(session, annotation_project_id)
     last = session.scalar(select(Annotation).where(Annotation.annotation_project_id == annotation_project_id,
                                                    Annotation.annotator_id == annotator_id,
-                                                   Annotation.undone_at.is_(None))
+                                                   Annotation.undone_at.is_(None),
+                                                   Annotation.rejected_at.is_(None))
                           .order_by(Annotation.created_at.desc(), Annotation.id.desc()).limit(1))
     if last is None:
         raise Conflict("there is no submission to undo", field="annotation", code="nothing_to_undo")
@@ -542,6 +583,9 @@ def undo_last(session: Session, annotation_project_id: str, annotator_id: str, *
     if session.scalar(select(Adjudication.id).where(Adjudication.task_id == task.id)) is not None:
         raise Conflict("this task's label was settled by adjudication and cannot be undone",
                        field="annotation", code="adjudicated")
+    if session.scalar(select(Review.id).where(Review.annotation_id == last.id)) is not None:
+        raise Conflict("a reviewer already accepted or rejected your last answer; it cannot be undone",
+                       field="annotation", code="reviewed")
     now = now or utcnow()
     retracted = False
     if task.status is TaskStatus.done:
@@ -622,7 +666,8 @@ def _adjudication_view(session: Session, task: Task) -> AdjudicationView:
     assert prompt is not None
     rows = session.execute(select(Annotation, Annotator.username)
                            .join(Annotator, Annotator.id == Annotation.annotator_id)
-                           .where(Annotation.task_id == task.id, Annotation.undone_at.is_(None))
+                           .where(Annotation.task_id == task.id, Annotation.undone_at.is_(None),
+                                  Annotation.rejected_at.is_(None))
                            .order_by(Annotation.created_at, Annotation.id)).all()
     project = get_project(session, task.annotation_project_id)
     schema = LabelSchema.model_validate(project.label_schema)
@@ -674,7 +719,7 @@ def project_stats(session: Session, annotation_project_id: str, *, now: datetime
     """Queue depth, leases, adjudication backlog, agreement, pseudo-label accuracy, throughput."""
     now = now or utcnow()
     project = get_project(session, annotation_project_id)
-    in_project = Task.annotation_project_id == annotation_project_id
+    in_project = and_(Task.annotation_project_id == annotation_project_id, Task.honeypot.is_(False))
     by_status = dict(session.execute(select(Task.status, func.count(Task.id)).where(in_project)
                                      .group_by(Task.status)).all())
     leases = _count(session, select(func.count(Assignment.id)).where(

@@ -29,7 +29,8 @@ ui_router = APIRouter(prefix=UI_PREFIX, include_in_schema=False)
 def quality(annotation_project_id: ProjectPath, principal: Admin, session: SessionDep) -> ProjectQuality:
     """Krippendorff's alpha (nominal), Cohen's kappa (exactly two annotators) and Fleiss' kappa (the same
     number of labels on every task) over tasks with two or more labels, each with its counts; and per
-    annotator, accuracy against the hidden answer key and against reviewers' adjudications. A figure
+    annotator, accuracy against the hidden answer key, against reviewers' adjudications and on honeypots
+    (gold tasks, whose labels count in no agreement figure). Rankings: ordinal alpha over rank positions. A figure
     that does not apply or has nothing to compare is null, with a note saying why."""
     projects.accessible(session, principal, annotation_project_id)
     return agreement.project_quality(session, annotation_project_id)

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from sqlalchemy.orm import Session
 
-from services.annotation import accounts, idempotency, projects, queue
+from services.annotation import accounts, idempotency, projects, question_guidelines, queue
 from services.annotation.deps import (
     AnnotatorKey,
     IdempotencyKey,
@@ -32,7 +32,7 @@ from services.annotation.schemas import (
 )
 from services.common.auth import Principal
 from services.common.db import utcnow
-from services.common.errors import Conflict
+from services.common.errors import Conflict, InvalidInput
 from services.common.pagination import CursorParam, LimitParam, Page
 
 router = APIRouter(prefix="/v1/annotation", tags=["annotator queue"])
@@ -52,8 +52,13 @@ def next_task(annotation_project_id: ProjectPath, now: Now, principal: Annotator
     project = projects.accessible(session, principal, annotation_project_id)
     annotator = accounts.annotator_for_key(session, principal)
     if projects.needs_confirmation(session, project, annotator.id):
-        raise Conflict(f"read the project's guidelines (version {project.guidelines_version}) and confirm them "
-                       f"first: POST …/guidelines/confirm", field="version", code="guidelines_unconfirmed")
+        if projects.project_unconfirmed(session, project, annotator.id):
+            raise Conflict(f"read the project's guidelines (version {project.guidelines_version}) and confirm them "
+                           f"first: POST …/guidelines/confirm", field="version", code="guidelines_unconfirmed")
+        waiting = question_guidelines.unconfirmed(session, project, annotator.id)
+        names = ", ".join(f"{qid} (version {v})" for qid, v in waiting.items())
+        raise Conflict(f"read the guidelines of question {names} and confirm them first: POST …/guidelines/confirm "
+                       "with `questions`", field=f"questions.{next(iter(waiting))}", code="guidelines_unconfirmed")
     view = queue.next_task(session, annotation_project_id, annotator.id, now=now)
     return view if view is not None else Response(status_code=204)
 
@@ -103,10 +108,17 @@ def come_back_later(annotation_project_id: ProjectPath, assignment_id: ItemPath,
 @router.post("/projects/{annotation_project_id}/guidelines/confirm", status_code=204)
 def confirm_guidelines(annotation_project_id: ProjectPath, body: GuidelinesConfirmIn, now: Now,
                        principal: AnnotatorKey, session: SessionDep) -> Response:
-    """Say you read the project's guidelines at ``version`` (a replaced version is a 409 guidelines_changed)."""
+    """Say you read the project's guidelines at ``version`` and/or questions' guidelines at the versions in
+    ``questions`` (GET …/guidelines lists them); a replaced version is a 409 guidelines_changed."""
     project = projects.accessible(session, principal, annotation_project_id)
     annotator = accounts.annotator_for_key(session, principal)
-    projects.confirm_guidelines(session, project, annotator.id, body.version, now or utcnow())
+    if body.version is None and not body.questions:
+        raise InvalidInput("give the project guidelines' `version`, or `questions` with each question's version",
+                           field="version")
+    if body.questions:
+        question_guidelines.confirm(session, project, annotator.id, body.questions, now or utcnow())
+    if body.version is not None:
+        projects.confirm_guidelines(session, project, annotator.id, body.version, now or utcnow())
     return Response(status_code=204)
 
 

@@ -12,20 +12,21 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.annotation import accounts, queue
+from services.annotation import accounts, queue, review
 from services.annotation.deps import ItemPath, Now, ProjectPath, SessionDep
 from services.annotation.label_schema import LabelSchema
-from services.annotation.models import AnnotationProject
-from services.annotation.review_display import label_cells
+from services.annotation.models import Annotation, AnnotationProject, Annotator, Review, Task
+from services.annotation.review_display import label_cells, snapshot_cells, snapshot_text
 from services.annotation.routes_ui_tasks import (
     PostedForm,
     question_fields,
     submission_from_form,
     values_from_form,
 )
-from services.annotation.schemas import AdjudicationView, Decision
+from services.annotation.schemas import AdjudicationView, Decision, LabelSnapshot, ReviewIn
 from services.annotation.ui_pages import UI_PREFIX, error_page, notice_of, redirect, render, render_markdown
 from services.annotation.ui_session import (
     Flash,
@@ -38,7 +39,7 @@ from services.annotation.ui_session import (
     read_flash,
     write_flash,
 )
-from services.common.errors import ApiError
+from services.common.errors import ApiError, InvalidInput, NotFound
 from services.common.pagination import CursorParam
 
 router = APIRouter(prefix=UI_PREFIX, include_in_schema=False)
@@ -65,9 +66,11 @@ def review_page(request: Request, annotation_project_id: ProjectPath, found: Lab
         return error_page(request, exc, found)
     schema = LabelSchema.model_validate(project.label_schema)
     tasks = [{"view": view, "rows": _rows(schema, view)} for view in page.data]
+    assert found.annotator is not None
+    waiting = review.reviewable(session, project.id, found.annotator.id, limit=REVIEW_PAGE)
     return render(request, "review.html", {"project": project, "schema": schema, "tasks": tasks,
                                            "next_cursor": page.next_cursor, "notice": notice_of(request),
-                                           "title": f"Review · {project.name}"}, found=found)
+                                           "waiting": waiting, "title": f"Review · {project.name}"}, found=found)
 
 @router.get("/projects/{annotation_project_id}/review/{task_id}", name="ui_review_task")
 def review_task_page(request: Request, annotation_project_id: ProjectPath, task_id: ItemPath, found: Labeller,
@@ -114,3 +117,80 @@ def adjudicate(request: Request, annotation_project_id: ProjectPath, task_id: It
                                              form=form))
         return response
     return redirect(request, "ui_review", notice="adjudicated", annotation_project_id=project.id)
+
+
+# ------------------------------------------------------------ single submissions and task history
+
+
+def _label_cards(session: Session, schema: LabelSchema, task_id: str, reviewer_id: str,
+                 candidates: list[Any]) -> list[dict[str, Any]]:
+    """Every label of the task that was not undone (rejected ones too), with its review and whether the
+    viewer may review it (not their own, not reviewed yet, not taken back)."""
+    rows = session.execute(select(Annotation, Annotator.username).join(Annotator, Annotator.id == Annotation.annotator_id)
+                           .where(Annotation.task_id == task_id, Annotation.undone_at.is_(None))
+                           .order_by(Annotation.created_at, Annotation.id)).all()
+    reviews = {r.annotation_id: r for r in session.scalars(select(Review).where(Review.task_id == task_id))}
+    cards = []
+    for annotation, username in rows:
+        snap = LabelSnapshot.model_validate(review.snapshot(annotation))
+        found_review = reviews.get(annotation.id)
+        cards.append({"annotation": annotation, "username": username, "review": found_review,
+                      "cells": list(zip(schema.questions, snapshot_cells(schema, snap, candidates), strict=True)),
+                      "can_review": found_review is None and annotation.annotator_id != reviewer_id})
+    return cards
+
+
+@router.get("/projects/{annotation_project_id}/tasks/{task_id}/history", name="ui_task_history")
+def task_history_page(request: Request, annotation_project_id: ProjectPath, task_id: ItemPath, found: Labeller,
+                      session: SessionDep) -> Response:
+    """One task for a reviewer: each label with Accept / Reject (and a comment), and the task's history."""
+    try:
+        project = reviewer_project(session, found, annotation_project_id)
+        history = review.task_history(session, project.id, task_id)
+    except ApiError as exc:
+        return error_page(request, exc, found)
+    assert found.annotator is not None
+    task = session.get(Task, task_id)
+    assert task is not None
+    schema = LabelSchema.model_validate(project.label_schema)
+    candidates = queue.candidates(session, task.rollout_group_id)
+    flash = read_flash(request, found.annotator.id, project.id)
+    events = [{"event": e, "text": snapshot_text(schema, e.label, candidates) if e.label is not None else "",
+               "previous": snapshot_text(schema, e.previous, candidates) if e.previous is not None else ""}
+              for e in history.events]
+    response = render(request, "task_history.html", {
+        "project": project, "history": history, "events": events,
+        "cards": _label_cards(session, schema, task_id, found.annotator.id, candidates),
+        "final_text": snapshot_text(schema, history.final, candidates) if history.final is not None else None,
+        "error": flash, "notice": notice_of(request), "title": f"Task · {project.name}"}, found=found)
+    clear_flash(request, response)
+    return response
+
+
+@router.post("/projects/{annotation_project_id}/annotations/{annotation_id}/review", name="ui_review_submission")
+def review_submission(request: Request, annotation_project_id: ProjectPath, annotation_id: ItemPath, now: Now,
+                      found: Labeller, session: SessionDep, csrf_token: FormText = "", decision: FormText = "",
+                      comment: FormText = "", task_id: FormText = "") -> Response:
+    """Accept or reject one label (``review.review_submission``), then back to the task's page (PRG)."""
+    try:
+        project = guarded_project(session, found, annotation_project_id, csrf_token)
+        assert found.annotator is not None
+        accounts.require_adjudicator(found.annotator)
+        target = session.get(Annotation, annotation_id)
+        if target is None or target.annotation_project_id != project.id:
+            raise NotFound(f"annotation {annotation_id!r} not found", field="annotation_id")
+    except ApiError as exc:
+        return error_page(request, exc, found)
+    back = {"annotation_project_id": project.id, "task_id": target.task_id}
+    try:
+        if decision not in ("accept", "reject"):
+            raise InvalidInput("decision: choose accept or reject", field="decision")
+        body = ReviewIn(decision="accept" if decision == "accept" else "reject", comment=comment.strip() or None)
+        review.review_submission(session, project.id, found.annotator.id, annotation_id, body, now=now)
+    except ApiError as exc:
+        session.rollback()
+        response = redirect(request, "ui_task_history", **back)
+        write_flash(request, response, Flash(owner=found.annotator.id, project_id=project.id, message=exc.message,
+                                             form={"annotation_id": annotation_id, "comment": comment}))
+        return response
+    return redirect(request, "ui_task_history", notice="reviewed", **back)

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
-from services.annotation import accounts, projects, queue
+from services.annotation import accounts, projects, question_guidelines, queue
 from services.annotation.deps import ItemPath, Now, ProjectPath, SessionDep
 from services.annotation.label_schema import (
     FreeTextQuestion,
@@ -94,13 +94,25 @@ def _task_context(session: Session, project: AnnotationProject, annotator: Annot
             "submission_id": uuid.uuid4().hex, "undo_key": uuid.uuid4().hex, "form": {},
             "can_undo": queue.has_undoable(session, project.id, annotator.id),
             "guidelines_html": render_markdown(project.guidelines) if project.guidelines.strip() else None,
+            "question_versions": question_guidelines.current_versions(session, project),
             "lease_seconds": project.lease_seconds, "markdown": render_markdown,
             "title": f"Label · {project.name}"}
 
 
-def _gate_page(request: Request, found: Viewer, project: AnnotationProject, flash: Flash | None) -> HTMLResponse:
+def _gate_page(request: Request, session: Session, found: Viewer, project: AnnotationProject,
+               flash: Flash | None) -> HTMLResponse:
+    """The project's guidelines (if any) and every question's current guidelines, each with its version;
+    the questions whose version this annotator has not confirmed yet are marked new."""
+    assert found.annotator is not None
+    schema = LabelSchema.model_validate(project.label_schema)
+    versions = question_guidelines.current_versions(session, project)
+    waiting = question_guidelines.unconfirmed(session, project, found.annotator.id)
+    gate = [{"id": q.id, "prompt": q.prompt or q.id, "version": versions[q.id], "new": q.id in waiting,
+             "html": render_markdown(q.guidelines)} for q in schema.questions if q.id in versions]
     return render(request, "guidelines.html", {
-        "project": project, "guidelines_html": render_markdown(project.guidelines), "error": flash,
+        "project": project,
+        "guidelines_html": render_markdown(project.guidelines) if project.guidelines.strip() else None,
+        "question_gate": gate, "error": flash,
         "notice": notice_of(request), "title": f"Guidelines · {project.name}"}, found=found)
 
 
@@ -109,7 +121,7 @@ def _task_page(request: Request, session: Session, found: Viewer, project: Annot
     assert found.annotator is not None
     flash = read_flash(request, found.annotator.id, project.id)
     if projects.needs_confirmation(session, project, found.annotator.id):
-        response = _gate_page(request, found, project, flash)
+        response = _gate_page(request, session, found, project, flash)
     else:
         view = queue.next_task(session, project.id, found.annotator.id, now=now)
         context = _task_context(session, project, found.annotator, view, now)
@@ -161,14 +173,29 @@ def task_page(request: Request, annotation_project_id: ProjectPath, now: Now, fo
     return _task_page(request, session, found, project, now)
 
 
+async def question_versions_posted(request: Request) -> dict[str, str]:
+    """The gate form's ``q-version-<question id>`` fields: the question guidelines versions the page showed."""
+    form = await request.form()
+    return {str(name).removeprefix("q-version-"): str(value) for name, value in form.items()
+            if str(name).startswith("q-version-")}
+
+
 @router.post("/projects/{annotation_project_id}/guidelines/confirm", name="ui_confirm_guidelines")
 def confirm_guidelines(request: Request, annotation_project_id: ProjectPath, now: Now, found: Labeller,
-                       session: SessionDep, csrf_token: FormText = "", version: FormText = "") -> Response:
-    """"I have read these guidelines" for the version the page showed (a stale version is refused)."""
+                       session: SessionDep, questions: Annotated[dict[str, str], Depends(question_versions_posted)],
+                       csrf_token: FormText = "", version: FormText = "") -> Response:
+    """"I have read these guidelines" for the versions the page showed: the project's and each question's
+    (a stale version is refused, and the page shows the new text)."""
     def confirm(project: AnnotationProject, annotator_id: str) -> None:
-        if not version.isdigit():
+        if not version.isdigit() and not questions:
             raise InvalidInput("the guidelines version is missing", field="version")
-        projects.confirm_guidelines(session, project, annotator_id, int(version), now or utcnow())
+        if any(not v.isdigit() for v in questions.values()):
+            raise InvalidInput("a question's guidelines version is missing", field="questions")
+        if questions:
+            question_guidelines.confirm(session, project, annotator_id, {q: int(v) for q, v in questions.items()},
+                                        now or utcnow())
+        if version.isdigit():
+            projects.confirm_guidelines(session, project, annotator_id, int(version), now or utcnow())
 
     return _form_post(request, session, found, annotation_project_id, csrf_token, confirm, "guidelines_confirmed")
 

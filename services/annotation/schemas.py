@@ -29,6 +29,11 @@ MAX_ROLLOUTS = 1024
 MAX_GUIDELINES = 100_000
 GUIDELINES_DOC = ("Markdown shown on the task page (raw HTML is escaped; KaTeX math like `$x^2$` is typeset).")
 GATE_DOC = "Annotators must confirm each guidelines version once before their first task is leased."
+EDIT_WINDOW_DOC = ("How many seconds after submitting an annotator may still edit their label (0: never). A label "
+                   "that a reviewer accepted or rejected, or on a task settled by adjudication, is never edited.")
+MAX_EDIT_WINDOW_S = 365 * 86400
+HONEYPOT_RATE_DOC = ("Share (0 to 1) of annotators' leases that serve a honeypot (POST …/honeypots), chosen by a seeded "
+                     "hash per lease; 0: none.")
 
 
 def _checked_schema(value: Any) -> Any:
@@ -59,6 +64,8 @@ class AnnotationProjectCreate(BaseModel):
     webhook_url: AnyHttpUrl | None = Field(default=None, description="POSTed a signed message when labels arrive.")
     guidelines: StoredText = Field(default="", max_length=MAX_GUIDELINES, description=GUIDELINES_DOC)
     guidelines_required: bool = Field(default=False, description=GATE_DOC)
+    label_edit_window_s: int = Field(default=86400, ge=0, le=MAX_EDIT_WINDOW_S, description=EDIT_WINDOW_DOC)
+    honeypot_rate: float = Field(default=0.0, ge=0.0, le=1.0, description=HONEYPOT_RATE_DOC)
 
     _schema = field_validator("label_schema", mode="before")(_checked_schema)
 
@@ -79,6 +86,8 @@ class AnnotationProjectUpdate(BaseModel):
     guidelines: StoredText | None = Field(default=None, max_length=MAX_GUIDELINES, description=(
         "New guidelines text; a changed text is a new version (annotators confirm it again under the gate)."))
     guidelines_required: bool | None = Field(default=None, description=GATE_DOC)
+    label_edit_window_s: int | None = Field(default=None, ge=0, le=MAX_EDIT_WINDOW_S, description=EDIT_WINDOW_DOC)
+    honeypot_rate: float | None = Field(default=None, ge=0.0, le=1.0, description=HONEYPOT_RATE_DOC)
 
     _schema = field_validator("label_schema", mode="before")(_checked_schema)
 
@@ -109,6 +118,8 @@ class AnnotationProjectOut(BaseModel):
     guidelines: str = Field(default="", description=GUIDELINES_DOC)
     guidelines_version: int = Field(default=0, description="Goes up by one each time the guidelines text changes.")
     guidelines_required: bool = Field(default=False, description=GATE_DOC)
+    label_edit_window_s: int = Field(default=86400, description=EDIT_WINDOW_DOC)
+    honeypot_rate: float = Field(default=0.0, description=HONEYPOT_RATE_DOC)
     created_at: datetime
 
 
@@ -496,6 +507,104 @@ class AdjudicationOut(BaseModel):
     created_at: datetime
 
 
+# ------------------------------------------------------- review, history, one's own labels, members
+
+
+class ReviewIn(BaseModel):
+    """A reviewer's accept or reject of one submission."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["accept", "reject"] = Field(description=(
+        "`reject`: the label stops counting (agreement, adjudication, exports) and the task goes back to the "
+        "queue when it now has fewer than k labels. Sending the same decision again is a no-op."))
+    comment: StoredText | None = Field(default=None, max_length=5000, description="Why (shown in the history).")
+
+
+class ReviewOut(BaseModel):
+    id: str
+    annotation_id: str
+    task_id: str
+    reviewer_id: str
+    reviewer: str = Field(description="The reviewer's username.")
+    decision: Literal["accepted", "rejected"]
+    comment: str | None
+    created_at: datetime
+    task_status: str
+    label_retracted: bool = Field(description="The rejection took back the task's delivered label.")
+    replayed: bool = Field(description="This decision had already been recorded (nothing changed).")
+
+
+class LabelSnapshot(BaseModel):
+    """One value of a label, as stored at one moment."""
+
+    kind: LabelKind
+    answer: str | None = None
+    candidate_index: int | None = None
+    rationale: str | None = None
+    values: dict[str, Any] | None = None
+
+
+class HistoryEvent(BaseModel):
+    type: Literal["label", "edit", "undo", "review", "adjudication"]
+    at: datetime
+    actor_id: str
+    actor: str = Field(description="The username of who did it.")
+    annotation_id: str | None = None
+    label: LabelSnapshot | None = Field(default=None, description=(
+        "label: the value first submitted; edit: the new value; adjudication: the decision."))
+    previous: LabelSnapshot | None = Field(default=None, description="edit: the value before.")
+    decision: Literal["accepted", "rejected"] | None = None
+    comment: str | None = None
+
+
+class TaskHistoryOut(BaseModel):
+    task_id: str
+    prompt_id: str
+    prompt_text: str
+    status: str
+    overlap_k: int
+    agreement: float | None
+    final: LabelSnapshot | None = Field(description="The task's final label, once it has one.")
+    events: list[HistoryEvent] = Field(description="Labels, edits, undos, reviews and adjudications, oldest first.")
+
+
+class MyLabelOut(BaseModel):
+    annotation_id: str
+    task_id: str
+    prompt_id: str
+    prompt_text: str
+    label: LabelSnapshot
+    created_at: datetime
+    edited_at: datetime | None
+    edits: int
+    review: Literal["accepted", "rejected"] | None
+    review_comment: str | None
+    task_status: str
+    editable: bool
+    editable_until: datetime | None = Field(description="The end of the edit window (null: editing is off).")
+    not_editable_because: str | None = None
+
+
+class MembershipIn(BaseModel):
+    """An existing login account to add to this project: by username or by id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: StoredText | None = Field(default=None, min_length=3, max_length=64)
+    annotator_id: str | None = Field(default=None, pattern=ID_PATTERN)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> MembershipIn:
+        if (self.username is None) == (self.annotator_id is None):
+            raise ValueError("give exactly one of username or annotator_id")
+        return self
+
+
+class MembershipOut(AnnotatorOut):
+    added: bool = Field(description="False when the account was already a member (nothing changed).")
+
+
 class AnnotatorThroughput(BaseModel):
     annotator_id: str
     username: str
@@ -540,11 +649,14 @@ class AnnotatorQuality(BaseModel):
     adjudicated_accuracy: float | None = Field(description="Share of labels on adjudicated tasks equal to the "
                                                            "reviewer's answer; null when none was adjudicated.")
     adjudicated_n: int = Field(description="Labels compared with an adjudication (by someone else).")
+    honeypot_accuracy: float | None = Field(default=None, description=(
+        "Share of their labels on honeypot (gold) tasks that match the hidden answer; null when they labelled none."))
+    honeypot_n: int = Field(default=0, description="Honeypot labels graded (not counted in `labels`).")
 
 
 class QuestionAgreement(BaseModel):
     """Agreement on one question: nominal for labels and preference pairs (A/B/tie), ordinal or interval
-    for ratings (the question's ``level``); none for free text and rankings."""
+    for ratings (the question's ``level``); ordinal per item position for rankings; none for free text."""
 
     question_id: str
     type: str
@@ -563,6 +675,8 @@ class ProjectQuality(BaseModel):
     annotators: list[AnnotatorQuality]
     questions: list[QuestionAgreement] = Field(default_factory=list, description=(
         "Krippendorff's alpha per question of the label schema, at the level its type calls for."))
+    honeypots: int = Field(default=0, description="Honeypot (gold) tasks in the project; their labels are left "
+                                                  "out of every agreement figure.")
 
 
 class WebhookDeliveryOut(BaseModel):
@@ -588,7 +702,11 @@ class WebhookDeliveryOut(BaseModel):
 class GuidelinesConfirmIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1, description="The guidelines version you read (the project's guidelines_version).")
+    version: int | None = Field(default=None, ge=0, description=(
+        "The project guidelines version you read (the project's guidelines_version); may be left out when you "
+        "confirm only questions' guidelines."))
+    questions: dict[str, int] = Field(default_factory=dict, description=(
+        "Per question id, the version of its guidelines you read (GET …/guidelines lists them)."))
 
 
 # ------------------------------------------------------------------ data: import, browse (imports.py, browse.py)
@@ -644,3 +762,98 @@ class BrowseRow(BaseModel):
     final_values: dict[str, Any] | None
     metadata: dict[str, Any] | None
     created_at: datetime
+
+
+# --------------------------------------------------- quality: honeypots, question guidelines (honeypots.py,
+# question_guidelines.py)
+
+MAX_HONEYPOTS_PER_CALL = 1000
+
+
+class HoneypotIn(RolloutGroupIn):
+    """A gold task: a prompt with its rollouts, as a trainer posts them, and its hidden answer."""
+
+    prompt_text: Text = Field(min_length=1, max_length=200_000)
+    gold: dict[str, Any] = Field(description=(
+        "The right answer by question id, in the form a submission's `values` takes (a math answer as "
+        "{\"answer\": \"…\"}, {\"candidate\": i} or {\"ambiguous\": true}). Only the questions given are graded; "
+        "free text is never graded."))
+
+
+class HoneypotsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[HoneypotIn] = Field(min_length=1, max_length=MAX_HONEYPOTS_PER_CALL)
+    step: int | None = Field(default=None, ge=0, description=(
+        "The step their rollout groups are stored at (default: the project's newest step, so they look like its "
+        "tasks; a trainer may still post that step)."))
+
+
+class HoneypotItemStatus(BaseModel):
+    index: int
+    prompt_id: str
+    status: Literal["ok", "invalid_input", "conflict"]
+    task_id: str | None = None
+    field: str | None = Field(default=None, description="What is wrong, e.g. `items[2].gold.topic`.")
+    message: str | None = None
+
+
+class HoneypotsOut(BaseModel):
+    created: int
+    rejected: int
+    step: int | None = Field(description="The step the good items were stored at (null: none stored).")
+    items: list[HoneypotItemStatus]
+
+
+class HoneypotOut(BaseModel):
+    """One honeypot as its admin sees it (never its hidden answer)."""
+
+    task_id: str
+    prompt_id: str
+    created_at: datetime
+    served: int = Field(description="Leases of it so far (each annotator gets it at most once).")
+    labelled: int = Field(description="Live labels on it.")
+    correct: int = Field(description="Of those, the labels that match its hidden answer.")
+
+
+class HoneypotsList(BaseModel):
+    honeypot_rate: float
+    data: list[HoneypotOut]
+
+
+class QuestionGuidelinesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    guidelines: StoredText = Field(max_length=20_000, description=(
+        "The question's new guidelines (Markdown, KaTeX inside); a changed text is a new version."))
+
+
+class QuestionGuidelinesVersion(BaseModel):
+    version: int
+    text: str
+    created_at: datetime
+
+
+class QuestionGuidelinesOut(BaseModel):
+    question_id: str
+    version: int = Field(description="The current version (0: the question never had guidelines).")
+    guidelines: str
+    versions: list[QuestionGuidelinesVersion] = Field(description="Every version, newest first.")
+
+
+class QuestionGuidelinesState(BaseModel):
+    question_id: str
+    version: int
+    guidelines: str
+    confirmed_version: int | None = Field(description="The newest version you confirmed (null: none).")
+
+
+class GuidelinesStateOut(BaseModel):
+    """What the "read before labelling" gate asks of you: the project's and each question's guidelines."""
+
+    guidelines_required: bool
+    needs_confirmation: bool
+    guidelines: str
+    version: int
+    confirmed_version: int | None
+    questions: list[QuestionGuidelinesState] = Field(description="Questions that have guidelines.")

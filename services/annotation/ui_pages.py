@@ -30,6 +30,8 @@ NOTICES = {"submitted": "Saved.", "skipped": "Never shown again: you will not be
            "undone": "Your last answer was taken back; its task is yours again.",
            "guidelines_confirmed": "Thank you for reading the guidelines.",
            "adjudicated": "Settled: your decision is the task's label.",
+           "reviewed": "Review saved.",
+           "label_edited": "Your label was changed; the old value is kept in the task's history.",
            "logged_out": "You are logged out."}
 SAFE_LINK = re.compile(r"^(https?://|/|#|\?|\./|\.\./|[^:/?#]+(/|$|[?#]))", re.IGNORECASE)
 # Inline scripts are never needed (page data travels in <script type="application/json">);

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from services.annotation.care import acquisition as acq
-from services.annotation.care.cag import STD_EPS, expected_gap, grpo_advantage
+from services.annotation.care.cag import STD_EPS, cag_cost, expected_gap, grpo_advantage
+from services.annotation.care.features import GroupView
 from services.annotation.care.params import validate_care_params
 from services.common.errors import InvalidInput
 
@@ -132,3 +133,58 @@ def test_expected_gap_sums_each_row() -> None:
     probs = np.array([[1.0, 0.0], [0.25, 0.75]])
     costs = np.array([[3.0, 5.0], [4.0, 8.0]])
     assert expected_gap(probs, costs).tolist() == [3.0, 7.0]  # 1·3; 0.25·4 + 0.75·8
+
+
+# --- the survivors of the CARE run after the mask_non_gt change (issue 23, item 1) ------------------
+
+
+def test_the_mask_non_gt_flag_is_kept_and_checked() -> None:
+    """params mutants 12–19: the flag is a boolean, kept as given, and the parameters after it are read."""
+    assert validate_care_params({"mask_non_gt": False}) == {"mask_non_gt": False}
+    assert validate_care_params({"mask_non_gt": True, "top_p": 0.5}) == {"mask_non_gt": True, "top_p": 0.5}
+    with pytest.raises(InvalidInput) as caught:
+        validate_care_params({"mask_non_gt": 1})
+    assert (caught.value.field, caught.value.message) == (
+        "care_params.mask_non_gt", "care_params.mask_non_gt must be true or false, got int")
+
+
+def test_an_unknown_parameter_lists_the_known_ones() -> None:
+    """params mutants 21, 23, 25: every field of CareParams, sorted, comma-separated."""
+    with pytest.raises(InvalidInput) as caught:
+        validate_care_params({"top_k": 3})
+    assert caught.value.field == "care_params.top_k"
+    assert caught.value.message == (
+        "care_params.top_k is not a CARE parameter; known: aux_weight, buffer_size, class_weight_max, "
+        "class_weight_min, grad_clip, head_hidden, history_samples, length_scale, lr, mask_non_gt, "
+        "prompt_hidden, reliable_p, response_hidden, response_out, seed, top_p, train_steps, warmup_steps, "
+        "weight_decay")
+
+
+def test_unparseable_rollouts_are_singleton_clusters_in_the_entropy() -> None:
+    """acquisition mutant 5: n = 3, nothing parses → three singletons, H = ln 3 (not 3 clusters of 2)."""
+    view = GroupView(n=3, clusters=[])
+    assert acq.cluster_entropy(view) == pytest.approx(math.log(3), rel=1e-15)
+    # One cluster {0, 1} and one unparseable: sizes 2, 1 → H = −(2/3 ln 2/3 + 1/3 ln 1/3) = ln 3 − (2/3) ln 2.
+    view = GroupView(n=3, clusters=[[0, 1]])
+    assert acq.cluster_entropy(view) == pytest.approx(math.log(3) - 2 / 3 * math.log(2), rel=1e-12)
+
+
+def test_low_token_prob_needs_the_probabilities_by_name() -> None:
+    """acquisition mutants 2, 3, 4: the exact message."""
+    with pytest.raises(ValueError, match=r"^low_token_prob needs each rollout's mean token probability$"):
+        acq.low_token_prob_score(GroupView(n=2, clusters=[[0, 1]]))
+
+
+def test_cag_cost_names_an_impossible_count() -> None:
+    """cag mutant 10: x = 3 of n = 4 leaves room for at most 1 other correct rollout, not 2."""
+    with pytest.raises(ValueError, match=r"^need 0 ≤ x ≤ n and 0 ≤ c ≤ n − x \(n=4, x=3, c=2\)$"):
+        cag_cost(4, 3, 2)
+
+
+def test_grpo_advantage_is_float64_for_any_input() -> None:
+    """cag mutants 3, 5: integer and float32 rewards are read as float64, the constant case too."""
+    # r = [0, 2]: mean 1, population std 1 → [−1, 1].
+    advantage = grpo_advantage(np.array([0, 2]))
+    assert advantage.dtype == np.float64 and advantage.tolist() == [-1.0, 1.0]
+    assert grpo_advantage(np.array([1, 1])).dtype == np.float64
+    assert grpo_advantage(np.array([0.0, 2.0], dtype=np.float32)).dtype == np.float64

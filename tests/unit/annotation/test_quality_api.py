@@ -16,6 +16,8 @@ from services.common.db import session_scope
 from tests.conftest import Tenant
 from tests.unit.annotation.test_api import BASE, T0, Clock, buy, create, h, seed_step
 
+# No honeypots in these projects: nothing to grade (null, not 0).
+NO_HONEYPOTS = {"honeypot_accuracy": None, "honeypot_n": 0}
 PASSWORD = "correct horse battery"
 # What each annotator answers, by prompt. q1 disagrees (a reviewer settles it as "5"); on q3
 # alice writes \frac{8}{2}, which the queue's equivalence takes as bob's "4".
@@ -106,13 +108,14 @@ def test_quality_of_a_project_with_known_labels(client: TestClient, sqlite_tenan
     # Gold q0 = 4, q1 = 5, q2 = 4: alice 4 ✓ 4 ✗ 5 ✗, bob 4 ✓ 5 ✓ 5 ✗. Adjudicated q1 = 5: alice ✗, bob ✓.
     assert by_name["alice"] == {"annotator_id": ids["alice"], "username": "alice", "labels": 4,
                                 "gold_accuracy": pytest.approx(1 / 3), "gold_n": 3,
-                                "adjudicated_accuracy": 0.0, "adjudicated_n": 1}
+                                "adjudicated_accuracy": 0.0, "adjudicated_n": 1, **NO_HONEYPOTS}
     assert by_name["bob"] == {"annotator_id": ids["bob"], "username": "bob", "labels": 4,
                               "gold_accuracy": pytest.approx(2 / 3), "gold_n": 3,
-                              "adjudicated_accuracy": 1.0, "adjudicated_n": 1}
+                              "adjudicated_accuracy": 1.0, "adjudicated_n": 1, **NO_HONEYPOTS}
     # Nothing to compare carol with: null, not 0.
     assert by_name["carol"] == {"annotator_id": ids["carol"], "username": "carol", "labels": 1,
-                                "gold_accuracy": None, "gold_n": 0, "adjudicated_accuracy": None, "adjudicated_n": 0}
+                                "gold_accuracy": None, "gold_n": 0, "adjudicated_accuracy": None, "adjudicated_n": 0,
+                                **NO_HONEYPOTS}
     assert "\\frac" not in got.text  # figures only: no answer text is shown
 
 
@@ -124,7 +127,7 @@ def test_an_empty_project_has_null_figures_and_only_admins_see_quality(client: T
     assert body == {"annotation_project_id": pid, "krippendorff_alpha": empty, "cohen_kappa": empty,
                     "fleiss_kappa": empty, "annotators": [],
                     "questions": [{"question_id": "answer", "type": "math_answer", "level": "nominal",
-                                   "krippendorff_alpha": empty}]}
+                                   "krippendorff_alpha": empty}], "honeypots": 0}
     for who, status in (("trainer", 403), ("annotator", 403), ("admin_b", 404)):
         assert client.get(f"{BASE}/{pid}/quality", headers=h(sqlite_tenant, who)).status_code == status
     assert client.get(f"{BASE}/{pid}/quality").status_code == 401
