@@ -6,6 +6,7 @@ that contradict each other fail with a :class:`ConfigError` whose message names 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,8 +31,10 @@ from trainer.algorithms import (
     ImportanceSamplingLevel,
     LossType,
     RewardScaling,
+    RolloutISMode,
 )
 from trainer.occ import LocalMtpConfig, MtpConfig
+from trainer.self_distillation.config import SelfDistillationConfig, ServiceSelfDistillationConfig
 
 _SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(RewardSpec)
 
@@ -260,6 +263,16 @@ class RunConfig(_Strict):
     rollout_is_cap: float | None = Field(default=None, gt=0, description="Truncated importance sampling for vLLM "
                                          "rollouts: each token's policy loss weighted by min(π_old / π_vllm, cap) "
                                          "(TRL: 3, veRL: 2); null: off.")
+    rollout_is_mode: RolloutISMode = Field(default="token_truncate", description="How the rollout IS weights are "
+                                           "formed (TRL's vllm_importance_sampling_mode): token_truncate (default): "
+                                           "each token's ratio clamped to [rollout_is_min, rollout_is_cap]; "
+                                           "token_mask: set to 0 outside that range; sequence_truncate / "
+                                           "sequence_mask: the same on one ratio per completion, exp of its summed "
+                                           "log-ratio. Needs rollout_is_cap.")
+    rollout_is_min: float | None = Field(default=None, ge=0, description="Lower bound of the rollout IS weights "
+                                         "(TRL's vllm_importance_sampling_clip_min): truncate modes raise smaller "
+                                         "ratios to it, mask modes set them to 0; below rollout_is_cap; null: "
+                                         "unbounded.")
 
     @field_validator("kl_estimator")
     @classmethod
@@ -273,6 +286,15 @@ class RunConfig(_Strict):
         if self.rollout_is_cap is not None and self.engine != "vllm":
             raise ValueError("rollout_is_cap: corrects for vLLM's sampling, so it needs engine: vllm (the "
                              "transformers engine samples from the trained policy itself)")
+        for name, is_set in (("rollout_is_mode", self.rollout_is_mode != "token_truncate"),
+                             ("rollout_is_min", self.rollout_is_min is not None)):
+            if is_set and self.rollout_is_cap is None:
+                raise ValueError(f"{name}: shapes the rollout IS correction, which rollout_is_cap turns on "
+                                 "(engine: vllm); set rollout_is_cap too")
+        if (self.rollout_is_min is not None and self.rollout_is_cap is not None
+                and self.rollout_is_min >= self.rollout_is_cap):
+            raise ValueError(f"rollout_is_min: must be below rollout_is_cap, got {self.rollout_is_min} >= "
+                             f"{self.rollout_is_cap}")
         if self.loss_type == "cispo" and self.dual_clip_c is not None:
             raise ValueError("dual_clip_c: applies to the clipped surrogate, not to loss_type cispo")
         return self
@@ -334,6 +356,76 @@ class RunConfig(_Strict):
         "hf_parquet / hf_json: read with datasets' own loaders (a file, a folder or a glob).")
     dataset_split: str | None = Field(default=None, min_length=1, description="The split of a DatasetDict "
                                       "(save_to_disk folder) or of datasets' loaders; unset: train.")
+
+    # Periodic evaluation (issue 20), RLAVR (issue 14) and multi-turn runs (issues 15, 16). In an API run
+    # eval.data is confined like dataset, rlavr.url like reward.url, and multi_turn names only registered
+    # environments and the sandbox backend (services/trainer/confine.py); local configs get more freedom.
+    eval: EvalConfig | None = Field(default=None, description="Periodic evaluation during training; unset: none.")
+    rlavr: RlavrConfig | None = Field(default=None, description="Train with CARE-bought labels and pseudo-labels.")
+    multi_turn: MultiTurnConfig | None = Field(default=None, description="Multi-turn episodes with tools "
+                                               "(see docs/multi_turn.md); unset: single-turn rollouts.")
+    # Self-distillation (issue 17): in an API run the teacher is the platform's teacher service (or an
+    # allowlisted URL) with the run's minted key, or in_process (a copy of the policy: it loads no path).
+    self_distillation: ServiceSelfDistillationConfig | None = Field(
+        default=None, description="AMR-SD or pi-Play against a teacher (trainer.self_distillation); unset: none.")
+
+    @model_validator(mode="after")
+    def _self_distillation_supported(self) -> RunConfig:
+        """Self-distillation forms token-level advantages (AMR-SD) or adds a loss term (pi-Play) in one
+        process, on single-turn rollouts: settings that recompute the advantages later or change the
+        update's forward are refused, naming the field."""
+        sd = self.self_distillation
+        if sd is None:
+            return self
+        for name in ("rlavr", "multi_turn", "mtp", "deepspeed"):
+            if getattr(self, name, None) is not None:
+                raise ValueError(f"self_distillation: not supported with {name} yet")
+        if sd.method == "amr_sd":
+            from trainer.algorithms import TOKEN_WEIGHTED_ESTIMATORS
+
+            if self.kl_in_reward:
+                raise ValueError("self_distillation: amr_sd is not supported with kl_in_reward (the update would "
+                                 "recompute the advantages without the token weights)")
+            if self.scale_rewards in TOKEN_WEIGHTED_ESTIMATORS:
+                raise ValueError(f"self_distillation: amr_sd is not supported with scale_rewards: "
+                                 f"{self.scale_rewards} (the update would recompute the advantages without the "
+                                 f"token weights)")
+        return self
+
+    @model_validator(mode="after")
+    def _rlavr_consistent(self) -> RunConfig:
+        """RLAVR rewards exist only once the whole batch is posted, and its weights scale the advantages
+        computed once: settings that filter groups by reward or recompute advantages later contradict it."""
+        if self.multi_turn is not None and self.rlavr is not None:
+            raise ValueError("multi_turn: not supported with rlavr yet (its labels are per single-turn completion)")
+        if self.multi_turn is not None and self.multi_turn.ziprl is not None:
+            from trainer.algorithms import TOKEN_WEIGHTED_ESTIMATORS
+
+            # ZipRL's batch rows are turns (each under its own context): the advantages are computed once
+            # per episode and spread over its turns, so nothing may recompute them per row later.
+            if self.kl_in_reward:
+                raise ValueError("multi_turn.ziprl: not supported with kl_in_reward (advantages are per episode, "
+                                 "the batch's rows per turn)")
+            if self.scale_rewards in TOKEN_WEIGHTED_ESTIMATORS:
+                raise ValueError(f"multi_turn.ziprl: not supported with scale_rewards: {self.scale_rewards} "
+                                 f"(its token counts are per episode, the batch's rows per turn)")
+        if self.multi_turn is not None and self.eval is not None:
+            raise ValueError("eval: periodic evaluation samples single-turn completions; not supported with "
+                             "multi_turn yet")
+        if self.rlavr is None:
+            return self
+        if self.dynamic_sampling:
+            raise ValueError("dynamic_sampling: not supported with rlavr (rewards are known only after the step is posted)")
+        if self.overlong.enabled:
+            raise ValueError("overlong.enabled: not supported with rlavr (its rewards replace the shaped ones)")
+        if self.kl_in_reward:
+            raise ValueError("kl_in_reward: not supported with rlavr (advantages are recomputed without the weights)")
+        from trainer.algorithms import TOKEN_WEIGHTED_ESTIMATORS
+
+        if self.scale_rewards in TOKEN_WEIGHTED_ESTIMATORS:
+            raise ValueError(f"scale_rewards: {self.scale_rewards} is not supported with rlavr (advantages are "
+                             f"recomputed without the weights)")
+        return self
 
     @field_validator("report_to")
     @classmethod
@@ -414,8 +506,10 @@ class RlavrConfig(_Strict):
     extractor: Literal["boxed", "text"] = Field(default="boxed", description="boxed: the last \\boxed{…} of a "
                                                 "completion, none = unparseable (math); text: the whole completion "
                                                 "stripped, empty = unparseable (trainer.rlavr.extract_answer).")
-    pending_rule: Literal["weight_zero"] = Field(default="weight_zero", description="A prompt whose label is "
-                                                 "bought but not answered yet trains at weight 0 this step.")
+    pending_rule: Literal["weight_zero", "requeue"] = Field(
+        default="weight_zero", description="A prompt whose label is bought but not answered yet trains at weight 0 "
+        "this step. weight_zero: nothing more; requeue: the label feed is read at each step and the prompt comes "
+        "back, ahead of fresh ones, once its label arrives (trained on it at weight 1; one process only).")
     run_id: str | None = Field(default=None, min_length=1, max_length=120, description="Prefix of each step's "
                                "Idempotency-Key (rlavr-<run_id>-step-<step>); unset: a hash of output_dir.")
     timeout_s: float = Field(default=60.0, gt=0)
@@ -424,8 +518,32 @@ class RlavrConfig(_Strict):
 
 # Multi-turn agent runs (issue 15): episodes with tools, IH-GRPO's delayed execution and its c term.
 class ToolsConfig(_Strict):
-    """Where code runs: the sandbox service's stateful sessions over HTTP, or (``local``) a plain
-    Python subprocess on this machine — a test double for CPU toys that must never run untrusted code."""
+    """Where code runs, in a config that came over the trainer service's API: the platform's sandbox
+    service (its stateful sessions over HTTP). Its URL and token are the service's own settings
+    (REWARDHUB_SANDBOX_URL, REWARDHUB_SANDBOX_TOKEN), never the body's: see :class:`LocalToolsConfig`."""
+
+    backend: str = Field(default="sandbox", description="sandbox: /v1/sessions of the sandbox service (the only "
+                         "backend of an API run; local configs may also use local, a subprocess test double).")
+    timeout_s: float = Field(default=5.0, gt=0, le=300, description="Time limit of one execution.")
+    max_output_bytes: int = Field(default=4096, ge=64, le=1 << 20, description="Output kept per stream.")
+    ttl_s: float = Field(default=600.0, gt=0, le=86_400, description="Session time to live (sandbox).")
+    project: str | None = Field(default=None, min_length=1, max_length=128, description="Sent to the sandbox as "
+                                "X-Rewardhub-Project (its per-project session caps). Unset: reward.project_id "
+                                "(an API run: always its own project).")
+
+    @field_validator("backend")
+    @classmethod
+    def _allowed_backend(cls, backend: str) -> str:
+        if backend != "sandbox":
+            raise ValueError(f"{backend!r} is not accepted in a run started through the service: only sandbox "
+                             "(local runs code in the trainer's own process; local configs only)")
+        return backend
+
+
+class LocalToolsConfig(ToolsConfig):
+    """The tools of a config the machine's owner writes: also ``local`` (a plain Python subprocess on
+    this machine — a test double for CPU toys that must never run untrusted code), a sandbox URL of
+    its choice and the environment variable holding the sandbox token."""
 
     backend: Literal["sandbox", "local"] = Field(default="sandbox", description="sandbox: /v1/sessions of the "
                                                  "sandbox service; local: a subprocess test double (toys only).")
@@ -434,11 +552,11 @@ class ToolsConfig(_Strict):
     api_key_env: str = Field(default="REWARDHUB_SANDBOX_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                              description="Environment variable holding the Bearer token sent to the sandbox "
                              "(its REWARDHUB_SANDBOX_TOKEN; empty in the embedded default, which needs none).")
-    timeout_s: float = Field(default=5.0, gt=0, le=300, description="Time limit of one execution.")
-    max_output_bytes: int = Field(default=4096, ge=64, le=1 << 20, description="Output kept per stream.")
-    ttl_s: float = Field(default=600.0, gt=0, le=86_400, description="Session time to live (sandbox).")
-    project: str | None = Field(default=None, min_length=1, max_length=128, description="Sent to the sandbox as "
-                                "X-Rewardhub-Project (its per-project session caps). Unset: reward.project_id.")
+
+    @field_validator("backend")
+    @classmethod
+    def _allowed_backend(cls, backend: str) -> str:
+        return backend
 
 
 class IhGrpoConfig(_Strict):
@@ -450,15 +568,22 @@ class IhGrpoConfig(_Strict):
     p_min: float = Field(default=1e-7, gt=0, lt=0.5, description="p_t is clamped to [p_min, 1 - p_min].")
 
 
+# Environments a multi-turn run may name by name (the only ones an API run may use): name -> "code" or
+# the module:factory of an environment shipped with rewardhub.
+REGISTERED_ENVIRONMENTS: dict[str, str] = {"code": "code", "multihop": "trainer.ziprl.env:synthetic_env"}
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
 class MultiTurnConfig(_Strict):
     """Episodes of several turns (trainer.agent): a turn ends at a stop marker or an EOS, the
     environment's observation is appended with loss mask 0, and the episode ends on a final answer,
     ``max_turns`` or the token budget, which is ``max_completion_length`` (sampled and observation
     tokens together)."""
 
-    environment: str = Field(default="code", pattern=r"^(code|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
-                             description="code: Python blocks run in a tool session; or module:factory, "
-                             "a callable (prompt row) -> Environment of your own.")
+    environment: str = Field(default="code", description="A registered environment (REGISTERED_ENVIRONMENTS: "
+                             "code, Python blocks run in a tool session; multihop, ZipRL's synthetic multi-hop "
+                             "search task); local configs may also name module:factory, a callable "
+                             "(prompt row) -> Environment of their own.")
     execution: str = Field(default="delayed", description="delayed (IH-GRPO: blocks run at <tool_call>), "
                            "immediate (each block runs as written) or none (no tools).")
     stop_markers: list[str] | None = Field(default=None, description="Strings that end a turn besides the EOS "
@@ -475,6 +600,20 @@ class MultiTurnConfig(_Strict):
     # ZipRL (issue 16): the context is a compression memory instead of the raw history; see docs/ziprl.md.
     ziprl: dict[str, Any] | None = Field(default=None, description="ZipRL compression memory and Hindsight "
                                          "Response Replay (trainer.ziprl.config.ZipRLConfig); unset: raw history.")
+
+    @field_validator("environment")
+    @classmethod
+    def _known_environment(cls, name: str) -> str:
+        if name not in REGISTERED_ENVIRONMENTS:
+            raise ValueError(f"{name!r} is not a registered environment ({', '.join(REGISTERED_ENVIRONMENTS)}); a run "
+                             "started through the service cannot name module:factory (that would import code in "
+                             "the trainer's worker; local configs only)")
+        return name
+
+    @property
+    def environment_target(self) -> str:
+        """``code``, or the ``module:factory`` the environment's name stands for."""
+        return REGISTERED_ENVIRONMENTS.get(self.environment, self.environment)
 
     @field_validator("ziprl")
     @classmethod
@@ -528,59 +667,42 @@ class MultiTurnConfig(_Strict):
         return self.execution == "delayed" and self.ih_grpo.coefficient > 0 and self.environment == "code"
 
 
+class LocalMultiTurnConfig(MultiTurnConfig):
+    """The multi_turn section of a config the machine's owner writes: its environment may also be a
+    ``module:factory`` of its own, and its tools a :class:`LocalToolsConfig`."""
+
+    tools: LocalToolsConfig = Field(default_factory=LocalToolsConfig)
+
+    @field_validator("environment")
+    @classmethod
+    def _known_environment(cls, name: str) -> str:
+        if name not in REGISTERED_ENVIRONMENTS and not _FACTORY.match(name):
+            raise ValueError(f"{name!r} is neither a registered environment ({', '.join(REGISTERED_ENVIRONMENTS)}) "
+                             "nor module:factory")
+        return name
+
+
 class LocalRunConfig(RunConfig):
     """A run config written by the machine's owner: like :class:`RunConfig`, and its reward section
     may name the environment variable holding the API key (see :class:`LocalRewardConfig`)."""
 
     reward: LocalRewardConfig | None = Field(default=None, description="Unset only when the caller passes a "
                                              "reward function in-process (tests, benchmarks).")
-    # Local configs only for now: eval.data is a path, and the trainer service does not yet confine it
-    # to the project's area as it does config.dataset (services/trainer/confine.py).
-    eval: EvalConfig | None = Field(default=None, description="Periodic evaluation during training; unset: none.")
-    # RLAVR (issue 14): local configs only for now (the key comes from this process's environment).
-    rlavr: RlavrConfig | None = Field(default=None, description="Train with CARE-bought labels and pseudo-labels.")
-    # Multi-turn agent runs (issue 15): local configs only for now (the tool key and a module:factory
-    # environment come from this machine).
-    multi_turn: MultiTurnConfig | None = Field(default=None, description="Multi-turn episodes with tools "
-                                               "(see docs/multi_turn.md); unset: single-turn rollouts.")
+    # Multi-turn agent runs (issue 15): a local config's environment may be a module:factory, its tools
+    # local or a sandbox URL and token variable of its own (LocalMultiTurnConfig).
+    multi_turn: LocalMultiTurnConfig | None = Field(default=None, description="Multi-turn episodes with tools "
+                                                    "(see docs/multi_turn.md); unset: single-turn rollouts.")
     # OCC (issue 18): a local config's mtp section may also name a folder to load the head from (init_from).
     mtp: LocalMtpConfig = Field(default=None, description="A multi-token-prediction head trained jointly with RL "
                                 "(trainer.occ.LocalMtpSettings); unset: none.")
+    # Self-distillation (issue 17): a local config's teacher may also name the environment variable holding
+    # its key (teacher.api_key_env) and any teacher URL. See trainer/self_distillation/.
+    self_distillation: SelfDistillationConfig | None = Field(default=None, description="AMR-SD or pi-Play "
+                                                              "against a teacher (trainer.self_distillation); "
+                                                              "unset: none.")
 
-    @model_validator(mode="after")
-    def _rlavr_consistent(self) -> LocalRunConfig:
-        """RLAVR rewards exist only once the whole batch is posted, and its weights scale the advantages
-        computed once: settings that filter groups by reward or recompute advantages later contradict it."""
-        if self.multi_turn is not None and self.rlavr is not None:
-            raise ValueError("multi_turn: not supported with rlavr yet (its labels are per single-turn completion)")
-        if self.multi_turn is not None and self.multi_turn.ziprl is not None:
-            from trainer.algorithms import TOKEN_WEIGHTED_ESTIMATORS
 
-            # ZipRL's batch rows are turns (each under its own context): the advantages are computed once
-            # per episode and spread over its turns, so nothing may recompute them per row later.
-            if self.kl_in_reward:
-                raise ValueError("multi_turn.ziprl: not supported with kl_in_reward (advantages are per episode, "
-                                 "the batch's rows per turn)")
-            if self.scale_rewards in TOKEN_WEIGHTED_ESTIMATORS:
-                raise ValueError(f"multi_turn.ziprl: not supported with scale_rewards: {self.scale_rewards} "
-                                 f"(its token counts are per episode, the batch's rows per turn)")
-        if self.multi_turn is not None and self.eval is not None:
-            raise ValueError("eval: periodic evaluation samples single-turn completions; not supported with "
-                             "multi_turn yet")
-        if self.rlavr is None:
-            return self
-        if self.dynamic_sampling:
-            raise ValueError("dynamic_sampling: not supported with rlavr (rewards are known only after the step is posted)")
-        if self.overlong.enabled:
-            raise ValueError("overlong.enabled: not supported with rlavr (its rewards replace the shaped ones)")
-        if self.kl_in_reward:
-            raise ValueError("kl_in_reward: not supported with rlavr (advantages are recomputed without the weights)")
-        from trainer.algorithms import TOKEN_WEIGHTED_ESTIMATORS
-
-        if self.scale_rewards in TOKEN_WEIGHTED_ESTIMATORS:
-            raise ValueError(f"scale_rewards: {self.scale_rewards} is not supported with rlavr (advantages are "
-                             f"recomputed without the weights)")
-        return self
+RunConfig.model_rebuild()  # its eval / rlavr / multi_turn sections are declared after it
 
 
 def _describe(error: ValidationError) -> str:

@@ -18,8 +18,9 @@ Outputs (:func:`write_outputs`): ``report.json`` and ``samples.jsonl``, one line
 from __future__ import annotations
 
 import json
+import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -306,3 +307,96 @@ def load_for_eval(folder: Path, *, device: str = "cpu") -> tuple[Any, Any]:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+# ---------------------------------------------------------------- resumable evaluation (evaluation jobs)
+
+
+def read_samples(path: Path) -> dict[tuple[int, int], EvalSample]:
+    """The samples a results file holds, by (prompt index, sample index): the last line of each wins
+    (a batch redone after a crash appends lines again). Lines that do not parse (a write torn by a
+    crash) are skipped."""
+    found: dict[tuple[int, int], EvalSample] = {}
+    if not path.exists():
+        return found
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            sample = EvalSample(**json.loads(line))
+        except (ValueError, TypeError):
+            continue
+        found[(sample.prompt_index, sample.sample_index)] = sample
+    return found
+
+
+def finished_prompts(samples: dict[tuple[int, int], EvalSample], k: int) -> set[int]:
+    """The prompt indices with all ``k`` samples (0..k-1) on file."""
+    counts: dict[int, int] = {}
+    for prompt, index in samples:
+        if 0 <= index < k:
+            counts[prompt] = counts.get(prompt, 0) + 1
+    return {prompt for prompt, count in counts.items() if count == k}
+
+
+def _append_lines(path: Path, samples: Sequence[EvalSample]) -> None:
+    """One write of the batch's lines, flushed and fsync'ed; a torn previous last line is closed first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torn = path.exists() and path.stat().st_size > 0 and path.read_bytes()[-1:] != b"\n"
+    text = ("\n" if torn else "") + "".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in samples)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@dataclass(frozen=True)
+class EvalProgress:
+    done: int  # prompts with all k samples graded and on file
+    total: int
+    resumed: int  # of ``done``, the prompts found on file from an earlier attempt (not redone)
+
+
+def evaluate_resumable(engine: RolloutEngine, tokenizer: Any, rows: Sequence[PromptRow], rewards: RewardSource,
+                       settings: EvalSettings, samples_path: Path, *, describe: dict[str, Any] | None = None,
+                       on_progress: Callable[[EvalProgress], None] | None = None,
+                       should_stop: Callable[[], bool] | None = None) -> EvalResult | None:
+    """:func:`evaluate`, resumable: each batch's graded samples are appended to ``samples_path`` (one
+    write, fsync'ed) before the next batch starts, and a batch whose prompts all have their ``k``
+    samples on file is not generated nor graded again. Batches and their seeds are those of
+    :func:`evaluate` (``prompts_per_batch`` prompts, seed ``derive_seed(seed, offset)``), so a resumed
+    evaluation samples what an uninterrupted one would. ``should_stop`` is asked between batches; None
+    is returned when it said stop (what is on file stays for a later resume)."""
+    rows = list(rows[: settings.max_prompts] if settings.max_prompts is not None else rows)
+    if not rows:
+        raise ValueError("evaluate: the dataset has no rows")
+    sampling = SamplingSettings(group_size=settings.k, max_new_tokens=settings.max_new_tokens,
+                                temperature=settings.temperature)
+    done = finished_prompts(read_samples(samples_path), settings.k)
+    wanted = {row.index for row in rows}
+    resumed = len(done & wanted)
+    finished = resumed
+    if on_progress is not None:
+        on_progress(EvalProgress(finished, len(rows), resumed))
+    for offset in range(0, len(rows), settings.prompts_per_batch):
+        batch = rows[offset: offset + settings.prompts_per_batch]
+        if all(row.index in done for row in batch):
+            continue
+        if should_stop is not None and should_stop():
+            return None
+        prompts = [encode_prompt(tokenizer, row.prompt, settings.max_prompt_length) for row in batch]
+        generated = engine.generate(prompts, sampling, seed=checkpoint.derive_seed(settings.seed, offset))
+        outcomes = rewards.submit(batch, generated).result()
+        _append_lines(samples_path, _graded(batch, generated, outcomes, settings.k))
+        finished += sum(row.index not in done for row in batch)
+        done.update(row.index for row in batch)
+        if on_progress is not None:
+            on_progress(EvalProgress(finished, len(rows), resumed))
+    on_file = read_samples(samples_path)
+    samples = [on_file[key] for key in sorted(on_file) if key[0] in wanted and key[1] < settings.k]
+    ks = settings.pass_ks
+    report: dict[str, Any] = {
+        **(describe or {}), "k": settings.k, "ks": ks, "temperature": settings.temperature, "seed": settings.seed,
+        "max_new_tokens": settings.max_new_tokens, "pass_threshold": settings.pass_threshold,
+        "prompts": len(rows), "resumed_prompts": resumed,
+        "sources": summarize(samples, k=settings.k, ks=ks, pass_threshold=settings.pass_threshold),
+    }
+    return EvalResult(report, samples)

@@ -35,7 +35,7 @@ from trainer.algorithms import (
     mask_truncated,
     masked_mean,
     overlong_penalty,
-    rollout_is_weights,
+    rollout_correction_weights,
     truncated_completions,
 )
 from trainer.algorithms.ih_grpo import c_loss
@@ -66,6 +66,7 @@ from trainer.policy import DeepSpeedPolicy, LocalPolicy, Policy, frozen_copy, lr
 from trainer.rewards import HttpRewards, RewardOutcome, RewardSource, status_counts
 from trainer.rlavr import RlavrSession
 from trainer.rollout import Rollout, RolloutEngine, SamplingSettings, TransformersEngine, eos_token_ids
+from trainer.self_distillation.loop import SelfDistillation
 
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
@@ -357,6 +358,9 @@ class GRPOTrainer:
         rlavr = getattr(config, "rlavr", None)  # RLAVR (issue 14): labels bought through the annotation service
         self.rlavr = (RlavrSession(config, self.output_dir, rank=self.collective.rank,
                                    world_size=self.collective.world_size) if rlavr is not None else None)
+        # Self-distillation (issue 17): AMR-SD token advantages or pi-Play's distillation term, from a teacher.
+        self.self_distill: SelfDistillation | None = (
+            SelfDistillation.build(self) if getattr(config, "self_distillation", None) is not None else None)
 
     # ---------------------------------------------------------------- setup
 
@@ -449,6 +453,8 @@ class GRPOTrainer:
         ``<checkpoint>/hf/`` in Hugging Face format."""
         state = checkpoint.TrainingState(step=self.step, sampler=self.sampler.state_dict(),
                                          extra={"base_model": str(Path(self.base_model).resolve())})
+        if self.rlavr is not None and self.rlavr.requeue:  # the label feed's cursor and the requeue queues
+            state.extra["rlavr"] = self.rlavr.state_dict()
         head = self.mtp_head
         if head is not None and isinstance(self.policy, LocalPolicy):
             # The head's files go into the checkpoint folder before it is published (trainer.mtp).
@@ -474,6 +480,8 @@ class GRPOTrainer:
         self.mtp_warmed_up = bool(state.extra.get("mtp_warmed_up", True))
         self.step = state.step
         self.sampler.load_state_dict(state.sampler)
+        if self.rlavr is not None:
+            self.rlavr.load_state_dict(state.extra.get("rlavr"))
         if self.collective.is_main:
             self._truncate_metrics(state.step)
         self._sync_engine()
@@ -548,6 +556,8 @@ class GRPOTrainer:
             needs = world.all_gather(needed)  # every rank takes the same draw and its own slice of it
             start = sum(needs[: world.rank])
             mine = self.sampler.take(sum(needs))[start: start + needed]
+            if self.rlavr is not None and rounds == 0:  # RLAVR requeue: prompts whose bought label arrived go first
+                mine = self.rlavr.step_prompts(self.step, mine)
             drawn += len(mine)
             if mine:
                 round_seed = checkpoint.derive_seed(seed, rounds, world.rank)
@@ -660,8 +670,9 @@ class GRPOTrainer:
                 truncated = truncated_completions(batch.completion_ids.to(device), batch.completion_mask.to(device),
                                                   stops)
             mask = mask_truncated(mask, truncated)
-        is_weights = (rollout_is_weights(old_logp, rollout_logp.to(device), mask, cap=cap,
-                                         log_ratio_clamp=config.log_ratio_clamp)
+        is_weights = (rollout_correction_weights(old_logp, rollout_logp.to(device), mask, mode=config.rollout_is_mode,
+                                                 cap=cap, min_weight=config.rollout_is_min,
+                                                 log_ratio_clamp=config.log_ratio_clamp)
                       if cap is not None and rollout_logp is not None and old_logp is not None else None)
         reward_kl: float | None = None
         if config.kl_in_reward or config.scale_rewards in TOKEN_WEIGHTED_ESTIMATORS:
@@ -695,6 +706,7 @@ class GRPOTrainer:
                     micro_batch = _slice(batch, part)
                     tool_terms = None
                     joint: JointOutput | None = None
+                    sd_kl: torch.Tensor | None = None
                     if self.mtp_head is not None:  # OCC: one trunk forward, the main head and the MTP head
                         assert self.mtp is not None
                         joint = joint_logprobs(self.model, self.mtp_head, micro_batch, config.temperature,
@@ -707,6 +719,10 @@ class GRPOTrainer:
                         logp, entropy, *tool_terms = logprobs_with_tool_terms(
                             forward, micro_batch, config.temperature, self.tool_token_id, device=self.device,
                             with_entropy=True, entropy_grad=config.entropy_coef != 0.0)
+                    elif self.self_distill is not None and self.self_distill.kl_term:  # pi-Play: KL from the same logits
+                        logp, entropy, sd_kl = self.self_distill.forward(
+                            forward, micro_batch, part, config.temperature, device=self.device, with_entropy=True,
+                            entropy_grad=config.entropy_coef != 0.0)
                     else:
                         logp, entropy = completion_logprobs(forward, micro_batch, config.temperature,
                                                             with_entropy=True, device=self.device,
@@ -727,6 +743,8 @@ class GRPOTrainer:
                     loss = out.loss if global_token_mean else out.loss / config.gradient_accumulation
                     if tool_terms is not None:
                         loss = loss + self._c_term(tool_terms, micro_batch, out.per_token_loss, mask[part], sums)
+                    if sd_kl is not None and self.self_distill is not None:
+                        loss = loss + self.self_distill.loss_term(sd_kl, part, mask[part], sums)
                     if joint is not None:
                         loss = loss + self._mtp_term(joint, micro_batch, old, advantages[part], mask[part],
                                                      mtp_tokens, sums)
@@ -824,6 +842,8 @@ class GRPOTrainer:
         started = time.perf_counter()
         seed = checkpoint.derive_seed(self.config.seed, self.step)
         warmup = self._mtp_warmup() if self.mtp_head is not None else {}
+        if self.self_distill is not None:  # pi-Play examiner rounds: the round's student set, before sampling
+            warmup = {**warmup, **self.self_distill.begin_step(self)}
         rollouts, rewards, metrics = self._collect(seed)
         metrics.update(warmup)
         if self.agent is not None:
@@ -837,6 +857,9 @@ class GRPOTrainer:
         advantages, metrics["informative_group_share"] = self._advantages(rewards)
         if rlavr_step is not None:
             advantages = rlavr_step.weighted(advantages, self.config.group_size)  # A_j × w_i
+        if self.self_distill is not None:  # AMR-SD: Â_{i,t} = A_i · w_t; pi-Play: the teacher's top-k for the term
+            advantages, sd_metrics = self.self_distill.shape(self, rollouts, rewards, advantages)
+            metrics.update(sd_metrics)
         turn_batch: Batch | None = None
         if any(r.turn_prompts is not None for r in rollouts):  # ZipRL: rows per turn, HRR per turn
             from trainer.agent.credit import episode_turn_advantages, hrr_metrics, token_advantages
@@ -853,7 +876,7 @@ class GRPOTrainer:
         # The decision is the same on every rank: each computed advantages over all of them.
         # So does an entropy bonus: its gradient does not depend on the advantages.
         if (self.collective.any(bool((advantages != 0).any())) or self.config.beta > 0
-                or self.config.entropy_coef != 0):
+                or self.config.entropy_coef != 0 or (self.self_distill is not None and self.self_distill.kl_term)):
             batch = turn_batch if turn_batch is not None else collate(rollouts, self.tokenizer.pad_token_id)
             metrics.update(self._update(batch, advantages, seed))
         else:
@@ -865,6 +888,8 @@ class GRPOTrainer:
                     self.scheduler.step()
             metrics.update({"loss": 0.0, "skipped_update": 1.0})
         self._sync_engine()
+        if self.self_distill is not None:  # the teacher follows the policy (EMA step or replaced)
+            self.self_distill.after_step(self)
         self.step += 1
         metrics["step"] = self.step
         metrics["lr"] = float(self.scheduler.get_last_lr()[0])
@@ -928,3 +953,5 @@ class GRPOTrainer:
         finally:
             trackers.close()
             self.rewards.close()
+            if self.self_distill is not None:
+                self.self_distill.close()

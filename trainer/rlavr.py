@@ -18,18 +18,33 @@ Per step (``RlavrSession.score``), for every group of G rollouts:
    so equivalence here is exact string match after normalisation (the service's vote also merges
    math-equivalent answers, e.g. ``0.5`` and ``\\frac12``; those rollouts get reward 0 here).
 5. The trainer computes advantages as usual and multiplies each prompt's by its weight: A_j × w_i.
-   Pending rule (``weight_zero``): a label bought but not answered yet (a human queue) trains at
-   weight 0 this step; the prompt trains with its label once it comes back at a later step.
+   Pending rule (``rlavr.pending_rule``): a label bought but not answered yet (a human queue) trains at
+   weight 0 this step under both rules. ``weight_zero`` (the default) does nothing more: the prompt
+   trains with its label only if the sampler happens to draw it again; ``requeue`` brings it back (6).
+6. Requeue (``pending_rule: requeue``): at the start of each step the session reads the project's label
+   feed (``GET …/labels?cursor=``, through the same client, URL and key as the steps) from its stored
+   cursor. A prompt this run is waiting on whose label has arrived goes into this step's prompts ahead
+   of the sampler's fresh ones (at most ``prompts_per_step``; the rest wait for the next step; fresh
+   prompts it displaces are carried to the next step, ahead of that step's draw). Posted again, the
+   service answers it ``labelled`` with its label and weight 1, so its rollouts are rewarded against
+   the human label at weight 1, as a purchase labelled at once would be. The cursor and the queues are
+   saved in checkpoints; each step's poll is journalled in ``<output_dir>/rlavr_labels.jsonl`` (the run's
+   log of label arrivals), and a resumed run replays its journal instead of polling again, so a retaken
+   step posts the same prompts under the same Idempotency-Key. Logged per step (requeue only):
+   ``rlavr/labels_arrived`` (this run's waiting prompts whose label the poll delivered),
+   ``rlavr/requeued`` (of the ready ones, those put into this step) and ``rlavr/waiting`` (bought
+   prompts still without a label after the step). One training process only (world size 1).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +62,10 @@ EMBEDDED_PREFIX = "/services/annotation"  # where the embedded default mounts th
 DEFAULT_PLATFORM_URL = "http://127.0.0.1:8000"
 MAX_TEXT = 20_000  # the service's limit on a stored answer / completion text
 RETRIED_STATUSES = frozenset({502, 503, 504})
+PENDING_RULES = ("weight_zero", "requeue")
+LABELS_LOG = "rlavr_labels.jsonl"  # the requeue journal: one line per step's poll of the label feed
+FEED_PAGE = 500  # the label feed's largest page
+MAX_FEED_PAGES = 1000  # one poll reads at most this many pages (500,000 entries); the rest next step
 _DOLLARS = re.compile(r"^\$+|\$+$")
 
 
@@ -105,10 +124,64 @@ def training_target(decision: GroupDecision) -> str | None:
 
 
 def effective_weight(decision: GroupDecision, pending_rule: str = "weight_zero") -> float:
-    """w_i: the service's advantage weight, except 0 while a bought label is pending (``weight_zero``)."""
-    if pending_rule != "weight_zero":
+    """w_i: the service's advantage weight, except 0 while a bought label is pending (both rules:
+    ``requeue`` differs only in bringing the prompt back once its label arrives)."""
+    if pending_rule not in PENDING_RULES:
         raise ValueError(f"rlavr.pending_rule: unknown rule {pending_rule!r}")
     return 0.0 if decision.label_status == "pending" else float(decision.advantage_weight)
+
+
+def apply_feed(entries: Sequence[Mapping[str, Any]], waiting: Mapping[str, int],
+               ready: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int], list[str]]:
+    """The requeue state after a page of the label feed (``{prompt_id, event}`` entries in feed order).
+
+    ``waiting`` and ``ready`` map prompt id → row index, in the order the prompts joined them. Entry by
+    entry: ``labelled`` for a waiting prompt moves it to the end of ``ready`` (an arrival); ``retracted``
+    for a ready prompt (arrived, not trained yet) moves it back to ``waiting``. Any other entry changes
+    nothing (another run's prompt, a prompt trained with its label already, a label edited while ready).
+    Returns (waiting, ready, the arrived prompt ids in feed order).
+    """
+    waiting, ready = dict(waiting), dict(ready)
+    arrived: list[str] = []
+    for entry in entries:
+        prompt_id, event = str(entry["prompt_id"]), entry.get("event", "labelled")
+        if event == "labelled" and prompt_id in waiting:
+            ready[prompt_id] = waiting.pop(prompt_id)
+            arrived.append(prompt_id)
+        elif event == "retracted" and prompt_id in ready:
+            waiting[prompt_id] = ready.pop(prompt_id)
+    return waiting, ready, arrived
+
+
+def order_step_prompts(ready: Sequence[int], deferred: Sequence[int], fresh: Sequence[int],
+                       size: int) -> tuple[list[int], list[int], list[int]]:
+    """A step's prompts (row indices) under ``requeue``: (chosen, ready left, deferred left).
+
+    candidates = ready ++ deferred ++ fresh with every later repeat of an index dropped;
+    chosen = the first ``size`` candidates; ready left = ready − chosen (they go first next step);
+    deferred left = (deferred ++ fresh) − chosen − ready left, in order (displaced fresh prompts, tried
+    next step before its own draw). With no ready or deferred prompt, chosen = fresh.
+    """
+    candidates = list(dict.fromkeys([*ready, *deferred, *fresh]))
+    chosen = candidates[:size]
+    taken = set(chosen)
+    ready_left = [i for i in dict.fromkeys(ready) if i not in taken]
+    queued = taken | set(ready_left)
+    deferred_left = [i for i in dict.fromkeys([*deferred, *fresh]) if i not in queued]
+    return chosen, ready_left, deferred_left
+
+
+def track_pending(decisions: Sequence[GroupDecision], rows: Sequence[int],
+                  waiting: Mapping[str, int]) -> dict[str, int]:
+    """The prompts waiting for a label after a step: a ``pending`` decision joins (or stays in) ``waiting``
+    with its row index; a ``labelled`` one leaves it (trained with its label); ``none`` changes nothing."""
+    out = dict(waiting)
+    for decision, row in zip(decisions, rows, strict=True):
+        if decision.label_status == "pending":
+            out.setdefault(decision.prompt_id, row)
+        elif decision.label_status == "labelled":
+            out.pop(decision.prompt_id, None)
+    return out
 
 
 def group_rewards(answers: Sequence[Sequence[str | None]], decisions: Sequence[GroupDecision]) -> list[float]:
@@ -263,6 +336,24 @@ class RlavrSession:
         self.key_prefix = f"rlavr-{run}" + (f"-rank-{rank}" if world_size > 1 else "")
         self.transport = transport
         self.last: RlavrStep | None = None
+        # pending_rule: requeue (see the module docstring, 6): the feed cursor, prompt id → row index of the
+        # prompts waiting for a label and of those whose label arrived, and displaced fresh rows.
+        self.requeue = self.settings.pending_rule == "requeue"
+        if self.requeue and world_size > 1:
+            raise RlavrError("rlavr.pending_rule: requeue needs a single training process yet (world size "
+                             f"{world_size}); use weight_zero")
+        self.cursor = "0"
+        self.waiting: dict[str, int] = {}
+        self.ready: dict[str, int] = {}
+        self.deferred: list[int] = []
+        self.queue_metrics: dict[str, float] = {}
+        self.journal_path = Path(output_dir) / LABELS_LOG
+        self.journal: dict[int, dict[str, Any]] = {}
+        if self.requeue and self.journal_path.exists():  # a resumed run replays the polls of the steps it retakes
+            for text in self.journal_path.read_text().splitlines():
+                if text.strip():
+                    line = json.loads(text)
+                    self.journal[int(line["step"])] = line
 
     def idempotency_key(self, step: int) -> str:
         return f"{self.key_prefix}-step-{step}"
@@ -279,9 +370,11 @@ class RlavrSession:
                                    device=trainer.device, micro_batch_size=chunk)
         answers: list[list[str | None]] = []
         groups: list[dict[str, Any]] = []
+        indices: list[int] = []
         for start in range(0, len(rollouts), group):
             members = list(rollouts[start: start + group])
-            row = trainer.rows[lookup[tuple(members[0].prompt_ids)]]
+            indices.append(lookup[tuple(members[0].prompt_ids)])
+            row = trainer.rows[indices[-1]]
             extracted = [extract_answer(r.text, self.settings.extractor) for r in members]
             answers.append(extracted)
             groups.append({
@@ -304,32 +397,106 @@ class RlavrSession:
         metrics = step_metrics(decisions, weights, purchased=int(answer["purchased"]), budget=answer["budget"],
                                budget_exhausted=bool(answer.get("budget_exhausted")))
         metrics["rlavr/reward_mean"] = float(rewards.mean()) if len(rewards) else math.nan
+        if self.requeue:  # this step's arrivals and requeued prompts (step_prompts), and who waits now
+            self.waiting = track_pending(decisions, indices, self.waiting)
+            metrics.update({"rlavr/labels_arrived": 0.0, "rlavr/requeued": 0.0, **self.queue_metrics,
+                            "rlavr/waiting": float(len(self.waiting))})
+            self.queue_metrics = {}
         self.last = RlavrStep(rewards, weights, decisions, answers, metrics)
         return self.last
 
     def post_step(self, step: int, groups: list[dict[str, Any]]) -> dict[str, Any]:
         """POST the step, retrying connection errors and 502/503/504 with the same Idempotency-Key."""
-        url = f"{self.base_url}/v1/annotation/projects/{self.settings.annotation_project_id}/steps"
-        headers = {"Idempotency-Key": self.idempotency_key(step)}
+        path = f"/v1/annotation/projects/{self.settings.annotation_project_id}/steps"
+        return self._request("POST", path, what=f"annotation step {step}", body={"step": step, "groups": groups},
+                             headers={"Idempotency-Key": self.idempotency_key(step)})
+
+    def poll_labels(self, cursor: str) -> tuple[list[dict[str, Any]], str]:
+        """The label feed after ``cursor`` (``GET …/labels``, page after page until a short one, at most
+        ``MAX_FEED_PAGES``): its entries in feed order and the cursor the next poll starts from."""
+        path = f"/v1/annotation/projects/{self.settings.annotation_project_id}/labels"
+        entries: list[dict[str, Any]] = []
+        for _ in range(MAX_FEED_PAGES):
+            page = self._request("GET", path, what=f"label feed after cursor {cursor}",
+                                 params={"cursor": cursor, "limit": FEED_PAGE})
+            data = list(page.get("data") or [])
+            entries.extend(data)
+            cursor = str(page.get("next_cursor") or cursor)
+            if len(data) < FEED_PAGE:
+                break
+        return entries, cursor
+
+    def _request(self, method: str, path: str, *, what: str, body: Any = None, params: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """One call to the annotation service with the run's key, retrying connection errors and 502/503/504
+        (a POST carries its Idempotency-Key, so a retry is safe); a 4xx/5xx answer is an :class:`RlavrError`."""
+        url = f"{self.base_url}{path}"
+        headers = dict(headers or {})
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        body = {"step": step, "groups": groups}
         attempts = self.settings.max_retries + 1
         cause = ""
         with httpx.Client(timeout=self.settings.timeout_s, transport=self.transport) as client:
             for attempt in range(attempts):
                 try:
-                    response = client.post(url, json=body, headers=headers)
+                    response = client.request(method, url, json=body, params=params, headers=headers)
                 except httpx.TransportError as exc:  # the request may have been processed: the key makes a retry safe
                     cause = f"{type(exc).__name__}: {exc}"
                 else:
                     if response.status_code not in RETRIED_STATUSES:
                         if response.status_code != 200:
-                            raise RlavrError(f"annotation step {step}: HTTP {response.status_code}: "
-                                             f"{response.text[:500]}")
+                            raise RlavrError(f"{what}: HTTP {response.status_code}: {response.text[:500]}")
                         result: dict[str, Any] = response.json()
                         return result
                     cause = f"HTTP {response.status_code}"
                 if attempt + 1 < attempts:
                     time.sleep(min(8.0, 0.5 * 2 ** attempt))  # back off before the retry
         raise RlavrError(f"annotation service unreachable at {url} after {attempts} attempts: {cause}")
+
+    # ---------------------------------------------------------------- requeue (pending_rule: requeue)
+
+    def step_prompts(self, step: int, fresh: Sequence[int]) -> list[int]:
+        """This step's prompts (row indices). ``weight_zero``: ``fresh``, the sampler's draw, unchanged.
+        ``requeue``: the label feed is read from the stored cursor (or this step's journal line replayed,
+        after a resume), arrivals move to the ready queue (:func:`apply_feed`), and the step takes ready,
+        then deferred, then fresh prompts, ``len(fresh)`` in all (:func:`order_step_prompts`)."""
+        if not self.requeue:
+            return list(fresh)
+        record = self.journal.get(step)
+        replayed = record is not None and record.get("cursor") == self.cursor
+        if record is not None and replayed:
+            entries, next_cursor = list(record["entries"]), str(record["next_cursor"])
+        else:
+            polled, next_cursor = self.poll_labels(self.cursor)
+            known = self.waiting.keys() | self.ready.keys()  # only these prompts' entries can change the state
+            entries = [{"seq": e.get("seq"), "prompt_id": str(e["prompt_id"]), "event": e.get("event", "labelled"),
+                        "label": e.get("label"), "bought_step": e.get("step")}
+                       for e in polled if str(e.get("prompt_id")) in known]
+        self.waiting, ready, arrived = apply_feed(entries, self.waiting, self.ready)
+        chosen, ready_left, self.deferred = order_step_prompts(list(ready.values()), self.deferred, fresh, len(fresh))
+        left = set(ready_left)
+        requeued = [prompt_id for prompt_id, row in ready.items() if row not in left]
+        self.ready = {prompt_id: row for prompt_id, row in ready.items() if row in left}
+        if not replayed:
+            line = {"step": step, "cursor": self.cursor, "next_cursor": next_cursor, "entries": entries,
+                    "arrived": arrived, "requeued": requeued}
+            self.journal[step] = line
+            with self.journal_path.open("a") as log:
+                log.write(json.dumps(line) + "\n")
+        self.cursor = next_cursor
+        self.queue_metrics = {"rlavr/labels_arrived": float(len(arrived)), "rlavr/requeued": float(len(requeued))}
+        return chosen
+
+    def state_dict(self) -> dict[str, Any]:
+        """The requeue state a checkpoint keeps: the feed cursor and the waiting, ready and deferred queues."""
+        return {"pending_rule": self.settings.pending_rule, "cursor": self.cursor,
+                "waiting": [[k, v] for k, v in self.waiting.items()], "ready": [[k, v] for k, v in self.ready.items()],
+                "deferred": list(self.deferred)}
+
+    def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
+        """Restore :meth:`state_dict` (None, e.g. a checkpoint of a weight_zero run: the feed from its start)."""
+        state = state or {}
+        self.cursor = str(state.get("cursor", "0"))
+        self.waiting = {str(k): int(v) for k, v in state.get("waiting", [])}
+        self.ready = {str(k): int(v) for k, v in state.get("ready", [])}
+        self.deferred = [int(i) for i in state.get("deferred", [])]

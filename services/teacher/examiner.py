@@ -121,17 +121,6 @@ async def generate_tasks(backend: ChatBackend, request: ExaminerTasksRequest) ->
     return ExaminerTasksResponse(results=results, format_ok_rate=rate)
 
 
-def difficulty_bucket(passed: int, samples: int) -> str:
-    """Where a task falls: solved_by_none, solved_by_all, or the quartile of its pass rate k/n."""
-    if passed == 0:
-        return "solved_by_none"
-    if passed == samples:
-        return "solved_by_all"
-    rate = passed / samples
-    return "pass_rate_0-25" if rate <= 0.25 else "pass_rate_25-50" if rate <= 0.5 else \
-        "pass_rate_50-75" if rate <= 0.75 else "pass_rate_75-100"
-
-
 def rewards(request: ExaminerRewardsRequest) -> ExaminerRewardsResponse:
     """Difficulty rewards per task and hop-grouped advantages over the valid ones."""
     results: list[ExaminerRewardResult] = []
@@ -147,7 +136,7 @@ def rewards(request: ExaminerRewardsRequest) -> ExaminerRewardsResponse:
             results.append(ExaminerRewardResult(id=item.id, status="invalid_input",
                                                 error="format_reward: must be a finite number"))
             continue
-        bucket = difficulty_bucket(item.passed, item.samples)
+        bucket = formulas.difficulty_bucket(item.passed, item.samples)
         histogram[bucket] = histogram.get(bucket, 0) + 1
         valid.append((len(results), reward, item.hops))
         results.append(ExaminerRewardResult(id=item.id, status="ok", reward=reward))

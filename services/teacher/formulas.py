@@ -1,200 +1,34 @@
-"""Every formula of the teacher service, each a small pure function (AMR-SD, π-Play, EMA, the KL estimate).
+"""Every formula of the teacher service (AMR-SD, π-Play, EMA, the KL estimate).
 
-AMR-SD has no public code: the CIG, gate and annealing definitions follow this project's spec
-(``specs/self_distillation.md``), which designs them from the paper's abstract. π-Play's difficulty
-reward and hop-grouped normalisation follow reading notes of the paper. Choices the spec leaves
-open are stated in each docstring (and in ``docs/teacher.md``).
+They live in :mod:`trainer.self_distillation.formulas`, a layer both the teacher service and the
+trainer may import (``.importlinter``: services > services.common > trainer), so the service's
+``/v1/modulate`` and ``/v1/examiner/rewards`` and the trainer's in-process teacher compute with the
+very same functions. This module re-exports them under their old home.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from trainer.self_distillation.formulas import (
+    TAIL_FLOOR,
+    Schedule,
+    annealed_alpha,
+    causal_information_gain,
+    difficulty_bucket,
+    difficulty_reward,
+    ema_update,
+    ema_update_state,
+    gate_weight,
+    gate_weights,
+    hop_grouped_normalise,
+    lumped_topk_kl,
+    mean_abs,
+    modulated_advantages,
+    modulated_share,
+    relu,
+    tail_logprob,
+)
 
-if TYPE_CHECKING:  # torch is imported where it is used: the service app starts without it
-    import torch
-
-Schedule = Literal["constant", "linear", "cosine"]
-
-# Floor of a lumped tail probability: keeps log(0) out of the top-k KL when a top-k covers all the mass.
-TAIL_FLOOR = 1e-12
-
-
-def relu(x: float) -> float:
-    """ReLU(x) = max(0, x)."""
-    return x if x > 0.0 else 0.0
-
-
-def causal_information_gain(teacher_logprobs: Sequence[float], student_logprobs: Sequence[float]) -> list[float]:
-    """CIG_t = log π_T(y_t | x, c, y_<t) − log π_S(y_t | x, y_<t), token by token.
-
-    ``teacher_logprobs`` are the policy's log-probs of the rollout's tokens with the privileged
-    context (the hint) c, ``student_logprobs`` without it; both of the same length.
-    """
-    if len(teacher_logprobs) != len(student_logprobs):
-        raise ValueError(f"teacher_logprobs has {len(teacher_logprobs)} values, student_logprobs "
-                         f"{len(student_logprobs)}")
-    return [float(t) - float(s) for t, s in zip(teacher_logprobs, student_logprobs, strict=True)]
-
-
-def gate_weight(cig: float, advantage: float, alpha: float, tau_plus: float, tau_minus: float,
-                max_weight: float | None = None) -> float:
-    """The asymmetric ReLU-gated weight of one token.
-
-    - A > 0: w = 1 + α · ReLU(CIG − τ₊)   (reinforce more what the teacher endorses)
-    - A < 0: w = 1 + α · ReLU(−CIG − τ₋)  (sharpen the penalty on what the teacher rejects)
-    - A = 0: w = 1                        (our choice: nothing to modulate; Â = 0 anyway)
-
-    ``max_weight`` (optional, ≥ 1; our addition) caps w. With α ≥ 0, w ≥ 1, so Â = A · w never
-    changes the outcome's sign.
-    """
-    if alpha < 0:
-        raise ValueError(f"alpha must be at least 0 (a negative alpha could flip the outcome sign), got {alpha}")
-    if advantage > 0:
-        w = 1.0 + alpha * relu(cig - tau_plus)
-    elif advantage < 0:
-        w = 1.0 + alpha * relu(-cig - tau_minus)
-    else:
-        w = 1.0
-    if max_weight is not None:
-        w = min(w, max_weight)
-    return w
-
-
-def gate_weights(cig: Sequence[float], advantage: float, alpha: float, tau_plus: float, tau_minus: float,
-                 max_weight: float | None = None) -> list[float]:
-    """:func:`gate_weight` for every token of one rollout (one outcome advantage A_i for all its tokens)."""
-    return [gate_weight(c, advantage, alpha, tau_plus, tau_minus, max_weight) for c in cig]
-
-
-def modulated_advantages(advantage: float, weights: Sequence[float]) -> list[float]:
-    """Â_{i,t} = A_i · w_t. The sign of every Â is the sign of A_i (weights are ≥ 1)."""
-    if any(w < 0 for w in weights):
-        raise ValueError("weights must be non-negative: a negative weight would flip the outcome sign")
-    return [advantage * w for w in weights]
-
-
-def annealed_alpha(alpha0: float, step: int, total_steps: int, schedule: Schedule = "linear") -> float:
-    """α at training step ``step`` (0-based) of ``total_steps``; it reaches 0 at ``total_steps`` and stays 0.
-
-    - constant: α = α₀
-    - linear:   α = α₀ · max(0, 1 − s/S)
-    - cosine:   α = α₀ · ½ · (1 + cos(π · min(s, S)/S))
-    """
-    if alpha0 < 0:
-        raise ValueError(f"alpha0 must be at least 0, got {alpha0}")
-    if step < 0:
-        raise ValueError(f"step must be at least 0, got {step}")
-    if schedule == "constant":
-        return alpha0
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be at least 1 for a {schedule} schedule, got {total_steps}")
-    progress = min(step, total_steps) / total_steps
-    if schedule == "linear":
-        return alpha0 * max(0.0, 1.0 - progress)
-    if schedule == "cosine":
-        return alpha0 * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"schedule must be constant, linear or cosine, got {schedule!r}")
-
-
-def modulated_share(weights: Sequence[float]) -> float:
-    """Share of tokens whose weight is not 1 (the gate opened); 0 for an empty rollout."""
-    return sum(1 for w in weights if w != 1.0) / len(weights) if weights else 0.0
-
-
-def mean_abs(values: Sequence[float]) -> float:
-    """(1/T) Σ_t |v_t|; 0 for no values."""
-    return sum(abs(v) for v in values) / len(values) if values else 0.0
-
-
-def difficulty_reward(passed: int, samples: int, format_reward: float = 0.0) -> float:
-    """π-Play's examiner reward with k of n student samples correct:
-
-        r_d = 1(0 < k < n) · (n − k)/(n − 1) + r_format
-
-    Hardest still-solvable (k = 1) gives 1; unsolved (k = 0) and trivial (k = n) give 0. With n = 1
-    the indicator is always 0, so r_d = r_format (the (n − 1) never divides).
-    """
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
-    if not 0 <= passed <= samples:
-        raise ValueError(f"passed must be between 0 and samples ({samples}), got {passed}")
-    solvable = 0 < passed < samples
-    return ((samples - passed) / (samples - 1) if solvable else 0.0) + format_reward
-
-
-def hop_grouped_normalise(rewards: Sequence[float], hops: Sequence[int], eps: float = 1e-6) -> list[float]:
-    """Advantages normalised within the group of questions with the same hop count h:
-
-        A_j = (r_j − mean_h) / (σ_h + ε),  σ_h the unbiased std of group h (as GRPO's groups)
-
-    A group of one question has no spread: its advantage is 0 (our choice). Order is kept.
-    """
-    if len(rewards) != len(hops):
-        raise ValueError(f"rewards has {len(rewards)} values, hops {len(hops)}")
-    groups: dict[int, list[int]] = {}
-    for index, hop in enumerate(hops):
-        groups.setdefault(hop, []).append(index)
-    out = [0.0] * len(rewards)
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        values = [float(rewards[i]) for i in members]
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-        for i, v in zip(members, values, strict=True):
-            out[i] = (v - mean) / (std + eps)
-    return out
-
-
-def ema_update(psi: torch.Tensor, theta: torch.Tensor, tau: float) -> torch.Tensor:
-    """The EMA teacher's step: ψ ← (1 − τ) · ψ + τ · θ (a new tensor, in ψ's dtype).
-
-    Computed in float64 and cast back, so a float32/bfloat16 teacher loses no more than one rounding.
-    """
-    if not 0.0 <= tau <= 1.0:
-        raise ValueError(f"tau must be between 0 and 1, got {tau}")
-    if psi.shape != theta.shape:
-        raise ValueError(f"shapes differ: teacher {tuple(psi.shape)}, student {tuple(theta.shape)}")
-    import torch
-
-    mixed = (1.0 - tau) * psi.to(torch.float64) + tau * theta.to(torch.float64)
-    return mixed.to(psi.dtype)
-
-
-def ema_update_state(psi: Mapping[str, torch.Tensor], theta: Mapping[str, torch.Tensor],
-                     tau: float) -> dict[str, torch.Tensor]:
-    """:func:`ema_update` for every tensor of ``theta`` (names must exist in ``psi``); the rest of ψ is kept."""
-    unknown = sorted(set(theta) - set(psi))
-    if unknown:
-        raise KeyError(f"not tensors of the teacher: {', '.join(unknown[:5])}")
-    out = dict(psi)
-    for name, value in theta.items():
-        out[name] = ema_update(psi[name], value, tau)
-    return out
-
-
-def tail_logprob(top_logprobs: Sequence[float]) -> float:
-    """log of the mass outside the top-k: log(1 − Σ_{v∈K} p_v), floored at log(``TAIL_FLOOR``)."""
-    covered = sum(math.exp(lp) for lp in top_logprobs)
-    return math.log(max(TAIL_FLOOR, 1.0 - covered))
-
-
-def lumped_topk_kl(p_top_logprobs: Sequence[float], q_top_logprobs: Sequence[float]) -> float:
-    """KL(P ‖ Q) over k + 1 buckets: the k ids of a top-k list, and the rest lumped into one tail bucket.
-
-        KL ≈ Σ_{v∈K} p_v (log p_v − log q_v) + p_tail (log p_tail − log q_tail),
-        p_tail = 1 − Σ_{v∈K} p_v,  q_tail = 1 − Σ_{v∈K} q_v (each floored at TAIL_FLOOR)
-
-    ``p_top_logprobs[i]`` and ``q_top_logprobs[i]`` are the log-probs of the same token id under P
-    and Q. This is the KL of the two distributions coarsened to those buckets, so it never exceeds
-    the full-vocabulary KL (the data-processing inequality) and equals it when the tail is empty.
-    π-Play's term KL(π_S ‖ π_T) is this with P = the student (its full logits are at the trainer)
-    and K = the teacher's top-k ids returned by ``/v1/score``.
-    """
-    if len(p_top_logprobs) != len(q_top_logprobs):
-        raise ValueError(f"p has {len(p_top_logprobs)} values, q {len(q_top_logprobs)}")
-    kl = sum(math.exp(p) * (p - q) for p, q in zip(p_top_logprobs, q_top_logprobs, strict=True))
-    p_tail, q_tail = tail_logprob(p_top_logprobs), tail_logprob(q_top_logprobs)
-    return kl + math.exp(p_tail) * (p_tail - q_tail)
+__all__ = ["TAIL_FLOOR", "Schedule", "annealed_alpha", "causal_information_gain", "difficulty_bucket",
+           "difficulty_reward", "ema_update",
+           "ema_update_state", "gate_weight", "gate_weights", "hop_grouped_normalise", "lumped_topk_kl", "mean_abs",
+           "modulated_advantages", "modulated_share", "relu", "tail_logprob"]

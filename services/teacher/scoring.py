@@ -8,7 +8,7 @@ the numbers are the trainer's, bit for bit (``tests/unit/teacher/test_scoring.py
 
 Top-k: the k most likely ids at each continuation position with their log-probs (at the same
 temperature), and the log of the mass outside them. Those support the lumped top-k KL
-(:func:`services.teacher.formulas.lumped_topk_kl`): the student's log-probs of the teacher's top-k ids
+(:func:`trainer.self_distillation.formulas.lumped_topk_kl`): the student's log-probs of the teacher's top-k ids
 plus one tail bucket — a lower bound of the full-vocabulary KL, exact when the tail is empty.
 The per-token log-probs alone support only sampled-token estimates (k1: log π_S − log π_T on y_t).
 """
@@ -16,36 +16,20 @@ The per-token log-probs alone support only sampled-token estimates (k1: log π_S
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from services.teacher.model_cache import LoadedTeacher
-from trainer.grpo import collate
-from trainer.logprobs import chunked_token_logprobs
-from trainer.rollout import Rollout
+from trainer.self_distillation import scoring as shared
+from trainer.self_distillation.scoring import ScoreInput, ScoreOutput
 
-
-@dataclass(frozen=True)
-class ScoreInput:
-    context_ids: list[int]
-    continuation_ids: list[int]
-
-
-@dataclass
-class ScoreOutput:
-    logprobs: list[float]
-    top_ids: list[list[int]] = field(default_factory=list)
-    top_logprobs: list[list[float]] = field(default_factory=list)
-    tail_logprobs: list[float] = field(default_factory=list)
+__all__ = ["ScoreInput", "ScoreOutput", "VllmScorer", "batch_for", "pad_id_of", "score_batch", "vllm_usable"]
 
 
 def batch_for(inputs: list[ScoreInput], pad_id: int) -> Any:
     """The items as the trainer's rollout batch (``trainer.grpo.Batch``)."""
-    rollouts = [Rollout(prompt_index=i, prompt_ids=list(item.context_ids), completion_ids=list(item.continuation_ids),
-                        text="", truncated=False) for i, item in enumerate(inputs)]
-    return collate(rollouts, pad_id)
+    return shared.batch_for(inputs, pad_id)
 
 
 def pad_id_of(teacher: LoadedTeacher) -> int:
@@ -54,33 +38,12 @@ def pad_id_of(teacher: LoadedTeacher) -> int:
     return int(pad if pad is not None else 0)
 
 
-@torch.no_grad()
 def score_batch(teacher: LoadedTeacher, inputs: list[ScoreInput], *, top_k: int,
                 temperature: float = 1.0) -> list[ScoreOutput]:
-    """One forward over ``inputs`` (the caller holds ``teacher.lock``)."""
-    batch = batch_for(inputs, pad_id_of(teacher))
-    t_max = batch.completion_ids.shape[1]
-    device = teacher.device
-    logits = teacher.model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                           position_ids=batch.position_ids.to(device), logits_to_keep=t_max + 1).logits
-    logps = chunked_token_logprobs(logits, batch.completion_ids.to(device), temperature)
-    outputs: list[ScoreOutput] = []
-    for row, item in enumerate(inputs):
-        n = len(item.continuation_ids)
-        out = ScoreOutput(logprobs=[float(v) for v in logps[row, :n].tolist()])
-        if top_k > 0:
-            # One row's (n, V) float temporary at a time.
-            row_logps = torch.log_softmax(logits[row, :n].to(torch.promote_types(logits.dtype, torch.float32))
-                                          / temperature, dim=-1)
-            k = min(top_k, row_logps.shape[-1])
-            values, ids = row_logps.topk(k, dim=-1)
-            out.top_ids = [[int(i) for i in r] for r in ids.tolist()]
-            out.top_logprobs = [[float(v) for v in r] for r in values.tolist()]
-            covered = values.exp().sum(-1).to(torch.float64)
-            out.tail_logprobs = [float(v) for v in torch.log1p(-covered.clamp(max=1.0 - 1e-12)).tolist()]
-        outputs.append(out)
-    del logits
-    return outputs
+    """One forward over ``inputs`` (the caller holds ``teacher.lock``): the trainer's own
+    (:func:`trainer.self_distillation.scoring.score_tokens`, which the in-process teacher uses too)."""
+    return shared.score_tokens(teacher.model, inputs, pad_id_of(teacher), top_k=top_k, temperature=temperature,
+                               device=teacher.device)
 
 
 def vllm_usable() -> bool:

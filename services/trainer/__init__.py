@@ -6,4 +6,4 @@ SERVICE = ServiceSpec(name="trainer",
                       app="services.trainer.app:create_app",
                       summary="GRPO-family training runs",
                       models="services.trainer.models",
-                      tasks=("services.trainer.supervisor",))
+                      tasks=("services.trainer.supervisor", "services.trainer.evaljobs"))

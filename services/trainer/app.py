@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.common.app_factory import create_service_app
-from services.trainer import routes_datasets, routes_runs, runs, supervisor
+from services.trainer import routes_datasets, routes_evaluations, routes_runs, runs, supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,6 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     _register_collector()
-    return create_service_app("trainer", [routes_runs.router, routes_datasets.router], title="rewardhub trainer", lifespan=lifespan,
+    return create_service_app("trainer", [routes_runs.router, routes_evaluations.router, routes_datasets.router], title="rewardhub trainer", lifespan=lifespan,
                               description="GRPO-family training runs against the reward API, one supervised worker "
                               "process each.")

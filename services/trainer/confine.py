@@ -151,6 +151,60 @@ def check_reward_url(url: str | None, settings: Settings | None = None, field: s
     if url is None:
         return  # the platform's own gateway
     settings = settings or get_settings()
+    _check_url(url, allowlist_rules(settings), field, "the platform's gateway")
+
+
+ANNOTATION_MOUNT = "/services/annotation"  # the annotation service inside the embedded platform
+
+
+def annotation_rules(settings: Settings) -> list[UrlRule]:
+    """The platform's annotation service (its URL, or its mount under the gateway's) and the operator's allowlist."""
+    entries = [settings.annotation_url] if settings.annotation_url else []
+    if settings.gateway_url:
+        entries.append(settings.gateway_url.rstrip("/") + ANNOTATION_MOUNT)
+    return [UrlRule.parse(entry) for entry in entries] + [UrlRule.parse(entry) for entry in
+                                                          _split(settings.trainer_reward_url_allowlist)]
+
+
+def check_annotation_url(url: str | None, settings: Settings | None = None, field: str = "config.rlavr.url") -> None:
+    """Refuse an RLAVR annotation URL that is neither the platform's annotation service nor allowlisted.
+
+    The run's minted key goes there as a Bearer token with every step, exactly as to a reward URL, so
+    the same operator allowlist (REWARDHUB_TRAINER_REWARD_URL_ALLOWLIST) decides; unset is the platform's.
+    """
+    if url is None:
+        return  # the platform's own annotation service
+    settings = settings or get_settings()
+    _check_url(url, annotation_rules(settings), field, "the platform's annotation service")
+
+
+TEACHER_MOUNT = "/services/teacher"  # the teacher service inside the embedded platform
+
+
+def teacher_rules(settings: Settings) -> list[UrlRule]:
+    """The platform's teacher service (its URL, or its mount under the gateway's) and the operator's allowlist."""
+    entries = [settings.teacher_url] if settings.teacher_url else []
+    if settings.gateway_url:
+        entries.append(settings.gateway_url.rstrip("/") + TEACHER_MOUNT)
+    return [UrlRule.parse(entry) for entry in entries + _split(settings.trainer_reward_url_allowlist)]
+
+
+def check_teacher_url(url: str | None, settings: Settings | None = None,
+                      field: str = "config.self_distillation.teacher.url") -> None:
+    """Refuse a self-distillation teacher URL that is neither the platform's teacher service nor allowlisted.
+
+    The run's minted key goes there as a Bearer token with every score, hint and weights push (the
+    policy's parameters), so the operator's allowlist (REWARDHUB_TRAINER_REWARD_URL_ALLOWLIST) decides,
+    as for a reward URL; unset is the platform's own teacher service.
+    """
+    if url is None:
+        return  # the platform's own teacher service
+    settings = settings or get_settings()
+    _check_url(url, teacher_rules(settings), field, "the platform's teacher service")
+
+
+def _check_url(url: str, rules: list[UrlRule], field: str, platform: str) -> None:
+    """Refuse ``url`` unless it is a plain http(s) base URL that one of ``rules`` covers."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not parts.hostname:
@@ -165,9 +219,8 @@ def check_reward_url(url: str | None, settings: Settings | None = None, field: s
     except ValueError:
         raise InvalidInput(f"{field}: {url!r} has an invalid port", field=field) from None
     host = parts.hostname.lower()
-    if not any(rule.matches(scheme, host, port, posixpath.normpath(path) if path else "")
-               for rule in allowlist_rules(settings)):
-        raise InvalidInput(f"{field}: {url!r} is not the platform's gateway nor on the operator's allowlist "
+    if not any(rule.matches(scheme, host, port, posixpath.normpath(path) if path else "") for rule in rules):
+        raise InvalidInput(f"{field}: {url!r} is not {platform} nor on the operator's allowlist "
                            f"(REWARDHUB_TRAINER_REWARD_URL_ALLOWLIST); leave it unset to use the platform",
                            field=field)
 
@@ -184,7 +237,9 @@ def _deepspeed_paths(overrides: Mapping[str, Any], prefix: str) -> Iterable[str]
 
 
 def check_api_config(config: RunConfig, project_id: str, settings: Settings | None = None) -> None:
-    """Every check of a config that arrived over the API, except the dataset (which needs the database)."""
+    """Every check of a config that arrived over the API, except the dataset and eval.data (which need the
+    database; see :func:`dataset_path`). A multi_turn section's environment and tool backend are checked
+    by the config itself (registered names, sandbox only)."""
     settings = settings or get_settings()
     if config.output_dir is not None:
         raise InvalidInput("config.output_dir: not accepted through the API; the service writes each run to "
@@ -195,6 +250,18 @@ def check_api_config(config: RunConfig, project_id: str, settings: Settings | No
         raise InvalidInput("config.reward.project_id: a run scores its rewards in its own project "
                            f"({project_id}); leave it unset", field="config.reward.project_id")
     check_reward_url(config.reward.url, settings)
+    if config.rlavr is not None:
+        check_annotation_url(config.rlavr.url, settings)
+    if config.multi_turn is not None and config.multi_turn.tools.project not in (None, project_id):
+        raise InvalidInput("config.multi_turn.tools.project: a run's tool sessions count against its own project "
+                           f"({project_id}); leave it unset", field="config.multi_turn.tools.project")
+    if config.self_distillation is not None:
+        teacher = config.self_distillation.teacher
+        check_teacher_url(teacher.url, settings)
+        if teacher.project_id not in (None, project_id):
+            raise InvalidInput("config.self_distillation.teacher.project_id: a run's teacher models are its own "
+                               f"project's ({project_id}); leave it unset",
+                               field="config.self_distillation.teacher.project_id")
     if config.model.path is not None:
         model_path(project_id, config.model.path, settings)
     if config.deepspeed is not None:

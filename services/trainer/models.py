@@ -96,3 +96,43 @@ class TrainingDataset(Base):
     rows: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EvaluationJob(Base):
+    """An evaluation job (kind ``model``, ``dining`` or ``sts``), supervised like a training run.
+
+    It has the run's lease columns (``attempt``, ``supervisor``, ``heartbeat_at``…; see
+    :class:`TrainingRun`), so the same launcher, watchers and dead-attempt rules apply
+    (services/trainer/runs.py ``JobKind``). Progress is ``stage`` and ``done_items``/``total_items``,
+    written by the worker; ``metrics`` holds the finished report. Per-item results live in the job's
+    folder (``output_dir``), which is what a resumed attempt reads to skip finished work.
+    """
+
+    __tablename__ = "evaluation_jobs"
+    __table_args__ = (Index("ix_evaluation_jobs_status_heartbeat_at", "status", "heartbeat_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[RunStatus] = mapped_column(Enum(RunStatus, native_enum=False, length=16), default=RunStatus.queued)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    output_dir: Mapped[str] = mapped_column(String(1000))
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    stage: Mapped[str] = mapped_column(String(64), default="queued")
+    done_items: Mapped[int] = mapped_column(Integer, default=0)
+    total_items: Mapped[int] = mapped_column(Integer, default=0)
+    # Items this attempt found finished by an earlier one and did not redo.
+    resumed_items: Mapped[int] = mapped_column(Integer, default=0)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    worker_pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    auto_resumes: Mapped[int] = mapped_column(Integer, default=0)
+    supervisor: Mapped[str | None] = mapped_column(String(255), default=None)
+    worker_host: Mapped[str | None] = mapped_column(String(255), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)

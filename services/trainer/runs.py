@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -68,6 +69,39 @@ def this_process() -> str:
 
 
 @dataclass(frozen=True)
+class JobKind:
+    """One kind of supervised job: its table (with the lease columns of :class:`TrainingRun`: status,
+    attempt, supervisor, heartbeat_at, worker_pid/host, cancel_requested, auto_resumes, api_key_id,
+    finished_at, error), the module its worker runs as (``python -m MODULE ID ATTEMPT``, the key on
+    stdin), what it is called in messages, its resume route and its resume check (raises a 4xx).
+
+    Training runs are :data:`RUN_JOBS`; evaluation jobs (services/trainer/evaljobs.py) are another.
+    Launching, reaping, ending dead attempts, claiming queued ones and the watchers' sweeps
+    (services/trainer/supervisor.py) take a kind and work the same for every one.
+    """
+
+    table: Any
+    worker_module: str
+    noun: str
+    resume_route: str  # with ``{id}``
+    check_resumable: Callable[[Session, Any], None]
+
+
+_JOB_KINDS: list[JobKind] = []
+
+
+def register_job_kind(kind: JobKind) -> JobKind:
+    """Make the watchers sweep and launch jobs of ``kind`` too (idempotent)."""
+    if kind not in _JOB_KINDS:
+        _JOB_KINDS.append(kind)
+    return kind
+
+
+def job_kinds() -> list[JobKind]:
+    return list(_JOB_KINDS)
+
+
+@dataclass(frozen=True)
 class Launch:
     """What a worker needs to start one attempt of a run; the key stays out of every repr."""
 
@@ -75,6 +109,7 @@ class Launch:
     attempt: int
     output_dir: str
     api_key: str = field(repr=False)
+    kind: JobKind | None = field(default=None, repr=False)  # None: a training run
 
 
 def checked_config(session: Session, project_id: str, config: RunConfig) -> dict[str, Any]:
@@ -86,6 +121,9 @@ def checked_config(session: Session, project_id: str, config: RunConfig) -> dict
     confine.check_api_config(config, project_id)
     confine.dataset_path(project_id, config.dataset,
                          registered=datasets.registered_files(session, project_id, config.dataset))
+    if config.eval is not None:  # a held-out set: one of the project's datasets, confined the same way
+        confine.dataset_path(project_id, config.eval.data, field="config.eval.data",
+                             registered=datasets.registered_files(session, project_id, config.eval.data))
     stored = config.model_dump(mode="json")
     stored["reward"]["project_id"] = project_id
     return stored
@@ -102,19 +140,23 @@ def create_run(session: Session, project: Project, name: str, config: RunConfig)
     return run, Launch(run.id, run.attempt, run.output_dir, mint_key(session, run, project))
 
 
-def mint_key(session: Session, run: TrainingRun, project: Project | None = None) -> str:
-    """A fresh trainer key for ``run``'s project alone, named after the run; its id goes on the row."""
+def mint_key(session: Session, run: Any, project: Project | None = None) -> str:
+    """A fresh trainer key for ``run``'s project alone, named after the run; its id goes on the row.
+
+    ``run`` is a training run or another supervised job (an evaluation job): a row with ``id``,
+    ``project_id``, ``name`` and ``api_key_id``."""
     project = project or session.get(Project, run.project_id)
     if project is None:
         raise NotFound(f"project {run.project_id!r} not found", field="project_id")
     revoke_key(session, run)
-    label = f"training run {run.id}" + (f" ({run.name})" if run.name else "")
+    label = ("training run " if isinstance(run, TrainingRun) else "evaluation job ") + run.id \
+        + (f" ({run.name})" if run.name else "")
     key, clear = create_api_key(session, role=Role.trainer, projects=[project], name=label[:200])
     run.api_key_id = key.id
     return clear
 
 
-def revoke_key(session: Session, run: TrainingRun) -> None:
+def revoke_key(session: Session, run: Any) -> None:
     """Revoke the run's minted key (idempotent) and drop it from this process's principal cache."""
     if run.api_key_id is None:
         return
@@ -137,15 +179,17 @@ def launch(ticket: Launch) -> None:
     written to its stdin and the pipe closed: unlike argv or the environment it is not readable from
     /proc, nor inherited by anything the worker starts.
     """
+    kind = ticket.kind or RUN_JOBS
     log_path = Path(ticket.output_dir) / WORKER_LOG
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "services.trainer.worker", ticket.run_id, str(ticket.attempt)],
+                [sys.executable, "-m", kind.worker_module, ticket.run_id, str(ticket.attempt)],
                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
     except OSError as exc:
-        end_dead_attempt(ticket.run_id, ticket.attempt, f"the run's worker could not be started: {exc}")
+        end_dead_attempt(ticket.run_id, ticket.attempt, f"the {kind.noun}'s worker could not be started: {exc}",
+                         kind=kind)
         return
     try:
         if process.stdin is not None:  # always, with stdin=PIPE
@@ -153,9 +197,9 @@ def launch(ticket: Launch) -> None:
             process.stdin.close()
     except OSError:  # it died at once; the waiter below reports how
         logger.warning("run %s: the worker exited before it read its key", ticket.run_id)
-    threading.Thread(target=_wait_for_worker, args=(process, ticket.run_id, ticket.attempt), daemon=True,
+    threading.Thread(target=_wait_for_worker, args=(process, ticket.run_id, ticket.attempt, kind), daemon=True,
                      name=f"rewardhub-run-{ticket.run_id[:8]}").start()
-    logger.info("run %s: attempt %d launched as worker pid %d", ticket.run_id, ticket.attempt, process.pid)
+    logger.info("%s %s: attempt %d launched as worker pid %d", kind.noun, ticket.run_id, ticket.attempt, process.pid)
 
 
 def _exit_reason(code: int) -> str:
@@ -167,40 +211,43 @@ def _exit_reason(code: int) -> str:
     return f"exited with code {code}"
 
 
-def _wait_for_worker(process: subprocess.Popen[bytes], run_id: str, attempt: int) -> None:
+def _wait_for_worker(process: subprocess.Popen[bytes], run_id: str, attempt: int,
+                     kind: JobKind | None = None) -> None:
     """Reap the worker when it exits; if it left its attempt unfinished, end (or resume) it at once."""
+    kind = kind or RUN_JOBS
     code = process.wait()
     try:
-        outcome = end_dead_attempt(run_id, attempt,
-                                   f"the run's worker process {_exit_reason(code)} before finishing the run")
+        outcome = end_dead_attempt(run_id, attempt, f"the {kind.noun}'s worker process {_exit_reason(code)} "
+                                   f"before finishing the {kind.noun}", kind=kind)
         if outcome == "resumed":
-            relaunch(run_id)
+            relaunch(run_id, kind=kind)
     except Exception as exc:  # the database is down: the watchers see the stale heartbeat later
-        logger.warning("run %s: could not record that its worker (pid %d) exited: %s: %s", run_id, process.pid,
-                       type(exc).__name__, exc)
+        logger.warning("%s %s: could not record that its worker (pid %d) exited: %s: %s", kind.noun, run_id,
+                       process.pid, type(exc).__name__, exc)
 
 
-def claim_pending(run_id: str) -> Launch | None:
+def claim_pending(run_id: str, *, kind: JobKind | None = None) -> Launch | None:
     """Claim a queued run that no process launched yet (an automatic resume) and mint its key.
 
     None when another process claimed it first, or it is no longer waiting.
     """
+    table = (kind or RUN_JOBS).table
     with session_scope() as session:
-        run = session.get(TrainingRun, run_id)
+        run = session.get(table, run_id)
         if run is None or run.status is not RunStatus.queued or run.supervisor is not None:
             return None
-        claimed = rows_changed(session, update(TrainingRun).where(
-            TrainingRun.id == run_id, TrainingRun.attempt == run.attempt, TrainingRun.status == RunStatus.queued,
-            TrainingRun.supervisor.is_(None)).values(supervisor=this_process(), heartbeat_at=utcnow()))
+        claimed = rows_changed(session, update(table).where(
+            table.id == run_id, table.attempt == run.attempt, table.status == RunStatus.queued,
+            table.supervisor.is_(None)).values(supervisor=this_process(), heartbeat_at=utcnow()))
         if claimed != 1:
             session.rollback()
             return None
-        return Launch(run.id, run.attempt, run.output_dir, mint_key(session, run))
+        return Launch(run.id, run.attempt, run.output_dir, mint_key(session, run), kind)
 
 
-def relaunch(run_id: str) -> bool:
+def relaunch(run_id: str, *, kind: JobKind | None = None) -> bool:
     """Claim and launch a run waiting for a worker; False when another process got it."""
-    ticket = claim_pending(run_id)
+    ticket = claim_pending(run_id, kind=kind)
     if ticket is None:
         return False
     launch(ticket)
@@ -221,28 +268,34 @@ def check_resumable(session: Session, run: TrainingRun) -> None:
                        field="output_dir")
 
 
-def _resume_problem(session: Session, run: TrainingRun) -> str | None:
+RUN_JOBS = register_job_kind(JobKind(TrainingRun, "services.trainer.worker", "run", "/v1/runs/{id}/resume",
+                                     check_resumable))
+
+
+def _resume_problem(session: Session, run: Any, kind: JobKind | None = None) -> str | None:
     try:
-        check_resumable(session, run)
+        (kind or RUN_JOBS).check_resumable(session, run)
     except Exception as exc:  # any refusal: the run is failed with it instead of resumed
         return str(exc)
     return None
 
 
-def _dead_attempt_values(session: Session, run: TrainingRun, cause: str) -> dict[str, Any]:
+def _dead_attempt_values(session: Session, run: Any, cause: str, kind: JobKind | None = None) -> dict[str, Any]:
     """The row's next state when its attempt's worker is dead: requeued for a resume, or ended."""
+    kind = kind or RUN_JOBS
     settings = get_settings()
     ended: dict[str, Any] = {"finished_at": utcnow(), "heartbeat_at": None}
     if run.cancel_requested:
         return {**ended, "status": RunStatus.cancelled, "error": f"{cause} (while it was being cancelled)"}
     if not settings.trainer_resume_dead_runs:
         return {**ended, "status": RunStatus.failed,
-                "error": f"{cause}; resume it from its last checkpoint with POST /v1/runs/{run.id}/resume"}
+                "error": f"{cause}; resume it from its last checkpoint with POST "
+                         f"{kind.resume_route.format(id=run.id)}"}
     if run.auto_resumes >= settings.trainer_max_auto_resumes:
         return {**ended, "status": RunStatus.failed,
                 "error": f"{cause}; gave up after {run.auto_resumes} automatic resumes "
                          f"(REWARDHUB_TRAINER_MAX_AUTO_RESUMES={settings.trainer_max_auto_resumes})"}
-    problem = _resume_problem(session, run)
+    problem = _resume_problem(session, run, kind)
     if problem is not None:
         return {**ended, "status": RunStatus.failed, "error": f"{cause}; not resumed: {problem}"}
     resumes = run.auto_resumes + 1
@@ -252,7 +305,8 @@ def _dead_attempt_values(session: Session, run: TrainingRun, cause: str) -> dict
                      f"{settings.trainer_max_auto_resumes}) after: {cause}"}
 
 
-def end_dead_attempt(run_id: str, attempt: int, cause: str, *, stale_before: datetime | None = None) -> str | None:
+def end_dead_attempt(run_id: str, attempt: int, cause: str, *, stale_before: datetime | None = None,
+                     kind: JobKind | None = None) -> str | None:
     """Fail, cancel or requeue (automatic resume) ``attempt`` of a run whose worker is dead.
 
     A compare-and-set on (status, attempt) — and on the heartbeat being older than ``stale_before``
@@ -260,21 +314,23 @@ def end_dead_attempt(run_id: str, attempt: int, cause: str, *, stale_before: dat
     one acts, and a worker that beat in between keeps its run. Returns "failed", "cancelled",
     "resumed", or None when nothing was done (the attempt finished, was taken over, or is alive).
     """
+    kind = kind or RUN_JOBS
+    table = kind.table
     with session_scope() as session:
-        run = session.get(TrainingRun, run_id)
+        run = session.get(table, run_id)
         if run is None or run.attempt != attempt or run.status not in LIVE_STATUSES or run.supervisor is None:
             return None
-        values = _dead_attempt_values(session, run, cause)
-        conditions = [TrainingRun.id == run_id, TrainingRun.attempt == attempt,
-                      TrainingRun.status.in_(LIVE_STATUSES), TrainingRun.supervisor.is_not(None)]
+        values = _dead_attempt_values(session, run, cause, kind)
+        conditions = [table.id == run_id, table.attempt == attempt,
+                      table.status.in_(LIVE_STATUSES), table.supervisor.is_not(None)]
         if stale_before is not None:
-            conditions.append(TrainingRun.heartbeat_at < stale_before)
-        if rows_changed(session, update(TrainingRun).where(*conditions).values(**values)) != 1:
+            conditions.append(table.heartbeat_at < stale_before)
+        if rows_changed(session, update(table).where(*conditions).values(**values)) != 1:
             session.rollback()
             return None
         revoke_key(session, run)
     outcome = "resumed" if values["status"] is RunStatus.queued else values["status"].value
-    logger.warning("run %s attempt %d: %s -> %s", run_id, attempt, cause, outcome)
+    logger.warning("%s %s attempt %d: %s -> %s", kind.noun, run_id, attempt, cause, outcome)
     return outcome
 
 
@@ -298,18 +354,19 @@ def list_runs(session: Session, project_ids: set[str] | None, cursor: str | None
     return keyset_page(session, query, (TrainingRun.created_at, TrainingRun.id), cursor, limit)
 
 
-def request_cancel(session: Session, run: TrainingRun) -> None:
+def request_cancel(session: Session, run: Any) -> None:
     """Ask the run's worker to stop (it polls the row between steps, whoever launched it).
 
     A run still queued ends at once: its worker's start is conditional on the run being queued and
-    not cancelled, so it then finds nothing to do.
+    not cancelled, so it then finds nothing to do. ``run`` may be any supervised job's row (an
+    evaluation job): the update goes to its own table.
     """
+    table = type(run)
     if run.status.finished:
         raise Conflict(f"run {run.id} has already {run.status.value}", field="run_id")
-    rows_changed(session, update(TrainingRun).where(TrainingRun.id == run.id, TrainingRun.status.in_(LIVE_STATUSES))
+    rows_changed(session, update(table).where(table.id == run.id, table.status.in_(LIVE_STATUSES))
                  .values(cancel_requested=True))
-    ended = rows_changed(session, update(TrainingRun).where(TrainingRun.id == run.id,
-                                                            TrainingRun.status == RunStatus.queued)
+    ended = rows_changed(session, update(table).where(table.id == run.id, table.status == RunStatus.queued)
                          .values(status=RunStatus.cancelled, finished_at=utcnow(), heartbeat_at=None))
     session.refresh(run)
     if ended == 1:
@@ -318,21 +375,26 @@ def request_cancel(session: Session, run: TrainingRun) -> None:
         raise Conflict(f"run {run.id} has already {run.status.value}", field="run_id")
 
 
-def prepare_resume(session: Session, run: TrainingRun) -> Launch:
-    """Queue a finished run again under today's rules as a new attempt claimed by this process."""
+def prepare_resume(session: Session, run: Any, kind: JobKind | None = None) -> Launch:
+    """Queue a finished run (or job of ``kind``) again under today's rules as a new attempt claimed by this
+    process."""
+    kind = kind or RUN_JOBS
+    table = kind.table
     if run.status in LIVE_STATUSES:
-        raise Conflict(f"run {run.id} is {run.status.value}; only a finished run can be resumed", field="run_id")
+        raise Conflict(f"{kind.noun} {run.id} is {run.status.value}; only a finished {kind.noun} can be resumed",
+                       field="run_id")
     if run.status is RunStatus.succeeded:
-        raise Conflict(f"run {run.id} has succeeded; there is nothing left to train", field="run_id")
-    check_resumable(session, run)
-    queued = rows_changed(session, update(TrainingRun).where(
-        TrainingRun.id == run.id, TrainingRun.status == run.status, TrainingRun.attempt == run.attempt)
+        left = "train" if kind is RUN_JOBS else "do"
+        raise Conflict(f"{kind.noun} {run.id} has succeeded; there is nothing left to {left}", field="run_id")
+    kind.check_resumable(session, run)
+    queued = rows_changed(session, update(table).where(
+        table.id == run.id, table.status == run.status, table.attempt == run.attempt)
         .values(status=RunStatus.queued, attempt=run.attempt + 1, supervisor=this_process(), heartbeat_at=utcnow(),
                 cancel_requested=False, error=None, finished_at=None, worker_pid=None, worker_host=None))
     if queued != 1:
-        raise Conflict(f"run {run.id} changed while it was being resumed; read it again", field="run_id")
+        raise Conflict(f"{kind.noun} {run.id} changed while it was being resumed; read it again", field="run_id")
     session.refresh(run)
-    return Launch(run.id, run.attempt, run.output_dir, mint_key(session, run))
+    return Launch(run.id, run.attempt, run.output_dir, mint_key(session, run), kind)
 
 
 def step_metrics(session: Session, run_id: str, after_step: int, cursor: str | None,

@@ -24,8 +24,9 @@ from sqlalchemy import select
 from services.common.db import session_scope, utcnow
 from services.common.settings import get_settings
 from services.common.tasks import register_sweeper
+from services.trainer import evaljobs as _evaljobs  # noqa: F401  (registers the evaluation job kind)
 from services.trainer import runs
-from services.trainer.models import LIVE_STATUSES, RunStatus, TrainingRun
+from services.trainer.models import LIVE_STATUSES, RunStatus
 
 logger = logging.getLogger(__name__)
 SWEEP_LIMIT = 500
@@ -47,39 +48,47 @@ def _stale_cause(status: RunStatus, heartbeat_at: datetime | None, now: datetime
             f"worker pid {pid} on {host}); it was killed or lost its machine")
 
 
-def sweep(now: datetime | None = None) -> dict[str, int]:
-    """End or requeue every run whose heartbeat is stale; counts of what this call did."""
+def sweep(now: datetime | None = None, *, kind: runs.JobKind | None = None) -> dict[str, int]:
+    """End or requeue every run (or job of ``kind``) whose heartbeat is stale; counts of what this call did."""
+    kind = kind or runs.RUN_JOBS
+    table = kind.table
     now = now or utcnow()
     stale_before = now - timedelta(seconds=runs.stale_after_s())
     with session_scope() as session:
         rows = session.execute(
-            select(TrainingRun.id, TrainingRun.attempt, TrainingRun.status, TrainingRun.heartbeat_at,
-                   TrainingRun.worker_pid, TrainingRun.worker_host)
-            .where(TrainingRun.status.in_(LIVE_STATUSES), TrainingRun.supervisor.is_not(None),
-                   TrainingRun.heartbeat_at < stale_before)
-            .order_by(TrainingRun.heartbeat_at).limit(SWEEP_LIMIT)).all()
+            select(table.id, table.attempt, table.status, table.heartbeat_at, table.worker_pid, table.worker_host)
+            .where(table.status.in_(LIVE_STATUSES), table.supervisor.is_not(None), table.heartbeat_at < stale_before)
+            .order_by(table.heartbeat_at).limit(SWEEP_LIMIT)).all()
     counts = {"failed": 0, "cancelled": 0, "resumed": 0}
     for run_id, attempt, status, heartbeat_at, pid, host in rows:
-        cause = _stale_cause(status, heartbeat_at, now, pid, host)
-        outcome = runs.end_dead_attempt(run_id, attempt, cause, stale_before=stale_before)
+        cause = _stale_cause(status, heartbeat_at, now, pid, host).replace("the run's", f"the {kind.noun}'s")
+        outcome = runs.end_dead_attempt(run_id, attempt, cause, stale_before=stale_before, kind=kind)
         if outcome is not None:
             counts[outcome] += 1
     return counts
 
 
-def launch_pending() -> int:
-    """Launch the runs queued for an automatic resume that no process has claimed; how many this one got."""
+def launch_pending(*, kind: runs.JobKind | None = None) -> int:
+    """Launch the runs (or jobs of ``kind``) queued for an automatic resume that no process has claimed;
+    how many this one got."""
+    table = (kind or runs.RUN_JOBS).table
     with session_scope() as session:
-        waiting = list(session.scalars(select(TrainingRun.id).where(TrainingRun.status == RunStatus.queued,
-                                                                    TrainingRun.supervisor.is_(None))
-                                       .order_by(TrainingRun.created_at).limit(SWEEP_LIMIT)))
-    return sum(runs.relaunch(run_id) for run_id in waiting)
+        waiting = list(session.scalars(select(table.id).where(table.status == RunStatus.queued,
+                                                              table.supervisor.is_(None))
+                                       .order_by(table.created_at).limit(SWEEP_LIMIT)))
+    return sum(runs.relaunch(run_id, kind=kind) for run_id in waiting)
 
 
 def watch_once() -> dict[str, int]:
-    """One round of a trainer service's watcher."""
+    """One round of a trainer service's watcher, over every kind of supervised job (runs first)."""
     counts = sweep()
     counts["launched"] = launch_pending()
+    for kind in runs.job_kinds():
+        if kind is runs.RUN_JOBS:
+            continue
+        for name, value in sweep(kind=kind).items():
+            counts[name] += value
+        counts["launched"] += launch_pending(kind=kind)
     return counts
 
 

@@ -16,7 +16,9 @@ heartbeat for ``trainer_stale_after_s`` has lost its lease and exits at once wit
 :data:`EXIT_LEASE_LOST`, writing nothing more: another attempt may own the run's folder by then.
 
 The stored config is checked again here (confinement to the project's area, the reward URL
-allowlist) right before the worker opens anything, and its paths are resolved only then.
+allowlist) right before the worker opens anything, and its paths are resolved only then. A run's
+multi-turn tools, RLAVR steps and self-distillation teacher calls go to the platform's sandbox, annotation
+and teacher services (services/trainer/targets.py), never to a host or with a credential the config chose.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -172,8 +175,11 @@ def _start(lease: Lease) -> _Job | None:
         if started != 1 or run is None:
             return None  # cancelled while queued, or another attempt owns it
         config = dict(run.config)
-        return _Job(config, run.project_id, run.output_dir,
-                    registered_files(session, run.project_id, str(config.get("dataset", ""))))
+        registered = registered_files(session, run.project_id, str(config.get("dataset", "")))
+        evaluation = config.get("eval")
+        if isinstance(evaluation, dict):  # eval.data names one of the project's datasets too
+            registered |= registered_files(session, run.project_id, str(evaluation.get("data", "")))
+        return _Job(config, run.project_id, run.output_dir, registered)
 
 
 def _runnable(job: _Job) -> tuple[RunConfig, RewardConfig]:
@@ -184,7 +190,12 @@ def _runnable(job: _Job) -> tuple[RunConfig, RewardConfig]:
     model = config.model
     if model.path is not None:
         model = model.model_copy(update={"path": str(confine.model_path(job.project_id, model.path))})
-    concrete = config.model_copy(update={"dataset": str(dataset), "output_dir": job.output_dir, "model": model})
+    update: dict[str, Any] = {"dataset": str(dataset), "output_dir": job.output_dir, "model": model}
+    if config.eval is not None:
+        data = confine.dataset_path(job.project_id, config.eval.data, registered=job.registered,
+                                    field="config.eval.data")
+        update["eval"] = config.eval.model_copy(update={"data": str(data)})
+    concrete = config.model_copy(update=update)
     if config.reward is None:  # check_api_config refuses it; kept for the type checker
         raise ValueError("config.reward: required for a run started through the service")
     return concrete, config.reward
@@ -201,9 +212,44 @@ def _reward_target(url: str | None) -> tuple[str | None, httpx.AsyncBaseTranspor
     gateway = get_settings().gateway_url
     if gateway:
         return gateway, None
-    from services.common.platform import build_platform_app
+    from services.trainer.targets import IN_PROCESS_BASE, platform_app
 
-    return "http://gateway.local", httpx.ASGITransport(app=build_platform_app())
+    return IN_PROCESS_BASE, httpx.ASGITransport(app=platform_app())
+
+
+def _service_sessions(trainer: Any, config: RunConfig, job: _Job, api_key: str) -> None:
+    """Give a service run's multi-turn engine, RLAVR session and self-distillation teacher the platform's
+    targets (services.trainer.targets).
+
+    The trainer builds them from the config as a local run would; for a service run they are rebuilt
+    here before any step, so that tool sessions go to the platform's sandbox with the service's token
+    and the run's project, RLAVR steps to the (allowlisted) annotation service with the run's key, and an
+    http teacher's scores, hints and weights pushes to the (allowlisted) teacher service with the run's key.
+    An in_process teacher is a copy of the run's own policy and reaches nothing.
+    """
+    from services.trainer import targets
+
+    if config.multi_turn is not None:
+        from trainer.agent.setup import agent_engine
+
+        tools = targets.sandbox_tool(config.multi_turn.tools, job.project_id)
+        trainer.agent = agent_engine(config, trainer.engine, trainer.tokenizer, tools=tools)
+    if config.rlavr is not None:
+        from trainer.rlavr import RlavrSession
+
+        base_url, transport = targets.annotation_target(config.rlavr.url)
+        concrete = config.model_copy(update={"rlavr": config.rlavr.model_copy(update={"url": base_url})})
+        trainer.rlavr = RlavrSession(concrete, trainer.output_dir, rank=trainer.collective.rank,
+                                     world_size=trainer.collective.world_size, api_key=api_key,
+                                     transport=transport)
+    sd = config.self_distillation
+    if sd is not None and sd.teacher.backend == "http" and trainer.self_distill is not None:
+        from trainer.self_distillation.loop import SelfDistillation
+
+        # The run's own id (its folder's name) keys each weights push, so a retried or resumed push applies once.
+        teacher = targets.http_teacher(sd.teacher, api_key, run_id=Path(job.output_dir).name)
+        trainer.self_distill.teacher.close()  # the local-config one, built before the service's targets were known
+        trainer.self_distill = SelfDistillation.build(trainer, teacher=teacher)
 
 
 @dataclass(frozen=True)
@@ -223,6 +269,7 @@ def _train(lease: Lease, job: _Job, api_key: str) -> _End:
         base_url, transport = _reward_target(reward.url)
         rewards = HttpRewards(reward, api_key=api_key, base_url=base_url, transport=transport)
         trainer = GRPOTrainer(config, rewards=rewards)
+        _service_sessions(trainer, config, job, api_key)
         trainer.resume()
         _forget_steps_after(lease, trainer.step)
         outcome = trainer.train(on_step=lambda step, metrics: _record_step(lease, step, metrics),

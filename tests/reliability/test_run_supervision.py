@@ -289,10 +289,12 @@ def test_a_killed_worker_is_resumed_once_from_its_checkpoint_by_racing_services(
         trainer_factory: Callable[..., Trainer]) -> None:
     resume = {"REWARDHUB_TRAINER_RESUME_DEAD_RUNS": "true"}
     launcher = trainer_factory(**resume)
+    # The two replicas that race for the run are up before it starts: started after, on a slow machine
+    # the 30 steps could all be done before the kill below.
+    watchers = [trainer_factory(**resume), trainer_factory(**resume)]
     run_id = launcher.start_run(max_steps=30, checkpoint_every=1)
     pid = worker_of(run_id)
     launcher.kill()
-    watchers = [trainer_factory(**resume), trainer_factory(**resume)]  # two replicas race for the run
     wait_row(run_id, lambda r: r.current_step >= 3, 120, "three steps")
     step_at_kill = row(run_id).current_step
     os.kill(pid, signal.SIGKILL)

@@ -12,7 +12,7 @@ from trainer.agent.code_env import CodeToolEnvironment
 from trainer.agent.engine import AgentRolloutEngine, AgentSettings
 from trainer.agent.environment import EnvironmentFactory
 from trainer.agent.tools import LocalPythonTool, SandboxSessionTool, ToolBackend
-from trainer.config import ConfigError
+from trainer.config import REGISTERED_ENVIRONMENTS, ConfigError
 from trainer.data import PromptRow
 from trainer.logprobs import chunked_entropy, chunked_token_logprobs
 from trainer.rollout import RolloutEngine
@@ -24,7 +24,11 @@ def tool_backend(multi_turn: Any, project: str | None = None) -> ToolBackend:
     tools = multi_turn.tools
     if tools.backend == "local":
         return LocalPythonTool(timeout_s=tools.timeout_s, max_output_bytes=tools.max_output_bytes)
-    return SandboxSessionTool(tools.url, os.environ.get(tools.api_key_env, ""), ttl_s=tools.ttl_s,
+    # url / api_key_env exist in local configs only: a service run's worker passes its own backend
+    # (services/trainer/worker.py), with the service's sandbox URL and token.
+    token_env = getattr(tools, "api_key_env", None)
+    return SandboxSessionTool(getattr(tools, "url", None), os.environ.get(token_env, "") if token_env else "",
+                              ttl_s=tools.ttl_s,
                               timeout_s=tools.timeout_s, max_output_bytes=tools.max_output_bytes,
                               project=getattr(tools, "project", None) or project)
 
@@ -32,8 +36,9 @@ def tool_backend(multi_turn: Any, project: str | None = None) -> ToolBackend:
 def environment_factory(multi_turn: Any, tools: ToolBackend | None = None,
                         project: str | None = None) -> EnvironmentFactory:
     """``code``: a :class:`CodeToolEnvironment` per episode; ``module:factory``: that callable."""
-    if multi_turn.environment != "code":
-        module, _, name = multi_turn.environment.partition(":")
+    target = REGISTERED_ENVIRONMENTS.get(multi_turn.environment, multi_turn.environment)
+    if target != "code":
+        module, _, name = target.partition(":")
         try:
             factory: EnvironmentFactory = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as exc:

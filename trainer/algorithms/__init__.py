@@ -50,6 +50,7 @@ from trainer.algorithms.policy_loss import (
     rollout_is_weights,
 )
 from trainer.algorithms.registry import Registry
+from trainer.algorithms.rollout_correction import ROLLOUT_IS_MODES, RolloutISMode, rollout_correction_weights
 from trainer.algorithms.stats import clip_fractions, entropy_from_logits, masked_mean, token_logprobs
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "LOG_RATIO_CLAMP",
     "LOSS_AGGREGATIONS",
+    "ROLLOUT_IS_MODES",
     "TOKEN_WEIGHTED_ESTIMATORS",
     "AdvantageEstimator",
     "AggregationContext",
@@ -70,6 +72,7 @@ __all__ = [
     "PolicyLossOutput",
     "Registry",
     "RewardScaling",
+    "RolloutISMode",
     "aggregate_loss",
     "cispo_clip_fractions",
     "cispo_surrogate",
@@ -95,6 +98,7 @@ __all__ = [
     "overlong_penalty",
     "register_estimator",
     "rewards_tensor",
+    "rollout_correction_weights",
     "rollout_is_weights",
     "token_logprobs",
     "truncated_completions",

@@ -468,8 +468,10 @@ def test_multi_turn_defaults_and_what_it_is_not_combined_with() -> None:
     assert immediate is not None and immediate.markers == ("```\n",) and not immediate.c_term_enabled
     with pytest.raises(ConfigError, match="eval"):
         parse_config({**base, "multi_turn": {}, "eval": {"data": "e.jsonl"}}, local=True)
-    with pytest.raises(ConfigError, match="multi_turn"):  # not in configs that come over the service API
-        parse_config({**base, "multi_turn": {}})
+    # Configs that come over the service API: registered environments and the sandbox backend only
+    # (tests/unit/trainer/test_api_run_sections.py).
+    with pytest.raises(ConfigError, match=r"multi_turn\.tools\.backend"):
+        parse_config({**base, "multi_turn": {"tools": {"backend": "local"}}})
 
 
 def test_the_c_term_changes_the_update_and_coefficient_zero_turns_it_off(warm_model: Path, tmp_path: Path) -> None:
