@@ -360,21 +360,12 @@ def main() -> int:
         print(f"error: PostgreSQL at {admin_url} is not reachable ({type(exc).__name__}: {str(exc).splitlines()[0]}); this benchmark "
               "needs it (set REWARDHUB_TEST_POSTGRES_URL)", file=sys.stderr)
         return EXIT_SERVICE_MISSING
-    from services.common.migrate import upgrade
-
     if args.http:
         return _main_http(args, url, drop)
     modes = ["naive", "skip_locked"]
     results: dict[str, list[LoadResult]] = {mode: [] for mode in modes}
     try:
-        upgrade(url)
-        engine = queue_engine(url, args.annotators)
-        factory = sessionmaker(bind=engine, expire_on_commit=False)
-        with factory() as session, session.begin():
-            tenancy = Project(name="queue-bench")
-            session.add(tenancy)
-            session.flush()
-            tenancy_id = tenancy.id
+        engine, factory, tenancy_id = _bench_database(url, args.annotators)
         for r in range(args.rounds):
             for mode in modes[r % 2:] + modes[:r % 2]:  # the side that goes first alternates
                 project_id, people = seed_queue(factory, tenancy_id, tasks=args.tasks, annotators=args.annotators,
@@ -390,20 +381,25 @@ def main() -> int:
     return 0 if all(r.correct for side in results.values() for r in side) else 1
 
 
-def _main_http(args: argparse.Namespace, url: str, drop: Callable[[], None]) -> int:
+def _bench_database(url: str, annotators: int) -> tuple[Engine, sessionmaker[Session], str]:
+    """The migrated database, an engine with a connection per annotator, and the tenancy project."""
     from services.common.migrate import upgrade
 
+    upgrade(url)
+    engine = queue_engine(url, annotators)
+    factory = sessionmaker(bind=engine, expire_on_commit=False)
+    with factory() as session, session.begin():
+        tenancy = Project(name="queue-bench")
+        session.add(tenancy)
+        session.flush()
+        return engine, factory, tenancy.id
+
+
+def _main_http(args: argparse.Namespace, url: str, drop: Callable[[], None]) -> int:
     modes = ["skip_locked", "http"]
     results: dict[str, list[LoadResult]] = {mode: [] for mode in modes}
     try:
-        upgrade(url)
-        engine = queue_engine(url, args.annotators)
-        factory = sessionmaker(bind=engine, expire_on_commit=False)
-        with factory() as session, session.begin():
-            tenancy = Project(name="queue-bench")
-            session.add(tenancy)
-            session.flush()
-            tenancy_id = tenancy.id
+        engine, factory, tenancy_id = _bench_database(url, args.annotators)
         keys = seed_key_annotators(factory, tenancy_id, args.annotators)
         with annotation_service(url, args.workers) as service_url:
             for r in range(args.rounds):
