@@ -390,6 +390,9 @@ class RunConfig(_Strict):
                 raise ValueError(f"self_distillation: amr_sd is not supported with scale_rewards: "
                                  f"{self.scale_rewards} (the update would recompute the advantages without the "
                                  f"token weights)")
+        from trainer.self_distillation.examiner import check_examiner_steps
+
+        check_examiner_steps(self)  # here too, so that a POST /v1/runs body gets its 422 at once
         return self
 
     @model_validator(mode="after")

@@ -29,7 +29,7 @@ from services.common.settings import get_settings
 from services.trainer import eval_kinds
 from services.trainer.models import EvaluationJob, RunStatus
 from services.trainer.runs import heartbeat_interval_s, revoke_key, rows_changed, stale_after_s
-from services.trainer.worker import EXIT_LEASE_LOST, Heartbeat, Lease, LeaseLost, _reward_target
+from services.trainer.worker import EXIT_LEASE_LOST, Heartbeat, Lease, LeaseLost, _reward_target, worker_main
 
 logger = logging.getLogger(__name__)
 
@@ -168,16 +168,7 @@ def run_worker(job_id: str, attempt: int, api_key: str) -> int:
 
 def main(argv: list[str]) -> int:
     """``python -m services.trainer.eval_worker JOB_ID ATTEMPT`` with the job's key as the one line on stdin."""
-    if len(argv) != 2 or not argv[1].isdigit():
-        print("usage: python -m services.trainer.eval_worker JOB_ID ATTEMPT  (the job's API key on stdin)",
-              file=sys.stderr)
-        return 2
-    api_key = sys.stdin.readline().strip()
-    sys.stdin.close()
-    if not api_key:
-        print("the job's API key must be the first line on stdin", file=sys.stderr)
-        return 2
-    return run_worker(argv[0], int(argv[1]), api_key)
+    return worker_main(argv, run_worker, module="services.trainer.eval_worker", what="job")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -305,18 +306,24 @@ def run_worker(run_id: str, attempt: int, api_key: str) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
-    """``python -m services.trainer.worker RUN_ID ATTEMPT`` with the run's key as the one line on stdin."""
+def worker_main(argv: list[str], run: Callable[[str, int, str], int], *, module: str, what: str) -> int:
+    """``python -m MODULE ID ATTEMPT`` with the job's key as the one line on stdin (never in argv or
+    the environment, where other local users could read it): checks the arguments and runs ``run``."""
     if len(argv) != 2 or not argv[1].isdigit():
-        print("usage: python -m services.trainer.worker RUN_ID ATTEMPT  (the run's API key on stdin)",
+        print(f"usage: python -m {module} {what.upper()}_ID ATTEMPT  (the {what}'s API key on stdin)",
               file=sys.stderr)
         return 2
     api_key = sys.stdin.readline().strip()
     sys.stdin.close()
     if not api_key:
-        print("the run's API key must be the first line on stdin", file=sys.stderr)
+        print(f"the {what}'s API key must be the first line on stdin", file=sys.stderr)
         return 2
-    return run_worker(argv[0], int(argv[1]), api_key)
+    return run(argv[0], int(argv[1]), api_key)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m services.trainer.worker RUN_ID ATTEMPT`` with the run's key as the one line on stdin."""
+    return worker_main(argv, run_worker, module="services.trainer.worker", what="run")
 
 
 if __name__ == "__main__":

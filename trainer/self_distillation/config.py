@@ -114,6 +114,17 @@ class PiPlayConfig(_Strict):
     tasks_per_round: int = Field(default=16, ge=1, le=10_000, description="examiner: tasks asked for per round.")
     hops: list[int] = Field(default_factory=lambda: [1, 2], min_length=1, description="examiner: the hop counts "
                             "asked for, in turn.")
+    examiner_steps_per_round: int = Field(default=0, ge=0, le=1000, description="examiner: policy-gradient steps "
+                                          "that train the examiner at the start of every round, before its student "
+                                          "set is built (each: prompts_per_step seeds, group_size examiner "
+                                          "completions each, r_d from group_size student answers per well-formed "
+                                          "task, hop-grouped advantages, one update through the trainer's loss). "
+                                          "0: the examiner is not trained.")
+    examiner_format_penalty: float = Field(default=1.0, ge=0, le=1e3, allow_inf_nan=False, description="examiner "
+                                           "steps: r_format = −penalty for a malformed examiner completion (its "
+                                           "r_d = r_format: no student answers it), 0 for a well-formed one.")
+    examiner_max_new_tokens: int = Field(default=256, ge=1, le=32_768, description="examiner steps: tokens "
+                                         "sampled per examiner completion.")
 
     @field_validator("hops")
     @classmethod
@@ -122,6 +133,13 @@ class PiPlayConfig(_Strict):
         if bad:
             raise ValueError(f"each hop count must be between 1 and 8, got {bad[0]}")
         return hops
+
+    @model_validator(mode="after")
+    def _examiner_steps_need_the_examiner(self) -> PiPlayConfig:
+        if self.examiner_steps_per_round > 0 and self.tasks != "examiner":
+            raise ValueError(f"examiner_steps_per_round: {self.examiner_steps_per_round} examiner steps need "
+                             f"tasks: examiner (tasks is {self.tasks}: no examiner builds the student set)")
+        return self
 
 
 class ServiceSelfDistillationConfig(_Strict):
@@ -141,6 +159,12 @@ class ServiceSelfDistillationConfig(_Strict):
         if self.teacher.backend == "http" and self.teacher.model is None:
             raise ValueError("teacher.model: the http teacher needs a registered teacher model (kind ema) to push "
                              "the policy's weights into")
+        if (self.method == "pi_play" and self.pi.examiner_steps_per_round > 0 and self.teacher.backend == "http"
+                and self.teacher.reflect_model is None):
+            raise ValueError("pi_play.examiner_steps_per_round: the examiner steps train the policy as the examiner, "
+                             "but the http teacher without teacher.reflect_model builds the student set with the "
+                             "service's own LLM; set teacher.reflect_model to the EMA teacher model (or use "
+                             "backend: in_process)")
         if self.teacher.backend == "in_process" and self.teacher.reflect_model is not None:
             raise ValueError("teacher.reflect_model: names a service model; the in_process teacher writes hints "
                              "with the policy")

@@ -164,6 +164,30 @@ def hop_grouped_normalise(rewards: Sequence[float], hops: Sequence[int], eps: fl
     return out
 
 
+def examiner_step_advantages(passed: Sequence[int | None], samples: Sequence[int], hops: Sequence[int],
+                             format_penalty: float, eps: float = 1e-6) -> tuple[list[float], list[float]]:
+    """The examiner step's rewards and advantages, one per examiner completion j (``passed[j]`` None: the
+    completion did not parse into a well-formed task):
+
+        r_format,j = 0 if well-formed, else −format_penalty
+        r_d,j      = 1(0 < k_j < n_j) · (n_j − k_j)/(n_j − 1) + r_format,j   (:func:`difficulty_reward`;
+                     a malformed one has no student answers: r_d,j = r_format,j)
+        A_j        = (r_d,j − mean_h) / (σ_h + ε) over the completions whose seed asked for h hops
+                     (:func:`hop_grouped_normalise`; σ_h unbiased, a group of one gets 0)
+
+    A well-formed task whose student answers were all unscored (n_j = 0) counts as unsolved: r_d = 0.
+    """
+    if not len(passed) == len(samples) == len(hops):
+        raise ValueError(f"passed, samples and hops must be as long: {len(passed)}, {len(samples)}, {len(hops)}")
+    rewards = []
+    for k, n in zip(passed, samples, strict=True):
+        if k is None:
+            rewards.append(difficulty_reward(0, 1, -format_penalty))
+        else:
+            rewards.append(difficulty_reward(k, n) if n > 0 else 0.0)
+    return rewards, hop_grouped_normalise(rewards, hops, eps)
+
+
 def ema_update(psi: torch.Tensor, theta: torch.Tensor, tau: float) -> torch.Tensor:
     """The EMA teacher's step: ψ ← (1 − τ) · ψ + τ · θ (a new tensor, in ψ's dtype).
 

@@ -35,8 +35,9 @@ difficulty distribution (share of groups per bucket) and mean difficulty reward.
 Known limits: one process (no DeepSpeed); the in-process EMA copy is not saved in checkpoints (a
 resumed run restarts it from the resumed weights; the service's EMA model persists its own); an
 examiner round's student set is not saved either (a run resumed mid-round asks for the round's tasks
-again); the examiner itself is not trained here (its r_d and advantages are computed and logged, not
-used for an examiner update).
+again). The examiner is trained only with ``pi_play.examiner_steps_per_round`` > 0
+(:mod:`trainer.self_distillation.examiner`, run from ``begin_step`` before the round's set is built);
+otherwise the student groups' r_d and advantages are computed and logged, not used for an update.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from trainer.logprobs import chunked_entropy, chunked_token_logprobs, completion
 from trainer.rollout import Rollout
 from trainer.self_distillation import formulas
 from trainer.self_distillation.config import SelfDistillationConfig
+from trainer.self_distillation.examiner import ExaminerReader, check_examiner_steps, train_examiner
 from trainer.self_distillation.scoring import ScoreInput
 from trainer.self_distillation.teacher import (
     ExaminerItem,
@@ -152,6 +154,9 @@ class SelfDistillation:
         self.lam = 0.0
         self.dataset_rows = list(rows)  # the examiner's seeds come from these
         self.round_built: int | None = None  # the examiner round whose student set the trainer holds
+        # pi_play.examiner_steps_per_round > 0: what turns an examiner completion into the parsed reply (tests).
+        self.examiner_reader: ExaminerReader | None = None
+        check_examiner_steps(config)
         if settings.method == "pi_play" and settings.pi.privileged == "qcp" and settings.pi.tasks == "dataset":
             missing = next((row for row in rows if qcp_of(row) is None), None)
             if missing is not None:
@@ -172,6 +177,7 @@ class SelfDistillation:
                 run = hashlib.sha256(str(Path(trainer.output_dir).resolve()).encode()).hexdigest()[:16]
                 teacher = HttpTeacher(settings.teacher, base_url=teacher_url(settings.teacher, config.reward),
                                       run_id=run)
+        check_examiner_steps(config, trainer.collective.world_size)
         return cls(config, settings, teacher, trainer.tokenizer, trainer.rows)
 
     # ------------------------------------------------------------------ hooks
@@ -190,6 +196,9 @@ class SelfDistillation:
         if self.round_built == round_index:
             return {}
         self.round_built = round_index
+        # The round's examiner steps come first; a run resumed mid-round took them before its checkpoint.
+        trained = (train_examiner(self, trainer, round_index, self.examiner_reader)
+                   if pi.examiner_steps_per_round > 0 and trainer.step % pi.steps_per_round == 0 else {})
         seeds = []
         for j in range(pi.tasks_per_round):
             row = self.dataset_rows[(round_index * pi.tasks_per_round + j) % len(self.dataset_rows)]
@@ -200,7 +209,8 @@ class SelfDistillation:
                                       topic=text_of(row.prompt)[:2000] or None,
                                       seed=derive_seed(self.config.seed, round_index, j) % (2**31)))
         tasks = [t for t in self.teacher.examiner_tasks(seeds) if t is not None]
-        metrics = {"sd/examiner_tasks": float(len(tasks)), "sd/examiner_format_ok_rate": len(tasks) / len(seeds)}
+        metrics = {"sd/examiner_tasks": float(len(tasks)), "sd/examiner_format_ok_rate": len(tasks) / len(seeds),
+                   **trained}
         if not tasks:
             if trainer.step == 0 or trainer.rows is self.dataset_rows:
                 raise RuntimeError(f"self_distillation: the examiner built no well-formed task for round {round_index} "
