@@ -4,7 +4,7 @@
     .venv/bin/python scripts/mutation_report.py 'services.verifier.graders.numeric.*'
 
 mutmut 3 writes its mutants into ``mutants/`` next to the pyproject.toml it reads, so the run happens
-in a workspace (``build/mutation/``, ignored by git) holding a copy of ``services/``, ``rewardhub/``,
+in a workspace (``build/mutation/``, ignored by git) holding a copy of ``services/``, ``rewardhub/``, ``trainer/``,
 ``tests/`` and ``pyproject.toml``; the checkout is never touched. Results are cached there: a rerun
 only re-tests mutants whose function or tests changed. The table comes from ``mutmut results --all
 true`` (one ``name: status`` line per mutant); the score is killed / (all - skipped) and a mutant
@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ("services", "rewardhub", "tests", "migrations", "pyproject.toml", "alembic.ini")
+COPIED = ("services", "rewardhub", "trainer", "tests", "migrations", "pyproject.toml", "alembic.ini")
 EQUIVALENTS = REPO / "docs" / "mutation_equivalents.md"
 # `services.verifier.graders.numeric.x__value__mutmut_3: survived`, or a method's
 # `...care.selector.xǁSelectorǁpick__mutmut_1: killed`.
@@ -33,6 +33,12 @@ RESULT_LINE = re.compile(r"^\s*(?P<name>[\w.ǁ]+__mutmut_\d+): (?P<status>.+?)\s
 # An equivalent mutant in the list: a line starting with `- ` and the mutant's name in backticks.
 EQUIVALENT_LINE = re.compile(r"^- `(?P<name>[\w.ǁ]+__mutmut_\d+)`")
 NOT_EQUIVALENT_HEADING = "## Not killed and not equivalent"
+# mutmut 3 never mutates a decorated function. The trainer's estimators, KL estimators, loss
+# aggregations and execution modes are registered by decorator (``@register_estimator("group")``), so
+# in the workspace copy of these files each module-level function whose decorators are all calls is
+# rewritten as the plain function followed by ``name = decorator(name)`` (what the decorator syntax
+# does), which lets mutmut mutate it; the checkout keeps the decorators.
+UNDECORATE = ("trainer/algorithms/*.py",)
 
 
 def sync_workspace(workspace: Path) -> None:
@@ -47,6 +53,42 @@ def sync_workspace(workspace: Path) -> None:
             shutil.copytree(source, target, ignore=ignore)
         else:
             shutil.copy2(source, target)
+
+
+def undecorate_source(source: str) -> str:
+    """``@f(x)\\ndef g(...): ...`` → ``def g(...): ...\\ng = f(x)(g)`` for module-level functions whose
+    decorators are all calls (registrations); other functions, classes and methods are left as they are."""
+    import libcst as cst  # mutmut's own dependency
+
+    module = cst.parse_module(source)
+    body: list[cst.CSTNode] = []
+    for node in module.body:
+        decorators = node.decorators if isinstance(node, cst.FunctionDef) else ()
+        if not decorators or not all(isinstance(d.decorator, cst.Call) for d in decorators):
+            body.append(node)
+            continue
+        assert isinstance(node, cst.FunctionDef)
+        name = node.name.value
+        applied = " = " + "".join(module.code_for_node(d.decorator) + "(" for d in decorators)
+        applied += name + ")" * len(decorators)
+        body.append(node.with_changes(decorators=[]))
+        body.append(cst.parse_statement(name + applied + "\n"))
+    return module.with_changes(body=body).code
+
+
+def undecorate_workspace(workspace: Path) -> None:
+    """Apply :func:`undecorate_source` to the workspace's copies of the :data:`UNDECORATE` files.
+
+    A rewritten copy keeps the checkout file's mtime, as copied files do (``copy2``), so mutmut's
+    mtime check sees it as unmodified until the checkout's file changes; the rewrite is deterministic."""
+    for pattern in UNDECORATE:
+        for path in sorted(workspace.glob(pattern)):
+            original = path.read_text()
+            rewritten = undecorate_source(original)
+            if rewritten != original:
+                stat = (REPO / path.relative_to(workspace)).stat()
+                path.write_text(rewritten)
+                os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def drop_from_selection(workspace: Path, paths: list[str]) -> None:
@@ -152,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     if not args.no_run:
         sync_workspace(args.workspace)
+        undecorate_workspace(args.workspace)
         drop_from_selection(args.workspace, args.drop_tests)
         run_mutmut(args.workspace, args.names, args.max_children)
     wall = time.monotonic() - started
