@@ -518,6 +518,7 @@ class GRPOTrainer:
                 generated = self.engine.generate(part, sampling, seed=checkpoint.derive_seed(seed, offset))
             for rollout in generated:
                 rollout.prompt_index += offset
+                rollout.row_index = indices[rollout.prompt_index]
             pending.append(self.rewards.submit(rows, generated))
             rollouts.extend(generated)
         generation_s = time.perf_counter() - started

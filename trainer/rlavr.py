@@ -90,7 +90,10 @@ def extract_answer(text: str, extractor: str) -> str | None:
         answer = text.strip() or None
     else:
         raise ValueError(f"rlavr.extractor: unknown extractor {extractor!r}")
-    return answer[:MAX_TEXT] if answer is not None else None
+    if answer is None:
+        return None
+    # A NUL (an undertrained policy can sample one) is text the annotation service refuses: dropped.
+    return answer.replace("\x00", "")[:MAX_TEXT] or None
 
 
 def normalise(answer: str) -> str:
@@ -373,13 +376,16 @@ class RlavrSession:
         indices: list[int] = []
         for start in range(0, len(rollouts), group):
             members = list(rollouts[start: start + group])
-            indices.append(lookup[tuple(members[0].prompt_ids)])
+            # The row the trainer sampled; by prompt tokens only for rollouts made without it (two rows
+            # with the same prompt text would be confused, and posted under one prompt id).
+            row_index = members[0].row_index
+            indices.append(row_index if row_index is not None else lookup[tuple(members[0].prompt_ids)])
             row = trainer.rows[indices[-1]]
             extracted = [extract_answer(r.text, self.settings.extractor) for r in members]
             answers.append(extracted)
             groups.append({
                 "prompt_id": prompt_id_of(row), "prompt_text": prompt_text_of(row), "answers": extracted,
-                "completions": [r.text[:MAX_TEXT] for r in members],
+                "completions": [r.text.replace("\x00", "")[:MAX_TEXT] for r in members],  # NUL: refused
                 "response_lengths": [len(r.completion_ids) for r in members],
                 "mean_token_probs": features.mean_token_probs[start: start + group],
                 "prompt_features": features.prompt[start],

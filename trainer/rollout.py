@@ -41,6 +41,8 @@ class Rollout:
     turn_prompts: list[list[int]] | None = None
     # ZipRL episodes: Hindsight Response Replay's h_t of each turn (trainer.ziprl.hrr).
     turn_h: list[float] | None = None
+    # The dataset row the prompt came from (set by the trainer): two rows may share a prompt's tokens.
+    row_index: int | None = None
 
 
 @dataclass(frozen=True)

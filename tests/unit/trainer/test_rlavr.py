@@ -61,6 +61,32 @@ def test_extract_answer_text_and_unknown_extractor() -> None:
         extract_answer("7", "last_number")
 
 
+def test_a_nul_in_an_answer_is_dropped_not_sent() -> None:
+    # An undertrained policy can sample NUL, which the annotation service refuses (422): the run died.
+    assert extract_answer("\\boxed{4\x002}", "boxed") == "42"
+    assert extract_answer("\x00\x00", "text") is None
+    assert extract_answer("\\boxed{\x00}", "boxed") is None
+
+
+def test_rollouts_carry_the_dataset_row_they_were_sampled_from(tmp_path: Path) -> None:
+    # Two rows with the same prompt text have the same prompt tokens: RLAVR once found a group's row by
+    # its tokens, so both groups were posted under one prompt id (a 422) or, across epochs, a group
+    # under the other row's id, silently. The trainer now records the row on each rollout.
+    from trainer.grpo import GRPOTrainer
+    from trainer.rewards import CallableRewards
+
+    data = tmp_path / "twins.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "Compute 2 + 2.", "reward_model": {"ground_truth": truth},
+                                        "extra_info": {"index": i}}) + "\n" for i, truth in enumerate(["4", "5"])))
+    config = parse_config({"model": {"tiny": {"seed": 0, "hidden_size": 32}}, "dataset": str(data), "group_size": 2,
+                           "prompts_per_step": 2, "max_steps": 1, "max_completion_length": 3, "seed": 0,
+                           "output_dir": str(tmp_path / "out"), "export_hf": "none"}, local=True)
+    trainer = GRPOTrainer(config, rewards=CallableRewards(lambda *_: 0.0))
+    rollouts, _, _, _ = trainer._rollouts([1, 0], seed=3)
+    assert trainer.encode_prompt(0) == trainer.encode_prompt(1)  # indistinguishable by their tokens
+    assert [r.row_index for r in rollouts] == [1, 1, 0, 0]
+
+
 def test_match_rewards_exact_after_normalisation() -> None:
     assert normalise("$ 1 / 2 $") == "1/2"
     assert match_rewards(["4", " 4 ", "$4$", "5", None], "4") == [1.0, 1.0, 1.0, 0.0, 0.0]
