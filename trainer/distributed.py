@@ -9,6 +9,7 @@ main rank logs global numbers.
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any, TypeVar
 
@@ -82,7 +83,15 @@ def init_collective(config: RunConfig) -> Collective:
         backend = "gloo"
         _skip_cpu_shm_op()
     deepspeed.init_distributed(dist_backend=backend)
+    atexit.register(_destroy_process_group)
     return Collective(torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+
+def _destroy_process_group() -> None:
+    """At exit, before the interpreter tears down: a process group left to static destruction now and
+    then aborts a rank that has finished ("terminate called without an active exception", status -6)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _skip_cpu_shm_op() -> None:

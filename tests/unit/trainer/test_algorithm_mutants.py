@@ -420,6 +420,7 @@ def test_a_one_token_completion_without_eos_is_truncated() -> None:
     assert truncated_completions(ids, mask, [2]).tolist() == [True, False, False]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the stop ids' device only matters off the CPU")
 def test_truncated_completions_on_cuda() -> None:
     """truncated_completions mutants 25, 28: the stop ids are put on the completions' device."""
